@@ -1,0 +1,163 @@
+"""The ``gatewise`` command. Commands are thin: parse options, call a function
+of a room, print. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from gatewise.settings import Settings
+
+app = typer.Typer(
+    name="gatewise",
+    help="gatewise: an MLOps platform that learns from API-gateway traffic.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+telemetry_app = typer.Typer(help="Inspect the telemetry store.", no_args_is_help=True)
+config_app = typer.Typer(help="Show or check the project config.", no_args_is_help=True)
+app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="gatewise.yaml to use (default: ./gatewise.yaml or $GATEWISE_CONFIG)"
+    ),
+]
+FORMATS = ("combined", "nginx-json", "kong", "envoy")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    from gatewise.settings import ConfigError, load_settings
+
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the effective config (file + GATEWISE_* overrides) as YAML."""
+    import yaml
+
+    s = _settings(config)
+    typer.echo(yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False))
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None) -> None:
+    """Validate the config; exit 2 naming each invalid field."""
+    _settings(config)
+    typer.echo("config ok")
+
+
+@app.command()
+def simulate(
+    clients: Annotated[int | None, typer.Option(help="number of API clients")] = None,
+    days: Annotated[float | None, typer.Option(help="days of traffic")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed: same seed, same output")] = None,
+    emit: Annotated[
+        str | None,
+        typer.Option(help=f"also write the traffic as a gateway log: {', '.join(FORMATS)}"),
+    ] = None,
+    emit_path: Annotated[
+        Path | None, typer.Option("--emit-path", help="where to write the emitted log")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Simulate labelled API traffic into the telemetry store."""
+    if emit is not None and emit not in FORMATS:
+        _fail(f"--emit: unknown format {emit!r}; choose one of {', '.join(FORMATS)}")
+    s = _settings(config)
+    sim = s.simulator.model_copy(
+        update={
+            k: v
+            for k, v in {"clients": clients, "days": days, "seed": seed}.items()
+            if v is not None
+        }
+    )
+    try:
+        from gatewise.settings import SimulatorSettings
+
+        sim = SimulatorSettings.model_validate(sim.model_dump())
+    except Exception as exc:
+        _fail(f"invalid simulator option: {exc}")
+    s = s.model_copy(update={"simulator": sim})
+    from gatewise import report
+
+    report.simulation(_console(), s, emit)
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="log files (plain or gzip)")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help=f"log format: {', '.join(FORMATS)}")
+    ] = "combined",
+    consumers: Annotated[
+        Path | None,
+        typer.Option(help="consumers table (CSV/Parquet: client_id, tier, region, device_type)"),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Ingest gateway logs; prints accepted, rejected and duplicate counts."""
+    if format not in FORMATS:
+        _fail(f"--format: unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        _fail(f"no such file: {', '.join(missing)}")
+    s = _settings(config)
+    from gatewise import report
+
+    try:
+        report.ingest(_console(), s, files, format, consumers)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@telemetry_app.command("summary")
+def telemetry_summary(
+    since: Annotated[str | None, typer.Option(help="ISO time, inclusive")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time, exclusive")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Summary table of the telemetry store."""
+    from gatewise import report
+
+    s = _settings(config)
+    try:
+        start, end = report.parse_range(since, until)
+    except ValueError as exc:
+        _fail(str(exc))
+    report.summary(_console(), s, start, end)
+
+
+@app.command()
+def demo(config: ConfigOpt = None) -> None:
+    """Run everything built so far end to end on embedded defaults."""
+    from gatewise import report
+
+    s = _settings(config)
+    report.demo(_console(), s)
+
+
+def main() -> None:  # pragma: no cover
+    app()

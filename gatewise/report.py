@@ -1,0 +1,223 @@
+"""What the commands print: rich tables and progress over the rooms' functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from gatewise.settings import Settings
+
+__all__ = ["demo", "ingest", "parse_range", "simulation", "summary"]
+
+
+def parse_range(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    def one(v: str | None, name: str) -> datetime | None:
+        if v is None:
+            return None
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"--{name}: {v!r} is not an ISO date or time") from None
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+    start, end = one(since, "since"), one(until, "until")
+    if start and end and end <= start:
+        raise ValueError("--until must be after --since")
+    return start, end
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1 else f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return str(v)
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    if not rows:
+        t.add_column("(none)")
+        return t
+    for k in rows[0]:
+        t.add_column(k, justify="right" if isinstance(rows[0][k], int | float) else "left")
+    for r in rows:
+        t.add_row(*(_fmt(v) for v in r.values()))
+    return t
+
+
+def simulation(console: Console, s: Settings, emit: str | None) -> Any:
+    from telemetry.simulator.output import run_simulation
+
+    cfg = s.simulator
+    with console.status(
+        f"simulating {cfg.clients:,} clients over {cfg.days:g} day(s) (seed {cfg.seed})..."
+    ):
+        run = run_simulation(s, emit=emit)
+    ev = run.result.events
+    console.print(
+        f"generated [bold]{ev.num_rows:,}[/] events in {run.seconds_generate:.1f}s "
+        f"({ev.num_rows / max(run.seconds_generate, 1e-9):,.0f} events/s); stored {run.appended.written:,} "
+        f"(duplicate {run.appended.duplicates:,}) in {run.seconds_write:.1f}s"
+    )
+    console.print(
+        f"telemetry: {s.telemetry_dir}   labels: {run.labels_path}   consumers: {run.consumers_path}"
+    )
+    if run.emitted:
+        console.print(f"emitted {emit} log: {run.emitted}")
+    return run
+
+
+def ingest(
+    console: Console, s: Settings, files: list[Path], fmt: str, consumers_path: Path | None
+) -> Any:
+    from telemetry.ingest import ingest_files, load_consumers
+    from telemetry.store import TelemetryStore
+
+    consumers = load_consumers(consumers_path) if consumers_path else None
+    total = sum(f.stat().st_size for f in files)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("ingesting {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("records"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"{len(files)} file(s), {total / 1e6:,.1f} MB", total=None)
+        rep = ingest_files(
+            files,
+            fmt,
+            TelemetryStore(s.telemetry_dir),
+            rejects_dir=s.rejects_dir,
+            consumers=consumers,
+            batch_size=s.ingest.batch_lines,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    rows = [
+        {
+            "file": f.path,
+            "read": f.read,
+            "accepted": f.accepted,
+            "rejected": f.rejected,
+            "duplicate": f.duplicate,
+        }
+        for f in rep.files
+    ]
+    console.print(_table(f"ingest ({fmt})", rows))
+    console.print(f"accepted {rep.accepted}")
+    console.print(f"rejected {rep.rejected}")
+    console.print(f"duplicate {rep.duplicate}")
+    console.print(
+        f"read {rep.read} in {rep.seconds:.1f}s ({rep.read / max(rep.seconds, 1e-9):,.0f} records/s)"
+    )
+    if rep.rejects_path:
+        reasons = ", ".join(
+            f"{k}: {v}" for k, v in sorted(rep.reasons.items(), key=lambda kv: -kv[1])
+        )
+        console.print(f"rejects (line, reason, raw): {rep.rejects_path}  [{reasons}]")
+    return rep
+
+
+def summary(
+    console: Console, s: Settings, start: datetime | None = None, end: datetime | None = None
+) -> Any:
+    from telemetry.store import TelemetryStore
+    from telemetry.summary import summarize
+
+    store = TelemetryStore(s.telemetry_dir)
+    if store.is_empty():
+        console.print(
+            f"the telemetry store {s.telemetry_dir} is empty: run `gatewise simulate` or `gatewise ingest` first"
+        )
+        return None
+    sm = summarize(store, start, end)
+    o = sm.overall
+    console.print(
+        _table(
+            "telemetry",
+            [
+                {
+                    k: o[k]
+                    for k in ("events", "clients", "routes", "first", "last", "peak_per_minute")
+                }
+            ],
+        )
+    )
+    console.print(
+        _table(
+            "quality",
+            [{k: o[k] for k in ("error_rate_4xx", "error_rate_5xx", "p50_ms", "p95_ms", "p99_ms")}],
+        )
+    )
+    console.print(_table("busiest routes", sm.routes))
+    console.print(_table("by tier", sm.tiers))
+    console.print(_table("status classes", sm.statuses))
+    return sm
+
+
+def static_baseline(console: Console, s: Settings, run: Any) -> dict[str, dict[str, float]]:
+    """How the naive static per-tier limit fares on the labelled simulation."""
+    from telemetry.simulator.checks import (
+        client_aggregates,
+        single_aggregate_aucs,
+        static_limit_outcomes,
+    )
+
+    agg = client_aggregates(run.result.events, run.result.clients)
+    outcomes = static_limit_outcomes(agg, s.static_limits_per_minute)
+    rows = [
+        {
+            "role": k,
+            "abusive": k in _abusive_roles(),
+            "clients": int(v["clients"]),
+            "limited": int(v["limited"]),
+            "share_limited": v["share_limited"],
+        }
+        for k, v in sorted(outcomes.items())
+    ]
+    limits = ", ".join(f"{k} {v}/min" for k, v in s.static_limits_per_minute.items())
+    console.print(_table(f"naive static limits ({limits}) vs. the truth", rows))
+    aucs = single_aggregate_aucs(agg)
+    best = sorted(aucs.items(), key=lambda kv: -kv[1])[:5]
+    console.print(
+        "best single-aggregate ROC AUC (abusive vs legitimate clients): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in best)
+    )
+    return outcomes
+
+
+def _abusive_roles() -> tuple[str, ...]:
+    from telemetry.simulator.population import ABUSE_SCENARIOS
+
+    return ABUSE_SCENARIOS
+
+
+def demo(console: Console, s: Settings) -> None:
+    console.rule("[bold]gatewise demo[/]: simulate → store → summarize")
+    run = simulation(console, s, emit=None)
+    summary(console, s)
+    console.rule("why static limits are not enough")
+    static_baseline(console, s, run)
+    console.rule("done")
+    console.print(
+        f"data under {s.data_dir}/ ; try `.venv/bin/gatewise telemetry summary` or `.venv/bin/gatewise ingest --help`"
+    )

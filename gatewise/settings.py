@@ -1,0 +1,228 @@
+"""Project settings: one ``gatewise.yaml``, every field overridable by env.
+
+Environment variables are ``GATEWISE_<FIELD>``; nested fields use ``__``
+(``GATEWISE_SIMULATOR__CLIENTS=500``). Settings are built at the entry point
+(``load_settings()``) and passed down; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = [
+    "ConfigError",
+    "DriftKnobs",
+    "IngestSettings",
+    "ScenarioShares",
+    "Settings",
+    "SimulatorSettings",
+    "SkewKnobs",
+    "load_settings",
+]
+
+TIERS = ("free", "pro", "enterprise")
+# the YAML file that the Settings being built should read (set by load_settings)
+_YAML_PATH: ContextVar[Path | None] = ContextVar("gatewise_yaml_path", default=None)
+
+
+class ConfigError(ValueError):
+    """An invalid project config; the message names each offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScenarioShares(_Strict):
+    """Share of clients in each labelled abuse scenario (0..1 each)."""
+
+    credential_stuffing: float = Field(0.015, ge=0, le=0.5)
+    scraping: float = Field(0.015, ge=0, le=0.5)
+    flood: float = Field(0.01, ge=0, le=0.5)
+    key_sharing: float = Field(0.015, ge=0, le=0.5)
+    low_and_slow: float = Field(0.025, ge=0, le=0.5)
+
+    @model_validator(mode="after")
+    def _total(self) -> ScenarioShares:
+        total = sum(self.model_dump().values())
+        if total > 0.5:
+            raise ValueError(
+                f"scenario shares add up to {total:.3f}; at most 0.5 of clients may be abusive"
+            )
+        return self
+
+
+class LookalikeShares(_Strict):
+    """Share of clients whose legitimate behaviour resembles an abuse style."""
+
+    heavy_enterprise: float = Field(
+        0.25, ge=0, le=1, description="share of enterprise clients that exceed naive static limits"
+    )
+    mistypers: float = Field(0.03, ge=0, le=0.5)
+    catalog_sync: float = Field(0.015, ge=0, le=0.5)
+    batch_bursts: float = Field(0.015, ge=0, le=0.5)
+    multi_server_partners: float = Field(0.02, ge=0, le=0.5)
+    analysts: float = Field(0.02, ge=0, le=0.5)
+
+
+class DriftKnobs(_Strict):
+    """Changes that start ``after_day`` days into the simulation (drift tests)."""
+
+    after_day: float = Field(0.0, ge=0)
+    client_mix_shift: float = Field(
+        0.0, ge=0, le=1, description="extra share of mobile clients signing up"
+    )
+    latency_regression: float = Field(
+        1.0, ge=0.1, le=50, description="latency multiplier on one service"
+    )
+    latency_service: str = "search"
+    new_route: bool = False
+
+
+class SkewKnobs(_Strict):
+    """A group whose legitimate behaviour differs (fairness checks)."""
+
+    column: Literal["region", "device_type", "tier"] = "region"
+    value: str = "ap-south"
+    factor: float = Field(
+        1.0, ge=1.0, le=10.0, description="1 = no skew; >1 = more errors and addresses"
+    )
+
+
+class SimulatorSettings(_Strict):
+    clients: int = Field(2000, ge=1, le=5_000_000)
+    days: float = Field(1.0, gt=0, le=400)
+    seed: int = 7
+    start: datetime = datetime(2026, 11, 2, tzinfo=UTC)
+    mean_requests_per_client_day: float = Field(400.0, gt=0)
+    label_window_minutes: int = Field(5, ge=1, le=1440)
+    scenarios: ScenarioShares = ScenarioShares()
+    lookalikes: LookalikeShares = LookalikeShares()
+    drift: DriftKnobs = DriftKnobs()
+    skew: SkewKnobs = SkewKnobs()
+
+    @field_validator("start")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+
+class IngestSettings(_Strict):
+    batch_lines: int = Field(50_000, ge=100)
+    client_id_header: str | None = Field(
+        None, description="request header that names the consumer, if any"
+    )
+
+
+class Settings(BaseSettings):
+    """The whole project config.
+
+    ``load_settings(Path("gatewise.yaml")).data_dir``
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWISE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path(".gatewise")
+    static_limits_per_minute: dict[str, int] = Field(
+        default_factory=lambda: {"free": 60, "pro": 300, "enterprise": 1200},
+        description="naive per-tier static limits, the baseline ML policies must beat",
+    )
+    simulator: SimulatorSettings = SimulatorSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @field_validator("static_limits_per_minute")
+    @classmethod
+    def _tiers(cls, v: dict[str, int]) -> dict[str, int]:
+        unknown = set(v) - set(TIERS)
+        if unknown:
+            raise ValueError(f"unknown tier(s) {sorted(unknown)}; tiers are {list(TIERS)}")
+        if any(n <= 0 for n in v.values()):
+            raise ValueError("limits must be positive")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = _YAML_PATH.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    # derived locations -------------------------------------------------
+    @property
+    def telemetry_dir(self) -> Path:
+        return self.data_dir / "telemetry"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.data_dir / "labels"
+
+    @property
+    def rejects_dir(self) -> Path:
+        return self.data_dir / "rejects"
+
+    @property
+    def consumers_path(self) -> Path:
+        return self.data_dir / "consumers.parquet"
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(
+            f"  {loc}: {msg} (got {err.get('input')!r})"
+            if err["type"] != "missing"
+            else f"  {loc}: {msg}"
+        )
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read ``gatewise.yaml`` (or ``path``; ``GATEWISE_CONFIG`` names one), then env.
+
+    Raises ``ConfigError`` naming every invalid field.
+    """
+    if path is None:
+        env_path = os.environ.get("GATEWISE_CONFIG")
+        path = Path(env_path) if env_path else Path("gatewise.yaml")
+    path = Path(path)
+    if not path.exists() and "GATEWISE_CONFIG" in os.environ:
+        raise ConfigError(f"config file {path} (from GATEWISE_CONFIG) does not exist")
+    token = _YAML_PATH.set(path if path.exists() else None)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {path}:\n{_describe(exc)}") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    finally:
+        _YAML_PATH.reset(token)

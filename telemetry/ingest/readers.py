@@ -1,0 +1,118 @@
+"""Streaming readers: lines or JSON values of plain or gzip files, in bounded memory."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, cast
+
+__all__ = ["Record", "file_fingerprint", "iter_json_records", "iter_lines", "open_maybe_gzip"]
+
+# (line number, byte offset in the decompressed stream, raw bytes, parsed JSON or None, error or None)
+MAX_RECORD_CHARS = 16 << 20  # a JSON value longer than this is treated as malformed
+Record = tuple[int, int, bytes, Any, str | None]
+
+
+def open_maybe_gzip(path: Path) -> IO[bytes]:
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")
+
+
+def file_fingerprint(path: Path) -> bytes:
+    """Identity of a log file's content, independent of its name: the first line.
+
+    A log that grows keeps its fingerprint (so re-ingesting it adds only the
+    new lines); a rotated or gzipped copy of the same content has the same one.
+    """
+    with open_maybe_gzip(path) as fh:
+        return fh.readline(4096)
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number from 1, byte offset, line without its newline); blank lines skipped."""
+    offset = 0
+    with open_maybe_gzip(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            stripped = line.rstrip(b"\r\n")
+            if stripped.strip():
+                yield lineno, offset, stripped
+            offset += len(line)
+
+
+def _expand(lineno: int, offset: int, raw: bytes, value: Any) -> Iterator[Record]:
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            item_raw = json.dumps(item, separators=(",", ":")).encode()
+            if isinstance(item, dict):
+                yield lineno, offset + i, item_raw, item, None
+            else:
+                yield lineno, offset + i, item_raw, None, f"array member {i} is not a JSON object"
+    elif isinstance(value, dict):
+        yield lineno, offset, raw, value, None
+    else:
+        yield lineno, offset, raw, None, "not a JSON object"
+
+
+def iter_json_records(path: Path) -> Iterator[Record]:
+    """Every JSON object in a file of JSON lines, of pretty-printed JSON values,
+    or of arrays of objects (Kong's batched http-log).
+
+    Each line is first parsed on its own (JSON lines, the fast path). Lines that
+    are not a whole value are gathered until a line closing at column 0 (``}``
+    or ``]``) completes a pretty-printed value. Lines that never form a value
+    are yielded one by one with the parse error, so one bad record never aborts
+    the file. Array members get the array's offset plus their index, keeping
+    derived ids distinct.
+    """
+    pending: list[tuple[int, int, bytes]] = []
+    pending_bytes = 0
+
+    def reject_pending(msg: str) -> Iterator[Record]:
+        for lineno, offset, line in pending:
+            yield lineno, offset, line, None, msg
+        pending.clear()
+
+    for lineno, offset, line in iter_lines(path):
+        head = line.lstrip()[:1]
+        if head in (b"{", b"["):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                pass
+            else:
+                # a whole value on one line: whatever was pending never closed
+                yield from reject_pending("invalid JSON: not a complete value")
+                pending_bytes = 0
+                yield from _expand(lineno, offset, line, value)
+                continue
+        pending.append((lineno, offset, line))
+        pending_bytes += len(line)
+        if line[:1] in (b"}", b"]"):
+            block = b"\n".join(p[2] for p in pending)
+            try:
+                value = json.loads(block)
+            except json.JSONDecodeError as exc:
+                if pending_bytes > MAX_RECORD_CHARS:
+                    yield from reject_pending(f"invalid JSON: {exc.msg}")
+                    pending_bytes = 0
+                continue
+            first_line, first_offset = pending[0][0], pending[0][1]
+            pending.clear()
+            pending_bytes = 0
+            yield from _expand(first_line, first_offset, block, value)
+        elif pending_bytes > MAX_RECORD_CHARS:
+            yield from reject_pending("invalid JSON: value too long or never closed")
+            pending_bytes = 0
+    if pending:
+        block = b"\n".join(p[2] for p in pending)
+        try:
+            value = json.loads(block)
+        except json.JSONDecodeError as exc:
+            yield from reject_pending(f"invalid JSON: {exc.msg}")
+        else:
+            yield from _expand(pending[0][0], pending[0][1], block, value)

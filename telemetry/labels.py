@@ -1,0 +1,61 @@
+"""The labels table: ground truth per client window, kept apart from telemetry.
+
+Stored as Parquet files under ``<data_dir>/labels/``; each named batch is one
+file written atomically, so re-importing the same batch replaces it rather
+than adding duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from telemetry.schema import LABELS_SCHEMA, conform
+
+__all__ = ["LabelStore"]
+
+
+class LabelStore:
+    """``LabelStore(Path(".gatewise/labels")).write(table, "simulator-seed7")``"""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def write(self, table: pa.Table, name: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(
+                f"label batch name {name!r} may use letters, digits, '_', '.', '-' only"
+            )
+        table = conform(table, LABELS_SCHEMA)
+        labels = table.column("label").to_pylist()
+        if any(v not in (0, 1) for v in labels):
+            raise ValueError("column 'label': values must be 0 (legitimate) or 1 (abusive)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"{name}.parquet"
+        tmp = self.root / f".{name}.parquet.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        return final
+
+    def read(
+        self, available_at: datetime | None = None, delay: timedelta | None = None
+    ) -> pa.Table:
+        """All labels; with ``available_at`` and ``delay``, only those whose
+        window started at least ``delay`` before ``available_at`` (labels arrive late)."""
+        files = sorted(self.root.glob("*.parquet"))
+        if not files:
+            return LABELS_SCHEMA.empty_table()
+        table = pa.concat_tables([conform(pq.read_table(f), LABELS_SCHEMA) for f in files])
+        if available_at is not None:
+            import pyarrow.compute as pc
+
+            cutoff = pa.scalar(
+                available_at - (delay or timedelta(0)), LABELS_SCHEMA.field("event_timestamp").type
+            )
+            table = table.filter(pc.less_equal(table.column("event_timestamp"), cutoff))
+        return table

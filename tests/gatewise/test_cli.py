@@ -1,0 +1,90 @@
+"""The command line, driven in process (Typer's runner) and as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from gatewise.cli import app
+from tests.conftest import REPO
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("GATEWISE_") and k != "GATEWISE_SHARED_DATA":
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("GATEWISE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(REPO)
+    return tmp_path / "data"
+
+
+def test_help_lists_commands_without_importing_the_ml_stack():
+    code = "import sys; from gatewise.cli import app; bad = [m for m in ('duckdb', 'pyarrow', 'mlflow', 'feast', 'numpy') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("simulate", "ingest", "telemetry", "demo"):
+        assert cmd in res.output
+
+
+def test_ingest_prints_counts_that_add_up(env, shared_data):
+    log = shared_data / "logs" / "apache_combined.log"
+    res = runner.invoke(app, ["ingest", "--format", "combined", str(log)])
+    assert res.exit_code == 0, res.output
+    counts = {
+        k: int(v)
+        for k, v in (
+            line.split()
+            for line in res.output.splitlines()
+            if line.split()[:1] in (["accepted"], ["rejected"], ["duplicate"])
+        )
+    }
+    assert counts == {"accepted": 9999, "rejected": 1, "duplicate": 0}
+    res = runner.invoke(app, ["ingest", "-f", "combined", str(log)])
+    assert "accepted 0" in res.output and "duplicate 9999" in res.output
+
+
+def test_simulate_then_summary(env):
+    res = runner.invoke(
+        app, ["simulate", "--clients", "50", "--days", "0.1", "--seed", "1", "--emit", "kong"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (env / "consumers.csv").exists() and list((env / "labels").glob("*.parquet"))
+    emitted = list((env / "emitted").glob("*.kong.log"))
+    assert emitted
+    res = runner.invoke(app, ["telemetry", "summary"])
+    assert res.exit_code == 0 and "busiest routes" in res.output
+    # the emitted log ingests back as duplicates of what simulate stored
+    res = runner.invoke(app, ["ingest", "-f", "kong", str(emitted[0])])
+    assert "accepted 0" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["ingest", "-f", "apache2", "x.log"], "unknown format 'apache2'"),
+        (["ingest", "-f", "combined", "/nonexistent.log"], "no such file"),
+        (["simulate", "--clients", "0"], "clients"),
+        (["simulate", "--emit", "iis"], "unknown format 'iis'"),
+        (["telemetry", "summary", "--since", "yesterday"], "--since"),
+    ],
+)
+def test_bad_input_is_named(env, args, needle):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert needle in res.output
+
+
+def test_invalid_config_exits_with_the_field(env, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("simulator:\n  days: -1\n")
+    res = runner.invoke(app, ["config", "check", "--config", str(cfg)])
+    assert res.exit_code == 2 and "simulator.days" in res.output
