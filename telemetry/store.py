@@ -13,15 +13,17 @@ Writers take an exclusive ``flock`` on the store so deduplication by
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -80,19 +82,24 @@ class TelemetryStore:
         table = conform(table)
         if table.num_rows == 0:
             return AppendResult(0, 0, 0)
-        hours = pc.strftime(table.column("timestamp"), format=HOUR_FMT)  # the column is UTC
-        table = table.append_column("_hour", hours)
+        # one sort by timestamp, then each hour is a contiguous slice
+        us = table.column("timestamp").cast(pa.int64()).to_numpy()
+        if len(us) > 1 and (np.diff(us) < 0).any():
+            order = np.argsort(us, kind="stable")
+            table, us = table.take(order), us[order]
+        hour = us // 3_600_000_000
+        bounds = [0, *(np.flatnonzero(np.diff(hour)) + 1).tolist(), len(hour)]
         written = dup = files = 0
         with self._locked():
-            for hour in pc.unique(hours).to_pylist():
-                part = table.filter(pc.equal(table.column("_hour"), hour)).drop_columns(["_hour"])
+            for a, b in itertools.pairwise(bounds):
+                key = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=int(hour[a]))).strftime(HOUR_FMT)
+                part = table.slice(a, b - a)
                 if dedup:
-                    part, n_dup = self._drop_known(hour, part)
+                    part, n_dup = self._drop_known(key, part)
                     dup += n_dup
                 if part.num_rows == 0:
                     continue
-                part = part.sort_by("timestamp")
-                self._write_part(hour, part)
+                self._write_part(key, part)
                 written += part.num_rows
                 files += 1
         return AppendResult(written, dup, files)
