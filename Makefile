@@ -39,6 +39,7 @@ unit: env
 bench: env
 	$(VENV)/bin/python benchmarks/simulate.py
 	$(VENV)/bin/python benchmarks/ingest.py
+	$(VENV)/bin/python benchmarks/features.py
 
 clean:
 	rm -rf .gatewise .pytest_cache .mypy_cache .ruff_cache

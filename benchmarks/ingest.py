@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine  # noqa: E402
-from gatewise.settings import SimulatorSettings  # noqa: E402
-from telemetry.ingest import ingest_files  # noqa: E402
-from telemetry.ingest.emit import emit_table  # noqa: E402
-from telemetry.simulator import simulate  # noqa: E402
-from telemetry.store import TelemetryStore  # noqa: E402
+from benchmarks._common import machine
+from gatewise.settings import SimulatorSettings
+from telemetry.ingest import ingest_files
+from telemetry.ingest.emit import emit_table
+from telemetry.simulator import simulate
+from telemetry.store import TelemetryStore
 
 COMBINED_SQL = r"""
 COPY (
@@ -39,7 +39,11 @@ def duckdb_floor(src: Path, fmt: str, dst: Path) -> float:
     import duckdb
 
     con = duckdb.connect()
-    sql = (COMBINED_SQL if fmt == "combined" else JSON_SQL).replace("{src}", str(src)).replace("{dst}", str(dst))
+    sql = (
+        (COMBINED_SQL if fmt == "combined" else JSON_SQL)
+        .replace("{src}", str(src))
+        .replace("{dst}", str(dst))
+    )
     t = time.perf_counter()
     con.execute(sql)
     return time.perf_counter() - t
@@ -54,7 +58,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     print(f"machine: {machine()}")
     print(f"{events.num_rows:,} simulated events per format")
-    print(f"{'format':12s} {'records':>9s} {'gatewise s':>10s} {'rec/s':>9s} {'duckdb s':>9s} {'ratio':>6s}")
+    print(
+        f"{'format':12s} {'records':>9s} {'gatewise s':>10s} {'rec/s':>9s} {'duckdb s':>9s} {'ratio':>6s}"
+    )
     try:
         for fmt in ("combined", "nginx-json", "kong", "envoy"):
             log = tmp / f"{fmt}.log"
@@ -64,7 +70,9 @@ def main() -> None:
             rep = ingest_files([log], fmt, store, rejects_dir=tmp / "rejects")
             t_gw = time.perf_counter() - t
             t_db = duckdb_floor(log, fmt, tmp / f"{fmt}.parquet")
-            print(f"{fmt:12s} {rep.read:>9,} {t_gw:>10.2f} {rep.read / t_gw:>9,.0f} {t_db:>9.2f} {t_gw / t_db:>5.1f}x")
+            print(
+                f"{fmt:12s} {rep.read:>9,} {t_gw:>10.2f} {rep.read / t_gw:>9,.0f} {t_db:>9.2f} {t_gw / t_db:>5.1f}x"
+            )
     finally:
         shutil.rmtree(tmp)
 

@@ -25,11 +25,11 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import best_of, machine  # noqa: E402
-from gatewise.settings import SimulatorSettings  # noqa: E402
-from telemetry.schema import EVENT_SCHEMA  # noqa: E402
-from telemetry.simulator import simulate  # noqa: E402
-from telemetry.store import TelemetryStore  # noqa: E402
+from benchmarks._common import best_of, machine
+from gatewise.settings import SimulatorSettings
+from telemetry.schema import EVENT_SCHEMA
+from telemetry.simulator import simulate
+from telemetry.store import TelemetryStore
 
 
 def floor(n: int) -> pa.Table:
@@ -50,19 +50,33 @@ def per_event_loop(n: int) -> list[dict]:
     t0 = datetime(2026, 11, 2, tzinfo=UTC)
     routes = ["/v1/products/{id}", "/v1/search", "/v1/orders", "/v1/auth/login"]
     out = []
-    for i in range(n):
+    for _i in range(n):
         route = r.choice(routes)
-        out.append({
-            "timestamp": t0 + timedelta(seconds=r.random() * 86_400), "request_id": f"{r.getrandbits(128):032x}",
-            "client_id": f"c{r.randrange(2000):07d}", "api_key_id": f"key_{r.randrange(2000):07d}",
-            "client_address": ".".join(str(r.randrange(256)) for _ in range(4)), "user_agent": "curl/8.5.0",
-            "http_request_method": "GET", "url_path": route.replace("{id}", str(r.randrange(1, 10**5))),
-            "http_route": route, "http_response_status_code": r.choice([200, 200, 200, 404, 401]),
-            "duration_ms": r.lognormvariate(3, 0.5), "upstream_duration_ms": r.lognormvariate(3, 0.5),
-            "request_bytes": r.randrange(200, 900), "response_bytes": r.randrange(100, 10**5),
-            "upstream_service": "catalog", "cache_status": "MISS", "auth_result": "ok", "ratelimit_decision": "allow",
-            "tier": r.choice(["free", "pro", "enterprise"]), "region": "eu-west", "device_type": "server",
-        })
+        out.append(
+            {
+                "timestamp": t0 + timedelta(seconds=r.random() * 86_400),
+                "request_id": f"{r.getrandbits(128):032x}",
+                "client_id": f"c{r.randrange(2000):07d}",
+                "api_key_id": f"key_{r.randrange(2000):07d}",
+                "client_address": ".".join(str(r.randrange(256)) for _ in range(4)),
+                "user_agent": "curl/8.5.0",
+                "http_request_method": "GET",
+                "url_path": route.replace("{id}", str(r.randrange(1, 10**5))),
+                "http_route": route,
+                "http_response_status_code": r.choice([200, 200, 200, 404, 401]),
+                "duration_ms": r.lognormvariate(3, 0.5),
+                "upstream_duration_ms": r.lognormvariate(3, 0.5),
+                "request_bytes": r.randrange(200, 900),
+                "response_bytes": r.randrange(100, 10**5),
+                "upstream_service": "catalog",
+                "cache_status": "MISS",
+                "auth_result": "ok",
+                "ratelimit_decision": "allow",
+                "tier": r.choice(["free", "pro", "enterprise"]),
+                "region": "eu-west",
+                "device_type": "server",
+            }
+        )
     return out
 
 
@@ -92,10 +106,18 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"simulate --clients {args.clients} --days {args.days:g}: {n:,} events")
     print(f"  generate            {t_sim:7.2f} s  {n / t_sim:>12,.0f} events/s")
-    print(f"  + store (Parquet)   {t_store:7.2f} s  total {t_sim + t_store:.2f} s  ({n / (t_sim + t_store):,.0f} events/s end to end)")
-    print(f"  baseline floor      {t_floor:7.2f} s  (random columns, same schema)   ratio simulate/floor = {t_sim / t_floor:.1f}x")
-    print(f"  baseline per-event  {t_loop:7.2f} s  (Python loop, from {sample:,})  ratio loop/simulate = {t_loop / t_sim:.1f}x faster")
-    print(f"  target: >= 1M events in <= 20 s end to end -> {'met' if n >= 1_000_000 and t_sim + t_store <= 20 else 'NOT met'}")
+    print(
+        f"  + store (Parquet)   {t_store:7.2f} s  total {t_sim + t_store:.2f} s  ({n / (t_sim + t_store):,.0f} events/s end to end)"
+    )
+    print(
+        f"  baseline floor      {t_floor:7.2f} s  (random columns, same schema)   ratio simulate/floor = {t_sim / t_floor:.1f}x"
+    )
+    print(
+        f"  baseline per-event  {t_loop:7.2f} s  (Python loop, from {sample:,})  ratio loop/simulate = {t_loop / t_sim:.1f}x faster"
+    )
+    print(
+        f"  target: >= 1M events in <= 20 s end to end -> {'met' if n >= 1_000_000 and t_sim + t_store <= 20 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ app = typer.Typer(
 )
 telemetry_app = typer.Typer(help="Inspect the telemetry store.", no_args_is_help=True)
 config_app = typer.Typer(help="Show or check the project config.", no_args_is_help=True)
+features_app = typer.Typer(help="Build and look up Feast feature sets.", no_args_is_help=True)
 app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(features_app, name="features")
 app.add_typer(config_app, name="config")
 
 ConfigOpt = Annotated[
@@ -150,13 +152,55 @@ def telemetry_summary(
     report.summary(_console(), s, start, end)
 
 
+@features_app.command("build")
+def features_build(
+    since: Annotated[
+        str | None,
+        typer.Option(help="first UTC day to build (YYYY-MM-DD); default: every day with telemetry"),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="day after the last one to build (exclusive)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="rebuild days whose telemetry did not change")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the Prefect flow build_features: telemetry → windows → feast apply → materialize."""
+    from gatewise import report
+
+    s = _settings(config)
+    try:
+        start, end = report.parse_days(since, until)
+    except ValueError as exc:
+        _fail(str(exc))
+    report.features_build(_console(), s, config, start, end, force)
+
+
+@features_app.command("online")
+def features_online(
+    entity_ids: Annotated[
+        list[str],
+        typer.Argument(
+            help="client ids (abuse_v1) or route ids such as 'GET /v1/search' (load_v1)"
+        ),
+    ],
+    service: Annotated[str, typer.Option(help="feature service")] = "abuse_v1",
+    config: ConfigOpt = None,
+) -> None:
+    """Look up the latest features of entities in the online store."""
+    from gatewise import report
+
+    report.features_online(_console(), _settings(config), entity_ids, service)
+
+
 @app.command()
 def demo(config: ConfigOpt = None) -> None:
     """Run everything built so far end to end on embedded defaults."""
     from gatewise import report
 
     s = _settings(config)
-    report.demo(_console(), s)
+    report.demo(_console(), s, config)
 
 
 def main() -> None:  # pragma: no cover

@@ -38,6 +38,58 @@ def parse_range(since: str | None, until: str | None) -> tuple[datetime | None, 
     return start, end
 
 
+def parse_days(since: str | None, until: str | None) -> tuple[Any, Any]:
+    from datetime import date
+
+    def one(v: str | None, name: str) -> date | None:
+        if v is None:
+            return None
+        try:
+            return date.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"--{name}: {v!r} is not a date (YYYY-MM-DD)") from None
+
+    start, end = one(since, "since"), one(until, "until")
+    if start and end and end <= start:
+        raise ValueError("--until must be after --since")
+    return start, end
+
+
+def features_build(
+    console: Console, s: Settings, config: Path | None, since: Any, until: Any, force: bool
+) -> dict[str, Any]:
+    from flows.build_features import run_build_features
+
+    console.print(
+        "running Prefect flow [bold]build_features[/] (the first flow in a process starts Prefect's API, ~25 s)"
+    )
+    out = run_build_features(config, s.data_dir, since=since, until=until, force=force)
+    rows = [{"dataset": k, "rows": v} for k, v in out["rows"].items()]
+    console.print(_table("feature build", rows))
+    console.print(
+        f"days built {len(out['days_built'])} ({', '.join(out['days_built']) or '-'}), unchanged {len(out['days_unchanged'])}; "
+        f"{out['events']:,} events; features {out['first']} → {out['last']}; online store up to {out['materialized_until']}; "
+        f"lag behind telemetry {out['feature_lag_seconds']}s; {out['seconds']:.1f}s"
+    )
+    console.print(f"feature views: {', '.join(out['feature_views'])}; services abuse_v1, load_v1")
+    console.print(
+        f"feast CLI: .venv/bin/feast -c features -f {s.feast_dir / 'feature_store.yaml'} feature-views list"
+    )
+    return out
+
+
+def features_online(
+    console: Console, s: Settings, ids: list[str], service: str
+) -> dict[str, list[Any]]:
+    from features.training import online_features
+
+    res = online_features(s, ids, service)
+    keys = list(res)
+    rows = [{"feature": k, **{ids[i]: res[k][i] for i in range(len(ids))}} for k in keys[1:]]
+    console.print(_table(f"online features ({service})", rows))
+    return res
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -211,12 +263,16 @@ def _abusive_roles() -> tuple[str, ...]:
     return ABUSE_SCENARIOS
 
 
-def demo(console: Console, s: Settings) -> None:
+def demo(console: Console, s: Settings, config: Path | None = None) -> None:
     console.rule("[bold]gatewise demo[/]: simulate → store → summarize")
     run = simulation(console, s, emit=None)
     summary(console, s)
     console.rule("why static limits are not enough")
     static_baseline(console, s, run)
+    console.rule("features: Prefect flow build_features → Feast")
+    features_build(console, s, config, None, None, False)
+    sample = run.result.labels.column("client_id").to_pylist()[-3:]
+    features_online(console, s, sample, "abuse_v1")
     console.rule("done")
     console.print(
         f"data under {s.data_dir}/ ; try `.venv/bin/gatewise telemetry summary` or `.venv/bin/gatewise ingest --help`"

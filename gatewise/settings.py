@@ -25,6 +25,7 @@ from pydantic_settings import (
 __all__ = [
     "ConfigError",
     "DriftKnobs",
+    "FeatureSettings",
     "IngestSettings",
     "ScenarioShares",
     "Settings",
@@ -127,6 +128,25 @@ class IngestSettings(_Strict):
     )
 
 
+class FeatureSettings(_Strict):
+    """Where Feast keeps its registry and online store (offline: DuckDB over Parquet)."""
+
+    project: str = Field("gatewise", pattern=r"^[a-z][a-z0-9_]*$")
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = Field(
+        "127.0.0.1:6379", description="host:port[,db=N,...] (Feast's connection_string)"
+    )
+    redis_key_ttl_seconds: int | None = Field(None, ge=1)
+    registry: Literal["file", "sql"] = "file"
+    registry_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        description="SQLAlchemy URL of the SQL registry",
+    )
+    label_delay_minutes: int = Field(
+        0, ge=0, description="labels become usable this long after their window"
+    )
+
+
 class Settings(BaseSettings):
     """The whole project config.
 
@@ -147,6 +167,7 @@ class Settings(BaseSettings):
     )
     simulator: SimulatorSettings = SimulatorSettings()
     ingest: IngestSettings = IngestSettings()
+    features: FeatureSettings = FeatureSettings()
 
     @field_validator("static_limits_per_minute")
     @classmethod
@@ -185,6 +206,14 @@ class Settings(BaseSettings):
     @property
     def rejects_dir(self) -> Path:
         return self.data_dir / "rejects"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.data_dir / "feast"
 
     @property
     def consumers_path(self) -> Path:

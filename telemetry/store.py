@@ -92,7 +92,9 @@ class TelemetryStore:
         written = dup = files = 0
         with self._locked():
             for a, b in itertools.pairwise(bounds):
-                key = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=int(hour[a]))).strftime(HOUR_FMT)
+                key = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=int(hour[a]))).strftime(
+                    HOUR_FMT
+                )
                 part = table.slice(a, b - a)
                 if dedup:
                     part, n_dup = self._drop_known(key, part)

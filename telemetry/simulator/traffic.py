@@ -201,7 +201,9 @@ def expand_events(
     # position inside the episode: everyday use clusters into sessions, bursts are steady
     rank = np.arange(total) - np.repeat(np.cumsum(ep.n) - ep.n, ep.n)
     u = rng.random(total)
-    is_normal = ep.dur[e_idx] >= 3600.0
+    is_normal = np.isin(ep.mode, [M["normal"], M["shared"], M["slow"]])[
+        e_idx
+    ]  # everyday use, not a run
     centre = rng.random(len(ep.n))[e_idx]
     clustered = is_normal & (rng.random(total) < 0.6 * (1 - pop.flatness[cl]))
     frac = np.where(clustered, (centre + rng.normal(0, 0.03, total)) % 1.0, u)
@@ -362,7 +364,7 @@ def _ids(
     enum = ep.route[e_idx] >= 0
     if enum.any():
         start = rng.integers(1, 150_000, len(ep.n))[e_idx[enum]]
-        step = rank[enum] + np.cumsum(rng.random(int(enum.sum())) < 0.05)  # occasional skipped id
+        step = rank[enum] + rank[enum] // 20  # every 20th id is skipped (deleted items)
         ids[enum] = start + step
     return ids.astype(np.int64)
 
