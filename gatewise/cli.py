@@ -21,6 +21,8 @@ app = typer.Typer(
 telemetry_app = typer.Typer(help="Inspect the telemetry store.", no_args_is_help=True)
 config_app = typer.Typer(help="Show or check the project config.", no_args_is_help=True)
 features_app = typer.Typer(help="Build and look up Feast feature sets.", no_args_is_help=True)
+automl_app = typer.Typer(help="AutoML on any table a data scientist brings.", no_args_is_help=True)
+app.add_typer(automl_app, name="automl")
 app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(features_app, name="features")
 app.add_typer(config_app, name="config")
@@ -192,6 +194,129 @@ def features_online(
     from gatewise import report
 
     report.features_online(_console(), _settings(config), entity_ids, service)
+
+
+@app.command()
+def train(
+    target: Annotated[
+        str, typer.Option(help="a target of gatewise.yaml (abuse, load, ...)")
+    ] = "abuse",
+    budget: Annotated[
+        float | None, typer.Option(help="search time budget in seconds (default: the target's)")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(help="stop after this many trials")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="search processes sharing one Optuna study (PostgreSQL storage for N>1)"
+        ),
+    ] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the Prefect flow train: AutoML → MLflow → challenger with a gate verdict."""
+    from gatewise import report
+
+    s = _settings(config)
+    if target not in s.targets:
+        _fail(
+            f"--target: unknown target {target!r}; gatewise.yaml defines {', '.join(sorted(s.targets))}"
+        )
+    report.train(_console(), s, config, target, budget, trials, workers, seed)
+
+
+@automl_app.command("fit")
+def automl_fit(
+    table: Annotated[Path, typer.Option("--table", help="CSV or Parquet file")],
+    label: Annotated[str, typer.Option(help="label column")],
+    budget: Annotated[float, typer.Option(help="search time budget in seconds")] = 60.0,
+    sensitive: Annotated[
+        str | None,
+        typer.Option(help="comma-separated sensitive columns (fairness checks, not inputs)"),
+    ] = None,
+    time_col: Annotated[
+        str | None, typer.Option("--time-col", help="train on the past, validate on the future")
+    ] = None,
+    group_col: Annotated[
+        str | None, typer.Option("--group-col", help="keep each group on one side of a split")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="roc_auc, average_precision, f1, log_loss, mae, rmse, r2")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="registered model gatewise-<name> (default: the file name)")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    config: ConfigOpt = None,
+) -> None:
+    """AutoML on a table: tracked in MLflow and registered like a target."""
+    if not table.is_file():
+        _fail(f"--table: no such file {table}")
+    from gatewise import report
+
+    s = _settings(config)
+    report.automl_fit(
+        _console(),
+        s,
+        table,
+        label,
+        budget,
+        [c.strip() for c in sensitive.split(",")] if sensitive else None,
+        time_col,
+        group_col,
+        metric,
+        name,
+        workers,
+        seed,
+    )
+
+
+@app.command()
+def promote(
+    target: Annotated[
+        str, typer.Option(help="target (registered model gatewise-<target>)")
+    ] = "abuse",
+    version: Annotated[
+        str | None, typer.Option(help="version to promote (default: the challenger)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="promote even if the gate said no")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Move the champion alias to an eligible version."""
+    from models.registry import PromotionError
+    from models.registry import promote as do
+
+    s = _settings(config)
+    try:
+        out = do(s, target, version, force=force)
+    except PromotionError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{out['model']}: champion is now version {out['champion']}"
+        + (f" (was {out['previous']})" if out["previous"] else "")
+    )
+
+
+@app.command()
+def rollback(
+    target: Annotated[
+        str, typer.Option(help="target (registered model gatewise-<target>)")
+    ] = "abuse",
+    config: ConfigOpt = None,
+) -> None:
+    """Restore the previous champion."""
+    from models.registry import PromotionError
+    from models.registry import rollback as do
+
+    s = _settings(config)
+    try:
+        out = do(s, target)
+    except PromotionError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{out['model']}: champion is back to version {out['champion']} (replacing {out['replaced']})"
+    )
 
 
 @app.command()

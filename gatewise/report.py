@@ -90,6 +90,132 @@ def features_online(
     return res
 
 
+def _trial_progress(console: Console, budget: float) -> Any:
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task("AutoML search", total=budget)
+    import time
+
+    t0 = time.perf_counter()
+    best: list[float] = []
+
+    def on_trial(t: Any) -> None:
+        if t.value is not None:
+            best.append(t.value)
+        progress.update(
+            task,
+            completed=min(budget, time.perf_counter() - t0),
+            description=f"trial {t.number} {t.params.get('family', '')} {t.state.name.lower()} {'' if t.value is None else f'{t.value:.4f}'}",
+        )
+
+    return progress, on_trial
+
+
+def _train_result(console: Console, r: Any, s: Settings) -> None:
+    rows = [
+        {
+            "model": r.model_name,
+            "version": r.version,
+            "metric": r.metric,
+            "holdout": r.holdout_score,
+            "champion": r.champion_version or "-",
+            "champion_holdout": r.champion_score,
+            "threshold": r.threshold,
+            "trials": r.trials,
+            "eligible": "yes" if r.eligible else "NO",
+        }
+    ]
+    console.print(_table("training", rows))
+    best = r.best_params if isinstance(r.best_params, dict) else {}
+    console.print(
+        "best: "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items())
+    )
+    for w in r.warnings:
+        console.print(f"[yellow]data:[/] {w}")
+    if r.reasons:
+        console.print("[red]gate:[/] " + "; ".join(r.reasons))
+    console.print(f"MLflow run {r.run_id}: .venv/bin/mlflow ui --backend-store-uri {s.mlflow_uri}")
+
+
+def train(
+    console: Console,
+    s: Settings,
+    config: Path | None,
+    target: str,
+    budget: float | None,
+    trials: int | None,
+    workers: int,
+    seed: int,
+) -> Any:
+    from types import SimpleNamespace
+
+    from flows.train import train_flow
+
+    console.print(
+        f"running Prefect flow [bold]train[/] for target {target} (budget {budget or s.target(target).time_budget_s:g}s, {workers} worker(s))"
+    )
+    out = train_flow(
+        target=target,
+        budget=budget,
+        n_trials=trials,
+        workers=workers,
+        seed=seed,
+        config_path=str(config) if config else None,
+        data_dir=str(s.data_dir.resolve()),
+    )
+    r = SimpleNamespace(**out)
+    _train_result(console, r, s)
+    return r
+
+
+def automl_fit(
+    console: Console,
+    s: Settings,
+    table: Path,
+    label: str,
+    budget: float,
+    sensitive: list[str] | None,
+    time_col: str | None,
+    group_col: str | None,
+    metric: str | None,
+    name: str | None,
+    workers: int,
+    seed: int,
+) -> Any:
+    from models.data import DataQualityError
+    from models.train import fit_table
+
+    progress, on_trial = _trial_progress(console, budget)
+    try:
+        with progress:
+            r = fit_table(
+                s,
+                table,
+                label,
+                name=name,
+                metric=metric,
+                sensitive=sensitive,
+                time_col=time_col,
+                group_col=group_col,
+                budget=budget,
+                workers=workers,
+                seed=seed,
+                on_trial=on_trial,
+            )
+    except (DataQualityError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None
+    _train_result(console, r, s)
+    return r
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -273,6 +399,16 @@ def demo(console: Console, s: Settings, config: Path | None = None) -> None:
     features_build(console, s, config, None, None, False)
     sample = run.result.labels.column("client_id").to_pylist()[-3:]
     features_online(console, s, sample, "abuse_v1")
+    console.rule("AutoML: Prefect flow train → MLflow → challenger with a gate verdict")
+    r = train(console, s, config, "abuse", min(60.0, s.target("abuse").time_budget_s), None, 1, 0)
+    console.print(
+        "next: `.venv/bin/gatewise promote --target abuse` moves champion to an eligible challenger; "
+        f"browse runs with `.venv/bin/mlflow ui --backend-store-uri {s.mlflow_uri}`"
+    )
+    if not r.eligible:
+        console.print(
+            "the gate refused this challenger (see above); `gatewise promote --force` overrides it"
+        )
     console.rule("done")
     console.print(
         f"data under {s.data_dir}/ ; try `.venv/bin/gatewise telemetry summary` or `.venv/bin/gatewise ingest --help`"

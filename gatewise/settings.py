@@ -31,6 +31,7 @@ __all__ = [
     "Settings",
     "SimulatorSettings",
     "SkewKnobs",
+    "TargetSettings",
     "load_settings",
 ]
 
@@ -147,6 +148,113 @@ class FeatureSettings(_Strict):
     )
 
 
+class FairnessBounds(_Strict):
+    """A challenger passes only if, among groups large enough to judge, these hold."""
+
+    max_fpr_difference: float = Field(
+        0.05, ge=0, le=1, description="largest FPR gap between groups"
+    )
+    max_fnr_difference: float = Field(
+        0.25, ge=0, le=1, description="largest FNR gap between groups"
+    )
+    min_group_size: int = Field(
+        30, ge=1, description="smaller groups are reported as unjudgeable, never as fair"
+    )
+    min_group_negatives: int = Field(
+        10, ge=1, description="an FPR needs this many legitimate rows in the group"
+    )
+
+
+class Costs(_Strict):
+    """What an error costs; the decision threshold minimises the expected total."""
+
+    false_positive: float = Field(10.0, gt=0, description="blocking a legitimate client")
+    false_negative: float = Field(1.0, gt=0, description="missing an abusive window")
+
+
+Family = Literal["linear", "random_forest", "extra_trees", "hist_gradient_boosting", "xgboost"]
+ALL_FAMILIES: tuple[Family, ...] = (
+    "linear",
+    "random_forest",
+    "extra_trees",
+    "hist_gradient_boosting",
+    "xgboost",
+)
+
+
+def _all_families() -> list[Family]:
+    return list(ALL_FAMILIES)
+
+
+class TargetSettings(_Strict):
+    """One prediction target: what to learn, from which features, judged how."""
+
+    task: Literal["binary", "regression"]
+    entity: Literal["client", "route"]
+    feature_service: str
+    label_source: Literal["labels", "next_window_requests"] = Field(
+        "labels",
+        description="labels: the labels table; next_window_requests: the route's next 5-minute request count",
+    )
+    metric: Literal["average_precision", "roc_auc", "f1", "log_loss", "mae", "rmse", "r2"]
+    sensitive_features: list[str] = Field(default_factory=list)
+    time_budget_s: float = Field(120.0, gt=0)
+    n_trials: int | None = Field(
+        None, ge=1, description="stop after this many trials (else the time budget)"
+    )
+    promotion_margin: float = Field(
+        0.005, ge=0, description="a challenger must beat the champion by this much"
+    )
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=0.5, description="most recent share kept for the champion comparison"
+    )
+    max_rows: int = Field(
+        300_000, ge=1000, description="training rows are sampled down to this (by whole clients)"
+    )
+    fairness: FairnessBounds = FairnessBounds()
+    costs: Costs = Costs()
+    families: list[Family] = Field(default_factory=_all_families)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSettings:
+        binary_metrics = {"average_precision", "roc_auc", "f1", "log_loss"}
+        if (self.task == "binary") != (self.metric in binary_metrics):
+            raise ValueError(f"metric {self.metric!r} does not fit task {self.task!r}")
+        if self.entity == "route" and self.label_source == "labels":
+            raise ValueError("route targets take label_source next_window_requests")
+        return self
+
+
+def _default_targets() -> dict[str, TargetSettings]:
+    return {
+        "abuse": TargetSettings(
+            task="binary",
+            entity="client",
+            feature_service="abuse_v1",
+            label_source="labels",
+            metric="average_precision",
+            sensitive_features=["tier", "region", "device_type"],
+        ),
+        "load": TargetSettings(
+            task="regression",
+            entity="route",
+            feature_service="load_v1",
+            label_source="next_window_requests",
+            metric="mae",
+            time_budget_s=60.0,
+            families=["linear", "hist_gradient_boosting", "xgboost"],
+        ),
+    }
+
+
+class TrackingSettings(_Strict):
+    mlflow_uri: str | None = Field(None, description="default: sqlite:///<data_dir>/mlflow.db")
+    optuna_storage: str | None = Field(
+        None, description="default: sqlite:///<data_dir>/optuna.db; a PostgreSQL URL for N workers"
+    )
+    registered_model_prefix: str = "gatewise"
+
+
 class Settings(BaseSettings):
     """The whole project config.
 
@@ -168,6 +276,8 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = SimulatorSettings()
     ingest: IngestSettings = IngestSettings()
     features: FeatureSettings = FeatureSettings()
+    targets: dict[str, TargetSettings] = Field(default_factory=_default_targets)
+    tracking: TrackingSettings = TrackingSettings()
 
     @field_validator("static_limits_per_minute")
     @classmethod
@@ -214,6 +324,30 @@ class Settings(BaseSettings):
     @property
     def feast_dir(self) -> Path:
         return self.data_dir / "feast"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.tracking.mlflow_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def optuna_storage(self) -> str:
+        return (
+            self.tracking.optuna_storage or f"sqlite:///{(self.data_dir / 'optuna.db').resolve()}"
+        )
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "mlartifacts"
+
+    def target(self, name: str) -> TargetSettings:
+        if name not in self.targets:
+            raise ConfigError(
+                f"unknown target {name!r}; gatewise.yaml defines {', '.join(sorted(self.targets))}"
+            )
+        return self.targets[name]
+
+    def registered_model(self, target: str) -> str:
+        return f"{self.tracking.registered_model_prefix}-{target}"
 
     @property
     def consumers_path(self) -> Path:

@@ -1,0 +1,80 @@
+"""Prefect flow ``train``: AutoML for one target, tracked in MLflow, challenger registered.
+
+Runnable ad hoc (``gatewise train``) or as a Prefect deployment
+(``gatewise train --serve`` keeps a process that serves the deployment so
+runs can be triggered from the Prefect UI or API, e.g. by monitoring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from gatewise.settings import Settings, load_settings
+
+__all__ = ["train_flow"]
+
+
+@task(name="automl", cache_policy=NONE)
+def automl(
+    settings: Settings,
+    target: str,
+    budget: float | None,
+    n_trials: int | None,
+    workers: int,
+    seed: int,
+) -> dict[str, Any]:
+    from models.train import train_target
+
+    log = get_run_logger()
+
+    def on_trial(t: Any) -> None:
+        log.info(
+            "trial %s %s %s = %s",
+            t.number,
+            t.params.get("family"),
+            t.state.name,
+            None if t.value is None else round(t.value, 5),
+        )
+
+    res = train_target(
+        settings,
+        target,
+        budget=budget,
+        n_trials=n_trials,
+        workers=workers,
+        seed=seed,
+        on_trial=on_trial,
+    )
+    log.info(
+        "%s v%s: holdout %s %.4f; %s",
+        res.model_name,
+        res.version,
+        res.metric,
+        res.holdout_score,
+        "ELIGIBLE" if res.eligible else "NOT eligible: " + "; ".join(res.reasons),
+    )
+    return asdict(res)
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    target: str = "abuse",
+    budget: float | None = None,
+    n_trials: int | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    config_path: str | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Search, evaluate and register a challenger for ``target``."""
+    settings = load_settings(
+        Path(config_path) if config_path else None,
+        **({"data_dir": Path(data_dir)} if data_dir else {}),
+    )
+    settings.target(target)  # fail fast on an unknown target
+    return automl(settings, target, budget, n_trials, workers, seed)

@@ -1,0 +1,244 @@
+"""Training data: a frame of features, a label, groups, time and sensitive columns.
+
+Targets read their features through Feast (``features.training``), never raw
+telemetry. Any other table a data scientist brings goes through the same
+``Dataset`` and checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from gatewise.settings import Settings, TargetSettings
+
+__all__ = ["DataQualityError", "Dataset", "check_quality", "load_table", "target_dataset"]
+
+ID_COLUMNS = {
+    "client_id",
+    "route_id",
+    "event_timestamp",
+    "label",
+    "source",
+    "scenario",
+    "created_timestamp",
+}
+
+
+class DataQualityError(ValueError):
+    """The training data cannot give an honest model; the message says why."""
+
+
+@dataclass
+class Dataset:
+    X: pd.DataFrame
+    y: pd.Series
+    task: str  # "binary" | "regression"
+    time: pd.Series | None = None
+    groups: pd.Series | None = None
+    sensitive: pd.DataFrame = field(default_factory=pd.DataFrame)
+    name: str = "table"
+
+    def fingerprint(self) -> str:
+        """Content hash of the training data (features, label, time), for lineage."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(pd.util.hash_pandas_object(self.X, index=False).to_numpy().tobytes())
+        h.update(pd.util.hash_pandas_object(self.y, index=False).to_numpy().tobytes())
+        if self.time is not None:
+            h.update(pd.util.hash_pandas_object(self.time, index=False).to_numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def take(self, idx: np.ndarray) -> Dataset:
+        return Dataset(
+            X=self.X.iloc[idx].reset_index(drop=True),
+            y=self.y.iloc[idx].reset_index(drop=True),
+            task=self.task,
+            time=None if self.time is None else self.time.iloc[idx].reset_index(drop=True),
+            groups=None if self.groups is None else self.groups.iloc[idx].reset_index(drop=True),
+            sensitive=self.sensitive.iloc[idx].reset_index(drop=True)
+            if len(self.sensitive.columns)
+            else self.sensitive,
+            name=self.name,
+        )
+
+
+def check_quality(ds: Dataset, *, min_rows: int = 50, min_minority: int = 10) -> list[str]:
+    """Raise ``DataQualityError`` naming every problem that makes training pointless;
+    return warnings (dropped columns) otherwise. Constant and all-missing
+    feature columns are dropped from ``ds.X`` in place."""
+    problems: list[str] = []
+    if len(ds.X) < min_rows:
+        problems.append(f"only {len(ds.X)} rows (need at least {min_rows})")
+    if ds.y.isna().any():
+        problems.append(f"label has {int(ds.y.isna().sum())} missing values")
+    warnings: list[str] = []
+    all_missing = [c for c in ds.X.columns if ds.X[c].isna().all()]
+    constant = [
+        c for c in ds.X.columns if c not in all_missing and ds.X[c].nunique(dropna=True) <= 1
+    ]
+    if all_missing:
+        warnings.append(f"dropped all-missing columns: {', '.join(all_missing)}")
+    if constant:
+        warnings.append(f"dropped constant columns: {', '.join(constant)}")
+    if all_missing or constant:
+        ds.X = ds.X.drop(columns=all_missing + constant)
+    if ds.X.shape[1] == 0:
+        problems.append("no usable feature column (all empty or constant)")
+    if ds.task == "binary" and not problems:
+        counts = ds.y.value_counts()
+        if len(counts) < 2:
+            problems.append(f"label has a single class ({counts.index[0]}): nothing to learn")
+        elif counts.min() < min_minority:
+            problems.append(
+                f"label has only {int(counts.min())} rows of class {counts.idxmin()} (need {min_minority})"
+            )
+    elif ds.task == "regression" and not problems and ds.y.nunique() <= 1:
+        problems.append("label is constant: nothing to learn")
+    if problems:
+        raise DataQualityError(f"training data {ds.name!r} is not usable: " + "; ".join(problems))
+    return warnings
+
+
+def _attach_sensitive(df: pd.DataFrame, settings: Settings, cols: list[str]) -> pd.DataFrame:
+    """Client attributes for fairness checks come from the consumers table, not from features."""
+    if not cols:
+        return pd.DataFrame(index=df.index)
+    path = settings.consumers_path
+    if not path.exists():
+        raise DataQualityError(f"sensitive features {cols} need the consumers table {path}")
+    consumers = pd.read_parquet(path)
+    missing = [c for c in cols if c not in consumers.columns]
+    if missing:
+        raise DataQualityError(
+            f"sensitive feature(s) {missing} are not columns of the consumers table {path}"
+        )
+    return (
+        df[["client_id"]]
+        .merge(consumers[["client_id", *cols]], on="client_id", how="left")[cols]
+        .fillna("(unknown)")
+    )
+
+
+def target_dataset(settings: Settings, name: str, target: TargetSettings) -> Dataset:
+    """The training set of a configured target, through Feast."""
+    from features.training import training_frame
+
+    label: pd.Series
+    if target.label_source == "labels":
+        df = training_frame(settings, target.feature_service)
+        label = df["label"].astype(int)
+        group_col = "client_id" if target.entity == "client" else "route_id"
+    else:
+        df = _next_window_frame(settings, target)
+        label = df["label"].astype(float)
+        group_col = "route_id"
+    feature_cols = [c for c in df.columns if c not in ID_COLUMNS]
+    # rows with no feature at all (entity silent before the label) carry nothing to learn from
+    has_any = df[feature_cols].notna().any(axis=1)
+    df, label = df[has_any].reset_index(drop=True), label[has_any].reset_index(drop=True)
+    if len(df) > target.max_rows:
+        df, label = _sample_by_group(df, label, group_col, target.max_rows)
+    sensitive = (
+        _attach_sensitive(df, settings, target.sensitive_features)
+        if target.entity == "client"
+        else pd.DataFrame(index=df.index)
+    )
+    return Dataset(
+        X=df[feature_cols].astype(float),
+        y=label,
+        task=target.task,
+        time=pd.to_datetime(df["event_timestamp"], utc=True),
+        groups=df[group_col].astype(str),
+        sensitive=sensitive.reset_index(drop=True),
+        name=name,
+    )
+
+
+def _sample_by_group(
+    df: pd.DataFrame, y: pd.Series, group_col: str, max_rows: int
+) -> tuple[pd.DataFrame, pd.Series]:
+    rng = np.random.default_rng(0)
+    groups = df[group_col].unique()
+    keep = set(rng.permutation(groups)[: max(1, int(len(groups) * max_rows / len(df)))])
+    m = df[group_col].isin(keep).to_numpy()
+    return df[m].reset_index(drop=True), y[m].reset_index(drop=True)
+
+
+def _next_window_frame(settings: Settings, target: TargetSettings) -> pd.DataFrame:
+    """Per route and window end T: features as of T, label = requests in (T, T + 5 min]."""
+    from features.training import training_frame
+
+    routes = pd.read_parquet(
+        settings.features_dir / "route_windows",
+        columns=["route_id", "event_timestamp", "route_request_count_5m"],
+    )
+    routes["event_timestamp"] = pd.to_datetime(routes["event_timestamp"], utc=True)
+    nxt = routes.rename(columns={"route_request_count_5m": "label"})
+    nxt["event_timestamp"] = nxt["event_timestamp"] - pd.Timedelta(minutes=5)
+    entity = nxt[["route_id", "event_timestamp", "label"]]
+    return training_frame(settings, target.feature_service, entity_df=entity)
+
+
+def load_table(
+    path: Path,
+    label: str,
+    *,
+    time_col: str | None = None,
+    group_col: str | None = None,
+    sensitive: list[str] | None = None,
+    task: str | None = None,
+) -> Dataset:
+    """A CSV or Parquet table a data scientist brings. Non-numeric columns are
+    one-hot encoded by the search; the sensitive columns are kept for fairness
+    checks and are not model inputs."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"table {path} does not exist")
+    df = (
+        pd.read_parquet(path)
+        if path.suffix == ".parquet"
+        else pd.read_csv(path, skipinitialspace=True)
+    )
+    for col, what in (
+        (label, "--label"),
+        (time_col, "--time-col"),
+        (group_col, "--group-col"),
+        *((c, "--sensitive") for c in (sensitive or [])),
+    ):
+        if col and col not in df.columns:
+            raise DataQualityError(
+                f"{what}: column {col!r} is not in {path.name} (columns: {', '.join(map(str, df.columns[:30]))})"
+            )
+    y_raw = df[label]
+    if task is None:
+        task = "binary" if y_raw.nunique() == 2 else "regression"
+    if task == "binary":
+        classes = sorted(y_raw.dropna().unique(), key=str)
+        if len(classes) != 2:
+            raise DataQualityError(
+                f"--label {label!r} has {len(classes)} classes; binary tasks need 2"
+            )
+        positive = classes[1]
+        y = (y_raw == positive).astype(int)
+    else:
+        y = pd.to_numeric(y_raw, errors="coerce")
+    drop = [label, *(c for c in (time_col, group_col) if c)]
+    X = df.drop(columns=drop)
+    sens = df[sensitive].astype(str) if sensitive else pd.DataFrame(index=df.index)
+    X = X.drop(columns=[c for c in (sensitive or []) if c in X.columns])
+    return Dataset(
+        X=X,
+        y=y,
+        task=task,
+        time=pd.to_datetime(df[time_col], utc=True) if time_col else None,
+        groups=df[group_col].astype(str) if group_col else None,
+        sensitive=sens.reset_index(drop=True),
+        name=path.stem,
+    )

@@ -1,0 +1,207 @@
+"""Evaluation: cost-based threshold, holdout metrics, fairness by group, and plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gatewise.settings import Costs, FairnessBounds
+
+__all__ = [
+    "FairnessReport",
+    "choose_threshold",
+    "classification_metrics",
+    "fairness_report",
+    "write_plots",
+]
+
+
+def choose_threshold(y: np.ndarray, score: np.ndarray, costs: Costs) -> tuple[float, float]:
+    """The score threshold that minimises FP·cost_fp + FN·cost_fn on these rows.
+
+    Returns (threshold, expected cost per row).
+    """
+    order = np.argsort(-score)
+    s, yy = score[order], y[order].astype(int)
+    tp = np.cumsum(yy)
+    fp = np.cumsum(1 - yy)
+    fn = yy.sum() - tp
+    cost = fp * costs.false_positive + fn * costs.false_negative
+    # a threshold flags every row with score >= it: only the end of a run of ties is a real cut
+    cut = np.r_[s[:-1] != s[1:], True]
+    cost = np.where(cut, cost, np.inf)
+    # flagging nothing is also an option
+    best = int(np.argmin(cost))
+    if yy.sum() * costs.false_negative <= cost[best]:
+        return float(s[0]) + 1e-9, float(yy.sum() * costs.false_negative / len(y))
+    # the threshold sits at the score of the last flagged row (ties flagged together)
+    return float(s[best]), float(cost[best] / len(y))
+
+
+def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn import metrics as m
+
+    pred = score >= threshold
+    tn, fp, fn, tp = m.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {
+        "roc_auc": float(m.roc_auc_score(y, score)),
+        "average_precision": float(m.average_precision_score(y, score)),
+        "precision": float(tp / max(tp + fp, 1)),
+        "recall": float(tp / max(tp + fn, 1)),
+        "fpr": float(fp / max(fp + tn, 1)),
+        "brier": float(m.brier_score_loss(y, score)),
+        "positives": float(y.sum()),
+        "rows": float(len(y)),
+    }
+
+
+@dataclass
+class FairnessReport:
+    table: (
+        pd.DataFrame
+    )  # feature, group, n, negatives, positives, selection_rate, fpr, fnr, judgeable
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    gaps: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def fairness_report(
+    y: np.ndarray, pred: np.ndarray, sensitive: pd.DataFrame, bounds: FairnessBounds
+) -> FairnessReport:
+    """Fairlearn ``MetricFrame`` per sensitive feature: selection rate, FPR, FNR, group sizes.
+
+    A group smaller than ``min_group_size`` (or with too few legitimate rows for
+    an FPR) is marked unjudgeable and left out of the gaps, never counted as fair.
+    """
+    from fairlearn.metrics import (
+        MetricFrame,
+        false_negative_rate,
+        false_positive_rate,
+        selection_rate,
+    )
+
+    rows = []
+    reasons: list[str] = []
+    gaps: dict[str, dict[str, float]] = {}
+    for col in sensitive.columns:
+        mf = MetricFrame(
+            metrics={
+                "selection_rate": selection_rate,
+                "fpr": false_positive_rate,
+                "fnr": false_negative_rate,
+                "n": lambda yt, yp: len(yt),
+                "negatives": lambda yt, yp: int((np.asarray(yt) == 0).sum()),
+                "positives": lambda yt, yp: int((np.asarray(yt) == 1).sum()),
+            },
+            y_true=y,
+            y_pred=pred.astype(int),
+            sensitive_features=sensitive[col].to_numpy(),
+        )
+        g = mf.by_group.reset_index().rename(columns={"sensitive_feature_0": "group"})
+        g.insert(0, "feature", col)
+        g["judgeable"] = (g["n"] >= bounds.min_group_size) & (
+            g["negatives"] >= bounds.min_group_negatives
+        )
+        rows.append(g)
+        ok = g[g["judgeable"]]
+        if len(ok) < 2:
+            reasons.append(f"{col}: fewer than two groups large enough to judge")
+            continue
+        fpr_gap = float(ok["fpr"].max() - ok["fpr"].min())
+        ok_fnr = ok[ok["positives"] >= bounds.min_group_negatives]
+        fnr_gap = (
+            float(ok_fnr["fnr"].max() - ok_fnr["fnr"].min()) if len(ok_fnr) >= 2 else float("nan")
+        )
+        gaps[col] = {"fpr_difference": fpr_gap, "fnr_difference": fnr_gap}
+        if fpr_gap > bounds.max_fpr_difference:
+            worst = ok.loc[ok["fpr"].idxmax(), "group"]
+            reasons.append(
+                f"{col}: FPR gap {fpr_gap:.3f} > {bounds.max_fpr_difference} (highest for {worst})"
+            )
+        if np.isfinite(fnr_gap) and fnr_gap > bounds.max_fnr_difference:
+            reasons.append(f"{col}: FNR gap {fnr_gap:.3f} > {bounds.max_fnr_difference}")
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    failed = [r for r in reasons if "gap" in r]
+    return FairnessReport(table=table, passed=not failed, reasons=reasons, gaps=gaps)
+
+
+def write_plots(
+    out: Path,
+    task: str,
+    y: np.ndarray,
+    score: np.ndarray,
+    threshold: float | None,
+    importance: pd.Series | None,
+    study: Any | None,
+) -> list[Path]:
+    """PNG plots a reviewer wants in the MLflow UI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn import metrics as m
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(out / name)
+
+    if task == "binary":
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        m.RocCurveDisplay.from_predictions(y, score, ax=ax[0])
+        m.PrecisionRecallDisplay.from_predictions(y, score, ax=ax[1])
+        ax[0].set_title("ROC (holdout)")
+        ax[1].set_title("precision-recall (holdout)")
+        save(fig, "roc_pr.png")
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        m.ConfusionMatrixDisplay.from_predictions(
+            y, (score >= (threshold or 0.5)).astype(int), ax=ax, colorbar=False
+        )
+        ax.set_title(f"confusion at threshold {threshold:.3f}")
+        save(fig, "confusion_matrix.png")
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        from sklearn.calibration import CalibrationDisplay
+
+        CalibrationDisplay.from_predictions(y, score, n_bins=10, strategy="quantile", ax=ax)
+        ax.set_title("calibration (holdout)")
+        save(fig, "calibration.png")
+    else:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.scatter(y, score, s=4, alpha=0.4)
+        lim = [min(y.min(), score.min()), max(y.max(), score.max())]
+        ax.plot(lim, lim, "k--", lw=1)
+        ax.set_xlabel("actual")
+        ax.set_ylabel("predicted")
+        ax.set_title("holdout: predicted vs actual")
+        save(fig, "predicted_vs_actual.png")
+    if importance is not None and len(importance):
+        top = importance.sort_values().tail(20)
+        fig, ax = plt.subplots(figsize=(6, 0.3 * len(top) + 1))
+        top.plot.barh(ax=ax)
+        ax.set_title("permutation importance (holdout)")
+        save(fig, "feature_importance.png")
+    if study is not None:
+        vals = [(t.number, t.value) for t in study.trials if t.value is not None]
+        if vals:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            n, v = zip(*vals, strict=True)
+            ax.scatter(n, v, s=10)
+            best = (
+                np.maximum.accumulate(v)
+                if study.direction.name == "MAXIMIZE"
+                else np.minimum.accumulate(v)
+            )
+            ax.plot(n, best, "r-")
+            ax.set_xlabel("trial")
+            ax.set_ylabel("validation score")
+            ax.set_title("Optuna optimisation history")
+            save(fig, "optuna_history.png")
+    return files

@@ -1,0 +1,218 @@
+"""MLflow: experiments, trial logging, the registered model and its aliases.
+
+Training sets alias ``challenger`` and writes its gate verdict as version
+tags. Only promotion (the deploy flow, or ``gatewise promote`` by hand) moves
+``champion``; each promotion pushes the previous champion on a stack kept as
+a registered-model tag, so ``rollback`` can restore it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gatewise.settings import Settings
+
+__all__ = [
+    "PromotionError",
+    "client",
+    "ensure_experiment",
+    "log_trials",
+    "promote",
+    "rollback",
+    "version_info",
+]
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+_STACK_TAG = "gatewise.champion_history"
+
+
+class PromotionError(RuntimeError):
+    """A promotion or rollback that must not happen; the message says why."""
+
+
+def client(settings: Settings) -> Any:
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+def ensure_experiment(settings: Settings, name: str) -> str:
+    """The experiment ``gatewise-<name>``, artifacts under ``<data_dir>/mlartifacts``."""
+    import mlflow
+
+    c = client(settings)
+    exp_name = f"{settings.tracking.registered_model_prefix}-{name}"
+    exp = c.get_experiment_by_name(exp_name)
+    if exp is None:
+        loc = (settings.artifacts_dir / name).resolve()
+        loc.mkdir(parents=True, exist_ok=True)
+        exp_id = c.create_experiment(exp_name, artifact_location=loc.as_uri())
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return str(exp_id)
+
+
+def log_trials(settings: Settings, experiment_id: str, parent_run_id: str, study: Any) -> int:
+    """One nested run per Optuna trial, written by this (the coordinator) process."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    c = client(settings)
+    n = 0
+    for t in study.trials:
+        if t.state.name not in ("COMPLETE", "PRUNED", "FAIL"):
+            continue
+        run = c.create_run(
+            experiment_id,
+            run_name=f"trial-{t.number:03d}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "optuna.trial": str(t.number),
+                "optuna.state": t.state.name,
+            },
+        )
+        ts = (
+            int((t.datetime_complete or t.datetime_start).timestamp() * 1000)
+            if t.datetime_start
+            else 0
+        )
+        params = [Param(k, str(v)[:500]) for k, v in t.params.items()]
+        metrics = []
+        if t.value is not None:
+            metrics.append(Metric("val_score", float(t.value), ts, 0))
+        for k, v in (t.user_attrs.get("metrics") or {}).items():
+            metrics.append(Metric(f"val_{k}", float(v), ts, 0))
+        if "fit_seconds" in t.user_attrs:
+            metrics.append(Metric("fit_seconds", float(t.user_attrs["fit_seconds"]), ts, 0))
+        for step, v in t.intermediate_values.items():
+            metrics.append(Metric("val_score_by_fidelity", float(v), ts, int(step)))
+        c.log_batch(
+            run.info.run_id,
+            metrics=metrics,
+            params=params,
+            tags=[RunTag("family", str(t.params.get("family")))],
+        )
+        c.set_terminated(run.info.run_id, "FINISHED" if t.state.name != "FAIL" else "FAILED")
+        n += 1
+    return n
+
+
+def _version_by_alias(c: Any, name: str, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_info(settings: Settings, target: str) -> dict[str, Any]:
+    """Champion and challenger versions of a target, with their gate tags."""
+    c = client(settings)
+    name = settings.registered_model(target)
+    out: dict[str, Any] = {"model": name}
+    for alias in (CHAMPION, CHALLENGER):
+        v = _version_by_alias(c, name, alias)
+        out[alias] = (
+            None
+            if v is None
+            else {"version": str(v.version), "tags": dict(v.tags), "run_id": v.run_id}
+        )
+    return out
+
+
+def _history(c: Any, name: str) -> list[str]:
+    rm = c.get_registered_model(name)
+    raw = rm.tags.get(_STACK_TAG)
+    return json.loads(raw) if raw else []
+
+
+def promote(
+    settings: Settings, target: str, version: str | None = None, *, force: bool = False
+) -> dict[str, Any]:
+    """Move ``champion`` to ``version`` (default: the current challenger).
+
+    Refuses a version whose gate verdict is not eligible unless ``force``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    c = client(settings)
+    name = settings.registered_model(target)
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        raise PromotionError(
+            f"no registered model {name!r}: train target {target!r} first"
+        ) from None
+    if version is None:
+        ch = _version_by_alias(c, name, CHALLENGER)
+        if ch is None:
+            raise PromotionError(f"{name} has no {CHALLENGER} to promote")
+        version = str(ch.version)
+    mv = c.get_model_version(name, version)
+    eligible = mv.tags.get("gate.eligible") == "true"
+    if not eligible and not force:
+        reason = mv.tags.get("gate.reason", "no gate verdict recorded")
+        raise PromotionError(
+            f"{name} version {version} is not eligible for promotion: {reason} (use --force to override)"
+        )
+    current = _version_by_alias(c, name, CHAMPION)
+    if current is not None and str(current.version) == str(version):
+        return {"model": name, "champion": version, "previous": None, "changed": False}
+    history = _history(c, name)
+    if current is not None:
+        history.append(str(current.version))
+    c.set_registered_model_alias(name, CHAMPION, version)
+    c.set_registered_model_tag(name, _STACK_TAG, json.dumps(history[-50:]))
+    c.set_model_version_tag(
+        name, version, "gatewise.promoted", "forced" if force and not eligible else "gated"
+    )
+    return {
+        "model": name,
+        "champion": version,
+        "previous": None if current is None else str(current.version),
+        "changed": True,
+    }
+
+
+def rollback(settings: Settings, target: str) -> dict[str, Any]:
+    """Restore the champion before the current one."""
+    c = client(settings)
+    name = settings.registered_model(target)
+    history = _history(c, name)
+    if not history:
+        raise PromotionError(f"{name} has no earlier champion to roll back to")
+    previous = history.pop()
+    current = _version_by_alias(c, name, CHAMPION)
+    c.set_registered_model_alias(name, CHAMPION, previous)
+    c.set_registered_model_tag(name, _STACK_TAG, json.dumps(history))
+    if current is not None:
+        c.set_model_version_tag(name, str(current.version), "gatewise.rolled_back", "true")
+    return {
+        "model": name,
+        "champion": previous,
+        "replaced": None if current is None else str(current.version),
+    }
+
+
+def load_alias(settings: Settings, target: str, alias: str) -> tuple[Any, Any] | None:
+    """(sklearn model, model version) behind an alias, or None when unset."""
+    import mlflow.sklearn
+
+    c = client(settings)
+    name = settings.registered_model(target)
+    mv = _version_by_alias(c, name, alias)
+    if mv is None:
+        return None
+    return mlflow.sklearn.load_model(f"models:/{name}@{alias}"), mv
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str))
+    return path

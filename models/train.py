@@ -1,0 +1,436 @@
+"""One AutoML training: search, refit, evaluate, judge, log and register.
+
+``train_target(settings, "abuse")`` for a configured target (features through
+Feast); ``fit_table(settings, path, label=...)`` for any table. Both end with a
+registered version aliased ``challenger`` whose gate verdict is in its tags.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from gatewise.settings import Settings, TargetSettings
+from models.data import Dataset, check_quality, load_table, target_dataset
+from models.search import (
+    HIGHER_IS_BETTER,
+    Splits,
+    build_model,
+    make_splits,
+    objective,
+    predict,
+    score,
+)
+
+__all__ = ["TrainResult", "fit_table", "run_automl", "train_target"]
+
+
+@dataclass
+class TrainResult:
+    model_name: str
+    version: str
+    run_id: str
+    metric: str
+    holdout_score: float
+    champion_version: str | None
+    champion_score: float | None
+    eligible: bool
+    reasons: list[str]
+    threshold: float | None
+    trials: int
+    best_params: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _worker(
+    storage: str,
+    study_name: str,
+    data_path: str,
+    metric: str,
+    families: Sequence[str],
+    timeout: float,
+    seed: int,
+) -> None:
+    """A search worker: loads the data, joins the shared study, never touches MLflow."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with open(data_path, "rb") as fh:
+        ds, splits = pickle.load(fh)
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
+    )
+    study.optimize(
+        objective(ds, splits, metric, families, seed=seed), timeout=timeout, gc_after_trial=True
+    )
+
+
+def _search(
+    settings: Settings,
+    ds: Dataset,
+    splits: Splits,
+    name: str,
+    metric: str,
+    families: Sequence[str],
+    budget: float,
+    n_trials: int | None,
+    workers: int,
+    seed: int,
+    on_trial: Callable[[Any], None] | None,
+) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = settings.optuna_storage
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    study_name = (
+        f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{np.random.default_rng().integers(1 << 30):08x}"
+    )
+    direction: Literal["maximize", "minimize"] = (
+        "maximize" if HIGHER_IS_BETTER[metric] else "minimize"
+    )
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
+    )
+    procs: list[Any] = []
+    tmp = None
+    if workers > 1:
+        tmp = tempfile.NamedTemporaryFile(dir=settings.data_dir, suffix=".pkl", delete=False)  # noqa: SIM115
+        pickle.dump((ds, splits), tmp)
+        tmp.close()
+        ctx = mp.get_context("spawn")
+        for w in range(1, workers):
+            p = ctx.Process(
+                target=_worker,
+                args=(storage, study_name, tmp.name, metric, families, budget, seed + w),
+                daemon=True,
+            )
+            p.start()
+            procs.append(p)
+    callbacks = [lambda st, tr: on_trial(tr)] if on_trial else []
+    try:
+        study.optimize(
+            objective(ds, splits, metric, families, seed=seed),
+            timeout=budget,
+            n_trials=n_trials,
+            callbacks=callbacks,
+            gc_after_trial=True,
+        )
+    finally:
+        for p in procs:
+            p.join(timeout=budget + 600)
+            if p.is_alive():
+                p.terminate()
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
+    if not any(t.state.name == "COMPLETE" for t in study.trials):
+        raise RuntimeError(f"no trial finished within the budget of {budget:.0f}s: raise --budget")
+    return study
+
+
+def run_automl(
+    settings: Settings,
+    ds: Dataset,
+    name: str,
+    target: TargetSettings,
+    *,
+    budget: float | None = None,
+    n_trials: int | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    on_trial: Callable[[Any], None] | None = None,
+) -> TrainResult:
+    """Search → refit → evaluate on the recent holdout → gate → MLflow + registry."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from models import evaluate as ev
+    from models import registry as reg
+
+    t0 = time.perf_counter()
+    warnings = check_quality(ds)
+    splits = make_splits(ds, target.holdout_fraction)
+    metric = target.metric
+    budget = budget or target.time_budget_s
+    study = _search(
+        settings,
+        ds,
+        splits,
+        name,
+        metric,
+        target.families,
+        budget,
+        n_trials or target.n_trials,
+        workers,
+        seed,
+        on_trial,
+    )
+    best = study.best_trial
+    params = best.user_attrs["params"]
+
+    # threshold from validation predictions of the model fitted on the training split
+    threshold = None
+    if ds.task == "binary":
+        m_tr = build_model(
+            params,
+            ds.task,
+            ds.X.iloc[splits.train],
+            ds.y.iloc[splits.train],
+            ds.X.iloc[splits.val],
+            ds.y.iloc[splits.val],
+            seed,
+        )
+        threshold, _ = ev.choose_threshold(
+            ds.y.iloc[splits.val].to_numpy(),
+            predict(m_tr, ds.task, ds.X.iloc[splits.val]),
+            target.costs,
+        )
+    # the final model sees everything but the holdout
+    model = build_model(
+        params,
+        ds.task,
+        ds.X.iloc[splits.fit],
+        ds.y.iloc[splits.fit],
+        ds.X.iloc[splits.val],
+        ds.y.iloc[splits.val],
+        seed,
+    )
+    Xh, yh = ds.X.iloc[splits.holdout], ds.y.iloc[splits.holdout].to_numpy()
+    ph = predict(model, ds.task, Xh)
+    holdout_score = score(metric, yh, ph)
+
+    # the gate: beat the champion on the same holdout by the margin, and be fair
+    reasons: list[str] = []
+    champion = reg.load_alias(settings, name, reg.CHAMPION)
+    champ_version = champ_score = None
+    if champion is not None:
+        cm, cv = champion
+        champ_version = str(cv.version)
+        try:
+            champ_score = score(metric, yh, predict(cm, ds.task, Xh))
+        except Exception as exc:
+            reasons.append(
+                f"champion v{champ_version} cannot be scored on the current holdout ({type(exc).__name__}: {exc})"[
+                    :300
+                ]
+            )
+        if champ_score is not None:
+            gain = (
+                holdout_score - champ_score
+                if HIGHER_IS_BETTER[metric]
+                else champ_score - holdout_score
+            )
+            if gain < target.promotion_margin:
+                reasons.append(
+                    f"{metric} {holdout_score:.4f} does not beat champion v{champ_version} ({champ_score:.4f}) by {target.promotion_margin}"
+                )
+    fairness = None
+    if ds.task == "binary" and len(ds.sensitive.columns):
+        fairness = ev.fairness_report(
+            yh,
+            ph >= threshold,
+            ds.sensitive.iloc[splits.holdout].reset_index(drop=True),
+            target.fairness,
+        )
+        if not fairness.passed:
+            reasons += [r for r in fairness.reasons if "gap" in r]
+    eligible = not reasons
+
+    reg.ensure_experiment(settings, name)
+    model_name = settings.registered_model(name)
+    fingerprint = ds.fingerprint()
+    with mlflow.start_run(run_name=f"{name}-automl") as run:
+        mlflow.set_tags(
+            {
+                "target": name,
+                "task": ds.task,
+                "feature_service": getattr(target, "feature_service", ""),
+                "data_fingerprint": fingerprint,
+                "optuna.study": study.study_name,
+                "workers": str(workers),
+            }
+        )
+        mlflow.log_params(
+            {
+                "metric": metric,
+                "budget_s": budget,
+                "workers": workers,
+                "rows": len(ds.y),
+                "rows_train": len(splits.train),
+                "rows_val": len(splits.val),
+                "rows_holdout": len(splits.holdout),
+                **{f"best.{k}": v for k, v in params.items()},
+            }
+        )
+        mlflow.log_metrics(
+            {
+                f"holdout_{metric}": holdout_score,
+                "best_val_score": float(best.value),
+                "trials": len(study.trials),
+                "trials_pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+            }
+        )
+        if champ_score is not None:
+            mlflow.log_metric(f"champion_holdout_{metric}", champ_score)
+        art = Path(tempfile.mkdtemp())
+        importance = _importance(model, ds.task, Xh, yh, metric)
+        if threshold is not None:
+            cls_metrics = ev.classification_metrics(yh, ph, threshold)
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in cls_metrics.items()})
+            mlflow.log_metric("threshold", threshold)
+        for f in ev.write_plots(art / "plots", ds.task, yh, ph, threshold, importance, study):
+            mlflow.log_artifact(str(f), "plots")
+        if fairness is not None:
+            fairness.table.to_csv(art / "fairness_by_group.csv", index=False)
+            (art / "fairness_by_group.html").write_text(
+                fairness.table.to_html(index=False, float_format=lambda v: f"{v:.3f}")
+            )
+            mlflow.log_artifact(str(art / "fairness_by_group.csv"), "fairness")
+            mlflow.log_artifact(str(art / "fairness_by_group.html"), "fairness")
+        study.trials_dataframe().to_csv(art / "trials.csv", index=False)
+        mlflow.log_artifact(str(art / "trials.csv"))
+        reg.write_json(
+            art / "gate.json",
+            {
+                "eligible": eligible,
+                "reasons": reasons,
+                "holdout_score": holdout_score,
+                "champion_version": champ_version,
+                "champion_score": champ_score,
+                "fairness_gaps": fairness.gaps if fairness else {},
+            },
+        )
+        mlflow.log_artifact(str(art / "gate.json"))
+        sample = ds.X.iloc[splits.fit[:200]]
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            registered_model_name=model_name,
+            # our own pipelines (custom transformers, XGBoost): skops would need every type listed as trusted
+            serialization_format="cloudpickle",
+            pip_requirements=_requirements(),
+            signature=infer_signature(sample, predict(model, ds.task, sample)),
+            input_example=ds.X.iloc[splits.fit[:3]],
+            pyfunc_predict_fn="predict_proba" if ds.task == "binary" else "predict",
+            metadata={
+                "target": name,
+                "task": ds.task,
+                "feature_service": getattr(target, "feature_service", ""),
+                "threshold": threshold,
+                "metric": metric,
+                "data_fingerprint": fingerprint,
+                "features": list(ds.X.columns),
+            },
+        )
+        reg.log_trials(settings, run.info.experiment_id, run.info.run_id, study)
+    version = str(info.registered_model_version)
+    c = reg.client(settings)
+    tags = {
+        "gate.eligible": str(eligible).lower(),
+        "gate.reason": "; ".join(reasons) or "beats champion and passes fairness bounds",
+        "gate.metric": metric,
+        "gate.holdout_score": f"{holdout_score:.6f}",
+        "gate.champion_version": champ_version or "none",
+        "gate.champion_score": "" if champ_score is None else f"{champ_score:.6f}",
+        "gate.margin": str(target.promotion_margin),
+        "threshold": "" if threshold is None else f"{threshold:.6f}",
+        "feature_service": getattr(target, "feature_service", ""),
+        "data_fingerprint": fingerprint,
+        "target": name,
+        "fairness.passed": "n/a" if fairness is None else str(fairness.passed).lower(),
+        "fairness.notes": "" if fairness is None else "; ".join(fairness.reasons)[:4000],
+    }
+    for k, v in tags.items():
+        c.set_model_version_tag(model_name, version, k, v)
+    c.set_registered_model_alias(model_name, reg.CHALLENGER, version)
+    return TrainResult(
+        model_name,
+        version,
+        run.info.run_id,
+        metric,
+        holdout_score,
+        champ_version,
+        champ_score,
+        eligible,
+        reasons,
+        threshold,
+        len(study.trials),
+        params,
+        warnings,
+        time.perf_counter() - t0,
+    )
+
+
+def _requirements() -> list[str]:
+    """The exact versions of what the pipeline needs (skips MLflow's slow inference)."""
+    from importlib.metadata import version
+
+    return [
+        f"{p}=={version(p)}"
+        for p in ("scikit-learn", "xgboost", "pandas", "numpy", "scipy", "cloudpickle")
+    ]
+
+
+def _importance(model: Any, task: str, X: pd.DataFrame, y: np.ndarray, metric: str) -> pd.Series:
+    from sklearn.inspection import permutation_importance
+
+    n = min(len(y), 4000)
+    idx = np.random.default_rng(0).choice(len(y), n, replace=False)
+    scoring = "average_precision" if task == "binary" else "neg_mean_absolute_error"
+    try:
+        r = permutation_importance(
+            model, X.iloc[idx], y[idx], n_repeats=3, random_state=0, scoring=scoring
+        )
+    except ValueError:  # a holdout sample with a single class
+        return pd.Series(dtype=float)
+    return pd.Series(r.importances_mean, index=X.columns)
+
+
+def train_target(settings: Settings, name: str, **kw: Any) -> TrainResult:
+    """AutoML for a target of ``gatewise.yaml`` (features from Feast)."""
+    target = settings.target(name)
+    ds = target_dataset(settings, name, target)
+    return run_automl(settings, ds, name, target, **kw)
+
+
+def fit_table(
+    settings: Settings,
+    path: Path,
+    label: str,
+    *,
+    name: str | None = None,
+    metric: str | None = None,
+    sensitive: list[str] | None = None,
+    time_col: str | None = None,
+    group_col: str | None = None,
+    **kw: Any,
+) -> TrainResult:
+    """AutoML on any CSV/Parquet table, tracked and registered like a target."""
+    ds = load_table(path, label, time_col=time_col, group_col=group_col, sensitive=sensitive)
+    name = name or ds.name.replace("_", "-").lower()
+    metric = metric or ("roc_auc" if ds.task == "binary" else "rmse")
+    target = TargetSettings(
+        task=ds.task,
+        entity="client",
+        feature_service="",
+        metric=metric,
+        sensitive_features=sensitive or [],
+    )
+    return run_automl(settings, ds, name, target, **kw)
