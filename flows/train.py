@@ -1,8 +1,9 @@
 """Prefect flow ``train``: AutoML for one target, tracked in MLflow, challenger registered.
 
 Runnable ad hoc (``gatewise train``) or as a Prefect deployment
-(``gatewise train --serve`` keeps a process that serves the deployment so
-runs can be triggered from the Prefect UI or API, e.g. by monitoring).
+(``gatewise train --serve`` keeps a process that serves deployment
+``train/<target>`` so runs can be triggered from the Prefect UI or API, e.g.
+by monitoring; point ``PREFECT_API_URL`` at a ``prefect server``).
 """
 
 from __future__ import annotations
@@ -78,3 +79,30 @@ def train_flow(
     )
     settings.target(target)  # fail fast on an unknown target
     return automl(settings, target, budget, n_trials, workers, seed)
+
+
+def train_deployment(
+    settings: Settings, config_path: Path | None, target: str, budget: float | None, workers: int
+) -> Any:
+    """The deployment ``train/<target>`` with this project's parameters."""
+    return train_flow.to_deployment(
+        name=target,
+        parameters={
+            "target": target,
+            "budget": budget,
+            "workers": workers,
+            "config_path": str(config_path) if config_path else None,
+            "data_dir": str(settings.data_dir.resolve()),
+        },
+        description=f"AutoML for target {target!r}: search, MLflow tracking, challenger with a gate verdict",
+        tags=["gatewise", "train", target],
+    )
+
+
+def serve_train(
+    settings: Settings, config_path: Path | None, target: str, budget: float | None, workers: int
+) -> None:
+    """Serve the deployment until interrupted (blocks)."""
+    from prefect import serve
+
+    serve(train_deployment(settings, config_path, target, budget, workers))

@@ -212,6 +212,12 @@ def train(
         ),
     ] = 1,
     seed: Annotated[int, typer.Option()] = 0,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="serve the flow as Prefect deployment 'train/<target>' instead of one run"
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Run the Prefect flow train: AutoML → MLflow → challenger with a gate verdict."""
@@ -222,6 +228,11 @@ def train(
         _fail(
             f"--target: unknown target {target!r}; gatewise.yaml defines {', '.join(sorted(s.targets))}"
         )
+    if serve:
+        from flows.train import serve_train
+
+        serve_train(s, config, target, budget, workers)
+        return
     report.train(_console(), s, config, target, budget, trials, workers, seed)
 
 

@@ -46,3 +46,13 @@ def test_train_flow_registers_a_challenger_and_promote_moves_champion(
     assert res.exit_code == 2 and "no earlier champion" in res.output
     res = runner.invoke(app, ["promote", "--target", "nosuch"])
     assert res.exit_code == 2 and "no registered model 'gatewise-nosuch'" in res.output
+
+
+def test_train_is_a_deployable_flow(built):
+    from flows.train import train_deployment
+
+    s, _ = built
+    dep = train_deployment(s, REPO / "gatewise.yaml", "abuse", 90.0, 2)
+    assert dep.name == "abuse" and dep.flow_name == "train"
+    assert dep.parameters["target"] == "abuse" and dep.parameters["workers"] == 2
+    assert dep.parameters["data_dir"] == str(s.data_dir.resolve())
