@@ -343,8 +343,9 @@ def objective(
 
     Large training sets are first fitted on a quarter of the rows; the trial
     reports that score and is pruned if it trails the median (multi-fidelity).
-    ``keep_best`` (coordinator only) receives the best model fitted in this
-    process and its validation predictions, so the threshold needs no refit.
+    ``keep_best`` (coordinator only) receives the number and validation
+    predictions of the best trial run in this process, so choosing the
+    threshold needs no refit.
     """
     import os
 
@@ -375,11 +376,9 @@ def objective(
         if not np.isfinite(value):
             raise optuna.TrialPruned("non-finite score")
         if keep_best is not None:
-            better = HIGHER_IS_BETTER[metric] == (
-                value > keep_best.get("value", -np.inf if HIGHER_IS_BETTER[metric] else np.inf)
-            )
-            if "value" not in keep_best or better:
-                keep_best.update(value=value, number=trial.number, model=model, val_pred=pred)
+            prev = keep_best.get("value")
+            if prev is None or (value > prev if HIGHER_IS_BETTER[metric] else value < prev):
+                keep_best.update(value=value, number=trial.number, val_pred=pred)
         return value
 
     return run

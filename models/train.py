@@ -90,6 +90,7 @@ def _search(
     workers: int,
     seed: int,
     on_trial: Callable[[Any], None] | None,
+    keep_best: dict[str, Any] | None = None,
 ) -> Any:
     import optuna
 
@@ -127,7 +128,7 @@ def _search(
     callbacks = [lambda st, tr: on_trial(tr)] if on_trial else []
     try:
         study.optimize(
-            objective(ds, splits, metric, families, seed=seed),
+            objective(ds, splits, metric, families, seed=seed, keep_best=keep_best),
             timeout=budget,
             n_trials=n_trials,
             callbacks=callbacks,
@@ -169,6 +170,7 @@ def run_automl(
     splits = make_splits(ds, target.holdout_fraction)
     metric = target.metric
     budget = budget or target.time_budget_s
+    keep: dict[str, Any] = {}
     study = _search(
         settings,
         ds,
@@ -181,27 +183,29 @@ def run_automl(
         workers,
         seed,
         on_trial,
+        keep,
     )
     best = study.best_trial
     params = best.user_attrs["params"]
 
-    # threshold from validation predictions of the model fitted on the training split
+    # threshold from validation predictions of the best model fitted on the training split:
+    # reused from the search when the best trial ran in this process, refit otherwise
     threshold = None
     if ds.task == "binary":
-        m_tr = build_model(
-            params,
-            ds.task,
-            ds.X.iloc[splits.train],
-            ds.y.iloc[splits.train],
-            ds.X.iloc[splits.val],
-            ds.y.iloc[splits.val],
-            seed,
-        )
-        threshold, _ = ev.choose_threshold(
-            ds.y.iloc[splits.val].to_numpy(),
-            predict(m_tr, ds.task, ds.X.iloc[splits.val]),
-            target.costs,
-        )
+        if keep.get("number") == best.number:
+            val_pred = keep["val_pred"]
+        else:
+            m_tr = build_model(
+                params,
+                ds.task,
+                ds.X.iloc[splits.train],
+                ds.y.iloc[splits.train],
+                ds.X.iloc[splits.val],
+                ds.y.iloc[splits.val],
+                seed,
+            )
+            val_pred = predict(m_tr, ds.task, ds.X.iloc[splits.val])
+        threshold, _ = ev.choose_threshold(ds.y.iloc[splits.val].to_numpy(), val_pred, target.costs)
     # the final model sees everything but the holdout
     model = build_model(
         params,

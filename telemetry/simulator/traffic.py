@@ -418,9 +418,6 @@ def _status(
     return status, cache_hit
 
 
-_INCIDENTS: dict[int, list[tuple[float, float]]] = {}
-
-
 def _incident_windows(horizon_days: float, seed: int) -> dict[str, list[tuple[float, float]]]:
     r = np.random.default_rng(seed)
     out: dict[str, list[tuple[float, float]]] = {}
