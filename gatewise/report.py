@@ -189,6 +189,8 @@ def automl_fit(
     workers: int,
     seed: int,
 ) -> Any:
+    from pydantic import ValidationError
+
     from models.data import DataQualityError
     from models.train import fit_table
 
@@ -209,7 +211,7 @@ def automl_fit(
                 seed=seed,
                 on_trial=on_trial,
             )
-    except (DataQualityError, FileNotFoundError) as exc:
+    except (DataQualityError, FileNotFoundError, ValidationError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
     _train_result(console, r, s)

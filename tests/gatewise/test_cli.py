@@ -88,3 +88,28 @@ def test_invalid_config_exits_with_the_field(env, tmp_path):
     cfg.write_text("simulator:\n  days: -1\n")
     res = runner.invoke(app, ["config", "check", "--config", str(cfg)])
     assert res.exit_code == 2 and "simulator.days" in res.output
+
+
+def test_automl_fit_names_a_bad_metric_and_a_missing_label(env, tmp_path):
+    t = tmp_path / "t.csv"
+    t.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(200)))
+    res = runner.invoke(
+        app,
+        [
+            "automl",
+            "fit",
+            "--table",
+            str(t),
+            "--label",
+            "y",
+            "--metric",
+            "accuracy",
+            "--budget",
+            "5",
+        ],
+    )
+    assert res.exit_code == 2 and "metric" in res.output
+    res = runner.invoke(
+        app, ["automl", "fit", "--table", str(t), "--label", "nope", "--budget", "5"]
+    )
+    assert res.exit_code == 2 and "--label: column 'nope'" in res.output
