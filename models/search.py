@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,8 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "Splits",
     "build_model",
+    "default_configs",
+    "evaluate_params",
     "make_splits",
     "objective",
     "score",
@@ -42,11 +44,19 @@ HIGHER_IS_BETTER = {
 }
 
 
+CV_MAX_ROWS = 20_000  # below this (and without a time column) trials are cross-validated
+
+
 @dataclass
 class Splits:
     train: np.ndarray
     val: np.ndarray
     holdout: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.folds:
+            self.folds = [(self.train, self.val)]
 
     @property
     def fit(self) -> np.ndarray:
@@ -61,7 +71,11 @@ def _group_bucket(groups: pd.Series, salt: str = "gatewise") -> np.ndarray:
 
 
 def make_splits(
-    ds: Dataset, holdout_fraction: float = 0.2, val_fraction: float = 0.2, seed: int = 0
+    ds: Dataset,
+    holdout_fraction: float = 0.2,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    cv_max_rows: int = CV_MAX_ROWS,
 ) -> Splits:
     """Train / validation / holdout.
 
@@ -69,6 +83,12 @@ def make_splits(
     rows come before the validation cut-off, validation rows after it and
     before the holdout cut-off, holdout rows after that (the most recent
     period). With groups only: a group split; with neither: a stratified random split.
+
+    Trials are scored on ``folds``: the one train/validation split when rows
+    carry time (the future must not train the past) or are many; otherwise
+    k-fold cross-validation over train + validation (k = 5 up to 5,000 rows,
+    3 above; folds keep groups whole and classes stratified), because a single
+    validation split of a few hundred rows picks noise as often as signal.
     """
     n = len(ds.y)
     idx = np.arange(n)
@@ -105,7 +125,21 @@ def make_splits(
             raise DataQualityError(
                 f"the {name} split of {ds.name!r} is empty: too few rows, groups or time span"
             )
-    return Splits(train, val, hold)
+    folds: list[tuple[np.ndarray, np.ndarray]] = []
+    fit = np.concatenate([train, val])
+    if ds.time is None and len(fit) <= cv_max_rows:
+        k = 5 if len(fit) <= 5_000 else 3
+        if ds.groups is not None:
+            key = (b[fit] - b[fit].min()) / max(float(np.ptp(b[fit])), 1e-12)
+        else:
+            key = rng.random(len(fit))
+            if ds.task == "binary":
+                key = pd.Series(key).groupby(ds.y.to_numpy()[fit]).rank(pct=True).to_numpy()
+        fold = np.minimum((key * k).astype(int), k - 1)
+        folds = [(fit[fold != i], fit[fold == i]) for i in range(k)]
+        if any(len(v) == 0 or len(t) == 0 for t, v in folds):
+            folds = []
+    return Splits(train, val, hold, folds)
 
 
 def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
@@ -129,11 +163,28 @@ def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def suggest(trial: Any, task: str, families: Sequence[str], n_features: int) -> dict[str, Any]:
+SELECTIONS = ("none", "mutual_info", "l1")
+RFE_MAX_FEATURES = 200  # recursive elimination is offered below this many columns
+
+
+def selections(n_features: int, budget_s: float | None) -> tuple[str, ...]:
+    """Feature-selection choices: recursive elimination only where the budget allows."""
+    if n_features <= RFE_MAX_FEATURES and (budget_s is None or budget_s >= 120):
+        return (*SELECTIONS, "rfe")
+    return SELECTIONS
+
+
+def suggest(
+    trial: Any,
+    task: str,
+    families: Sequence[str],
+    n_features: int,
+    selection_choices: Sequence[str] = SELECTIONS,
+) -> dict[str, Any]:
     """The search space: family, its hyperparameters, preprocessing and selection."""
     p: dict[str, Any] = {"family": trial.suggest_categorical("family", families)}
     p["log_transform"] = trial.suggest_categorical("log_transform", [False, True])
-    p["selection"] = trial.suggest_categorical("selection", ["none", "mutual_info", "l1"])
+    p["selection"] = trial.suggest_categorical("selection", list(selection_choices))
     if p["selection"] != "none":
         p["keep_fraction"] = trial.suggest_float("keep_fraction", 0.3, 1.0)
     if task == "binary":
@@ -163,6 +214,44 @@ def suggest(trial: Any, task: str, families: Sequence[str], n_features: int) -> 
         p["min_child_weight"] = trial.suggest_float("min_child_weight", 0.5, 50, log=True)
         p["reg_lambda"] = trial.suggest_float("reg_lambda", 1e-3, 50, log=True)
     return p
+
+
+def default_configs(task: str, families: Sequence[str]) -> list[dict[str, Any]]:
+    """Library defaults per family, tried first (cheap, robust starting points for TPE)."""
+    base: dict[str, Any] = {"log_transform": False, "selection": "none"}
+    if task == "binary":
+        base["class_weight"] = "none"
+    by_family: dict[str, dict[str, Any]] = {
+        "hist_gradient_boosting": {
+            "learning_rate": 0.1,
+            "max_iter": 100,
+            "max_leaf_nodes": 31,
+            "min_samples_leaf": 20,
+            "l2_regularization": 1e-6,
+        },
+        "xgboost": {
+            "max_depth": 6,
+            "learning_rate": 0.1,
+            "subsample": 1.0,
+            "colsample_bytree": 1.0,
+            "min_child_weight": 1.0,
+            "reg_lambda": 1.0,
+        },
+        "linear": {"C" if task == "binary" else "alpha": 1.0},
+        "random_forest": {
+            "n_estimators": 100,
+            "max_depth": 24,
+            "min_samples_leaf": 1,
+            "max_features": 0.5,
+        },
+        "extra_trees": {
+            "n_estimators": 100,
+            "max_depth": 24,
+            "min_samples_leaf": 2,
+            "max_features": 0.7,
+        },
+    }
+    return [{"family": f, **base, **by_family[f]} for f in by_family if f in families]
 
 
 def _signed_log1p(x: Any) -> Any:
@@ -244,6 +333,15 @@ def build_model(
             else Lasso(alpha=1.0 / strength / 1000)
         )
         steps += [("l1_scale", StandardScaler()), ("select", SelectFromModel(l1, threshold=1e-5))]
+    elif p.get("selection") == "rfe":
+        from sklearn.feature_selection import RFE
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        ranker = LogisticRegression(solver="liblinear", C=1.0) if binary else Ridge(alpha=1.0)
+        steps += [
+            ("rfe_scale", StandardScaler()),
+            ("select", RFE(ranker, n_features_to_select=p["keep_fraction"], step=0.1)),
+        ]
     cw = "balanced" if p.get("class_weight") == "balanced" else None
     est = _estimator(p, task, cw, y, seed, n_jobs)
     prep = Pipeline(steps)
@@ -251,6 +349,8 @@ def build_model(
         warnings.simplefilter("ignore")
         Xt = prep.fit_transform(X, y)
         if p["family"] == "xgboost" and X_val is not None and y_val is not None:
+            # early stopping only on rows the model does not train on; a refit uses
+            # the number of rounds the search found (``n_rounds``)
             est.set_params(early_stopping_rounds=30)
             est.fit(Xt, y, eval_set=[(prep.transform(X_val), y_val)], verbose=False)
         else:
@@ -307,7 +407,7 @@ def _estimator(
         import xgboost as xgb
 
         common = dict(
-            n_estimators=1000,
+            n_estimators=int(p.get("n_rounds", 1000)),
             max_depth=p["max_depth"],
             learning_rate=p["learning_rate"],
             subsample=p["subsample"],
@@ -330,6 +430,41 @@ def predict(model: Any, task: str, X: pd.DataFrame) -> np.ndarray:
     return model.predict_proba(X)[:, 1] if task == "binary" else model.predict(X)
 
 
+def evaluate_params(
+    p: dict[str, Any],
+    ds: Dataset,
+    splits: Splits,
+    metric: str,
+    seed: int = 0,
+    n_jobs: int = 1,
+    report: Callable[[float, int], None] | None = None,
+) -> tuple[float, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Score ``p`` on the splits' folds.
+
+    Returns the mean score, the out-of-fold predictions, the rows they belong to
+    and what a refit needs (``n_rounds``: XGBoost's early-stopped rounds, grown
+    with the training size). ``report(value, step)`` is called after each fold
+    (Optuna pruning).
+    """
+    preds, rows, values, rounds = [], [], [], []
+    for i, (tr, va) in enumerate(splits.folds):
+        Xtr, ytr, Xva, yva = ds.X.iloc[tr], ds.y.iloc[tr], ds.X.iloc[va], ds.y.iloc[va]
+        model = build_model(p, ds.task, Xtr, ytr, Xva, yva, seed, n_jobs)
+        pred = predict(model, ds.task, Xva)
+        values.append(score(metric, yva.to_numpy(), pred))
+        preds.append(pred)
+        rows.append(va)
+        est = model.steps[-1][1]
+        if p["family"] == "xgboost" and getattr(est, "best_iteration", None) is not None:
+            rounds.append((est.best_iteration + 1) * len(splits.fit) / max(len(tr), 1))
+        if report is not None:
+            report(float(np.mean(values)), i + 1)
+    extra: dict[str, Any] = {}
+    if rounds:
+        extra["n_rounds"] = max(10, int(np.mean(rounds)))
+    return float(np.mean(values)), np.concatenate(preds), np.concatenate(rows), extra
+
+
 def objective(
     ds: Dataset,
     splits: Splits,
@@ -338,14 +473,16 @@ def objective(
     seed: int = 0,
     n_jobs: int = 1,
     keep_best: dict[str, Any] | None = None,
+    selection_choices: Sequence[str] = SELECTIONS,
 ) -> Any:
-    """An Optuna objective over ``ds``: fit on the training split, score on validation.
+    """An Optuna objective over ``ds``: mean validation score over the splits' folds.
 
     Large training sets are first fitted on a quarter of the rows; the trial
     reports that score and is pruned if it trails the median (multi-fidelity).
-    ``keep_best`` (coordinator only) receives the number and validation
-    predictions of the best trial run in this process, so choosing the
-    threshold needs no refit.
+    Cross-validated trials report after each fold and may be pruned between
+    folds. ``keep_best`` (coordinator only) receives the number and the
+    out-of-fold predictions of the best trial run in this process, so choosing
+    the threshold needs no refit.
     """
     import os
 
@@ -355,30 +492,37 @@ def objective(
     Xva, yva = ds.X.iloc[splits.val], ds.y.iloc[splits.val]
 
     def run(trial: optuna.Trial) -> float:
-        p = suggest(trial, ds.task, families, ds.X.shape[1])
+        p = suggest(trial, ds.task, families, ds.X.shape[1], selection_choices)
         t0 = time.perf_counter()
-        if len(Xtr) > 20_000:
+        if len(splits.folds) == 1 and len(Xtr) > 20_000:
             sub = np.random.default_rng(trial.number).choice(len(Xtr), len(Xtr) // 4, replace=False)
             m0 = build_model(p, ds.task, Xtr.iloc[sub], ytr.iloc[sub], Xva, yva, seed, n_jobs)
             trial.report(score(metric, yva.to_numpy(), predict(m0, ds.task, Xva)), step=0)
             if trial.should_prune():
                 trial.set_user_attr("fit_seconds", time.perf_counter() - t0)
                 raise optuna.TrialPruned()
-        model = build_model(p, ds.task, Xtr, ytr, Xva, yva, seed, n_jobs)
-        pred = predict(model, ds.task, Xva)
-        value = score(metric, yva.to_numpy(), pred)
-        trial.report(value, step=1)
+
+        def report(value: float, step: int) -> None:
+            trial.report(value, step=step)
+            if step < len(splits.folds) and trial.should_prune():
+                trial.set_user_attr("fit_seconds", time.perf_counter() - t0)
+                raise optuna.TrialPruned()
+
+        value, pred, rows, extra = evaluate_params(p, ds, splits, metric, seed, n_jobs, report)
+        p.update(extra)
+        yv = ds.y.to_numpy()[rows]
         trial.set_user_attr("fit_seconds", time.perf_counter() - t0)
         trial.set_user_attr("params", p)
+        trial.set_user_attr("folds", len(splits.folds))
         others = ("average_precision", "roc_auc") if ds.task == "binary" else ("mae", "rmse", "r2")
-        trial.set_user_attr("metrics", {m: score(m, yva.to_numpy(), pred) for m in others})
+        trial.set_user_attr("metrics", {m: score(m, yv, pred) for m in others})
         trial.set_user_attr("pid", os.getpid())
         if not np.isfinite(value):
             raise optuna.TrialPruned("non-finite score")
         if keep_best is not None:
             prev = keep_best.get("value")
             if prev is None or (value > prev if HIGHER_IS_BETTER[metric] else value < prev):
-                keep_best.update(value=value, number=trial.number, val_pred=pred)
+                keep_best.update(value=value, number=trial.number, val_pred=pred, val_rows=rows)
         return value
 
     return run

@@ -25,10 +25,13 @@ from models.search import (
     HIGHER_IS_BETTER,
     Splits,
     build_model,
+    default_configs,
+    evaluate_params,
     make_splits,
     objective,
     predict,
     score,
+    selections,
 )
 
 __all__ = ["TrainResult", "fit_table", "run_automl", "train_target"]
@@ -60,6 +63,7 @@ def _worker(
     families: Sequence[str],
     timeout: float,
     seed: int,
+    selection_choices: Sequence[str],
 ) -> None:
     """A search worker: loads the data, joins the shared study, never touches MLflow."""
     import optuna
@@ -74,7 +78,9 @@ def _worker(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
     )
     study.optimize(
-        objective(ds, splits, metric, families, seed=seed), timeout=timeout, gc_after_trial=True
+        objective(ds, splits, metric, families, seed=seed, selection_choices=selection_choices),
+        timeout=timeout,
+        gc_after_trial=True,
     )
 
 
@@ -110,6 +116,10 @@ def _search(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
     )
+    # library defaults first: cheap, robust configurations TPE then improves on
+    for cfg in default_configs(ds.task, families):
+        study.enqueue_trial(cfg, skip_if_exists=True)
+    choices = selections(ds.X.shape[1], budget if n_trials is None else None)
     procs: list[Any] = []
     tmp = None
     if workers > 1:
@@ -120,7 +130,7 @@ def _search(
         for w in range(1, workers):
             p = ctx.Process(
                 target=_worker,
-                args=(storage, study_name, tmp.name, metric, families, budget, seed + w),
+                args=(storage, study_name, tmp.name, metric, families, budget, seed + w, choices),
                 daemon=True,
             )
             p.start()
@@ -128,7 +138,15 @@ def _search(
     callbacks = [lambda st, tr: on_trial(tr)] if on_trial else []
     try:
         study.optimize(
-            objective(ds, splits, metric, families, seed=seed, keep_best=keep_best),
+            objective(
+                ds,
+                splits,
+                metric,
+                families,
+                seed=seed,
+                keep_best=keep_best,
+                selection_choices=choices,
+            ),
             timeout=budget,
             n_trials=n_trials,
             callbacks=callbacks,
@@ -188,34 +206,18 @@ def run_automl(
     best = study.best_trial
     params = best.user_attrs["params"]
 
-    # threshold from validation predictions of the best model fitted on the training split:
-    # reused from the search when the best trial ran in this process, refit otherwise
+    # threshold from the best configuration's validation (out-of-fold) predictions:
+    # reused from the search when the best trial ran in this process, re-evaluated otherwise
     threshold = None
     if ds.task == "binary":
         if keep.get("number") == best.number:
-            val_pred = keep["val_pred"]
+            val_pred, val_rows = keep["val_pred"], keep["val_rows"]
         else:
-            m_tr = build_model(
-                params,
-                ds.task,
-                ds.X.iloc[splits.train],
-                ds.y.iloc[splits.train],
-                ds.X.iloc[splits.val],
-                ds.y.iloc[splits.val],
-                seed,
-            )
-            val_pred = predict(m_tr, ds.task, ds.X.iloc[splits.val])
-        threshold, _ = ev.choose_threshold(ds.y.iloc[splits.val].to_numpy(), val_pred, target.costs)
-    # the final model sees everything but the holdout
-    model = build_model(
-        params,
-        ds.task,
-        ds.X.iloc[splits.fit],
-        ds.y.iloc[splits.fit],
-        ds.X.iloc[splits.val],
-        ds.y.iloc[splits.val],
-        seed,
-    )
+            _, val_pred, val_rows, _ = evaluate_params(params, ds, splits, metric, seed)
+        threshold, _ = ev.choose_threshold(ds.y.to_numpy()[val_rows], val_pred, target.costs)
+    # the final model sees everything but the holdout; no early stopping on rows it trains
+    # on (XGBoost gets the rounds the search found instead)
+    model = build_model(params, ds.task, ds.X.iloc[splits.fit], ds.y.iloc[splits.fit], seed=seed)
     Xh, yh = ds.X.iloc[splits.holdout], ds.y.iloc[splits.holdout].to_numpy()
     ph = predict(model, ds.task, Xh)
     holdout_score = score(metric, yh, ph)
@@ -279,6 +281,7 @@ def run_automl(
                 "rows": len(ds.y),
                 "rows_train": len(splits.train),
                 "rows_val": len(splits.val),
+                "cv_folds": len(splits.folds),
                 "rows_holdout": len(splits.holdout),
                 **{f"best.{k}": v for k, v in params.items()},
             }
