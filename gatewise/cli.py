@@ -339,5 +339,10 @@ def demo(config: ConfigOpt = None) -> None:
     report.demo(_console(), s, config)
 
 
+from gatewise import cli_gateway  # noqa: E402  (registers on ``app``; imports this module)
+
+cli_gateway.register(app)
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -411,7 +411,33 @@ def demo(console: Console, s: Settings, config: Path | None = None) -> None:
         console.print(
             "the gate refused this challenger (see above); `gatewise promote --force` overrides it"
         )
+    console.rule("gateway: backtest policies, then real HTTP through the gateway")
+    from gatewise.demo_gateway import gateway_demo
+
+    gateway_demo(console, s)
     console.rule("done")
     console.print(
         f"data under {s.data_dir}/ ; try `.venv/bin/gatewise telemetry summary` or `.venv/bin/gatewise ingest --help`"
     )
+
+
+def backtest_report(console: Console, r: Any) -> None:
+    """The backtest: decisions, and with labels what they would have done to whom."""
+    console.print(
+        f"policy v{r.policy_version}: {r.events:,} recorded requests judged in event time "
+        f"in {r.seconds:.1f}s ({r.events_per_second:,.0f}/s)"
+    )
+    console.print(_table("decisions", r.summary.to_dict("records")))
+    if r.outcome:
+        o = r.outcome
+        console.print(
+            f"abusive requests stopped: {o['abusive_stopped']:,} of {o['abusive_requests']:,} "
+            f"({o['abusive_stopped_share']:.1%}); legitimate requests harmed: "
+            f"{o['legitimate_harmed']:,} of {o['legitimate_requests']:,} ({o['legitimate_harmed_share']:.2%})"
+        )
+        if o["shadow_would_stop_abusive"] or o["shadow_would_harm_legitimate"]:
+            console.print(
+                f"shadow mode would also have stopped {o['shadow_would_stop_abusive']:,} abusive and "
+                f"harmed {o['shadow_would_harm_legitimate']:,} legitimate requests"
+            )
+        console.print(_table("by group", r.by_group.to_dict("records")))

@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from gateway.config import GatewaySettings
+
 __all__ = [
     "ConfigError",
     "DriftKnobs",
@@ -278,6 +280,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     targets: dict[str, TargetSettings] = Field(default_factory=_default_targets)
     tracking: TrackingSettings = TrackingSettings()
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @field_validator("static_limits_per_minute")
     @classmethod
@@ -320,6 +323,14 @@ class Settings(BaseSettings):
     @property
     def features_dir(self) -> Path:
         return self.data_dir / "features"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.data_dir / "policy"
+
+    @property
+    def gateway_consumers_path(self) -> Path:
+        return self.gateway.consumers_file or self.data_dir / "gateway" / "consumers.yaml"
 
     @property
     def feast_dir(self) -> Path:

@@ -1,0 +1,168 @@
+"""The ``gateway:`` section of ``gatewise.yaml`` (part of the one project config).
+
+gateway:
+  port: 8080
+  services: {catalog: {instances: ["http://127.0.0.1:9101"]}}
+  routes: [{route: "GET /v1/products/{id}", service: catalog}]
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.auth import JwtSettings, RoleRule
+
+__all__ = [
+    "BreakerSettings",
+    "GatewaySettings",
+    "RouteSettings",
+    "ScoringSettings",
+    "ServiceSettings",
+]
+
+_ROUTE = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) /\S*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BreakerSettings(_Strict):
+    """Open after ``failure_threshold`` consecutive failures; probe again after ``reset_timeout_s``."""
+
+    failure_threshold: int = Field(5, ge=1)
+    reset_timeout_s: float = Field(10.0, gt=0)
+    half_open_probes: int = Field(1, ge=1)
+
+
+class ServiceSettings(_Strict):
+    instances: list[str] = Field(min_length=1)
+    timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(1.0, gt=0)
+    retries: int = Field(1, ge=0, le=5, description="idempotent methods only")
+    health_path: str | None = "/healthz"
+    health_interval_s: float = Field(5.0, gt=0)
+    breaker: BreakerSettings = BreakerSettings()
+
+    @field_validator("instances")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for u in v:
+            if not re.match(r"^https?://[^/\s]+$", u):
+                raise ValueError(f"instance {u!r} is not http(s)://host:port")
+        return v
+
+
+class RouteSettings(_Strict):
+    route: str
+    service: str
+    cacheable: bool = False
+
+    @field_validator("route")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not _ROUTE.match(v):
+            raise ValueError(f"{v!r} is not 'METHOD /path/{{param}}'")
+        return v
+
+
+class ScoringSettings(_Strict):
+    """The gateway's client of the BentoML ``/score`` endpoint."""
+
+    enabled: bool = False
+    url: str = "http://127.0.0.1:3000"
+    target: str = "abuse"
+    alias: str = "champion"
+    timeout_ms: float = Field(50.0, gt=0)
+    cache_ttl_s: float = Field(5.0, ge=0)
+    failure_mode: Literal["open", "closed"] = Field(
+        "open", description="open: no score, limits still apply; closed: refuse with 503"
+    )
+    breaker: BreakerSettings = BreakerSettings(failure_threshold=3, reset_timeout_s=5.0)
+
+
+class CacheSettings(_Strict):
+    enabled: bool = True
+    max_entries: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1)
+
+
+class TelemetrySink(_Strict):
+    flush_interval_s: float = Field(1.0, gt=0)
+    max_batch: int = Field(5_000, ge=1)
+    max_buffer: int = Field(500_000, ge=1, description="events held before the oldest are dropped")
+
+
+def _default_services() -> dict[str, ServiceSettings]:
+    from telemetry.simulator.surface import SERVICES
+
+    return {s: ServiceSettings(instances=["http://127.0.0.1:9101"]) for s in SERVICES}
+
+
+def _default_routes() -> list[RouteSettings]:
+    from telemetry.simulator.surface import ROUTES
+
+    return [
+        RouteSettings(route=f"{r.method} {r.template}", service=r.service, cacheable=r.cacheable)
+        for r in ROUTES
+    ]
+
+
+def _default_roles() -> dict[str, list[RoleRule]]:
+    return {
+        "consumer": [RoleRule(routes=["/v1/*", "/v2/*"])],
+        "admin": [RoleRule(routes=["*"])],
+    }
+
+
+class GatewaySettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    consumers_file: Path | None = Field(
+        None, description="default: <data_dir>/gateway/consumers.yaml"
+    )
+    jwt: JwtSettings = JwtSettings()
+    anonymous_routes: list[str] = Field(
+        default_factory=lambda: ["GET /v1/health"], description="served without credentials"
+    )
+    roles: dict[str, list[RoleRule]] = Field(default_factory=_default_roles)
+    admin_role: str = "admin"
+    ratelimit_backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    route_costs: dict[str, int] = Field(
+        default_factory=lambda: {
+            "GET /v1/reports/export": 10,
+            "POST /v1/auth/password-reset": 3,
+            "POST /v1/auth/login": 2,
+        },
+        description="initial policy: an export costs more than a read",
+    )
+    score_bands: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"min_score": 0.5, "action": "throttle", "limit_factor": 0.25},
+            {"min_score": 0.9, "action": "block"},
+        ],
+        description="initial policy: score bands of the abuse target (shadow mode)",
+    )
+    services: dict[str, ServiceSettings] = Field(default_factory=_default_services)
+    routes: list[RouteSettings] = Field(default_factory=_default_routes)
+    scoring: ScoringSettings = ScoringSettings()
+    cache: CacheSettings = CacheSettings()
+    compression_min_bytes: int = Field(1024, ge=0)
+    telemetry: TelemetrySink = TelemetrySink()
+    policy_poll_s: float = Field(1.0, gt=0)
+    client_id_header: str | None = Field(
+        None, description="trusted header naming the consumer for anonymous routes"
+    )
+
+    @model_validator(mode="after")
+    def _routes_have_services(self) -> GatewaySettings:
+        for i, r in enumerate(self.routes):
+            if r.service not in self.services:
+                raise ValueError(f"routes.{i}.service {r.service!r} is not one of services")
+        return self

@@ -1,0 +1,364 @@
+"""The policy document: what the gateway enforces, as versioned JSON.
+
+One schema (``Policy``), written by people (``gatewise policy push``, the admin
+API) and by monitoring (the closed loop), read by the gateway, the backtest
+and the exporters. The source of truth is ``<data_dir>/policy/active.json``;
+every published version is also kept as ``history/v<N>.json``.
+
+    store = PolicyStore(settings.data_dir / "policy")
+    policy = store.load()                      # PolicyError names the bad field
+    store.publish(policy.model_copy(update={...}), author="alice", reason="...")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ACTIONS",
+    "Band",
+    "Exemption",
+    "Override",
+    "Policy",
+    "PolicyError",
+    "PolicyStore",
+    "RouteRule",
+    "TargetPolicy",
+    "TierLimit",
+    "default_policy",
+    "parse_policy",
+]
+
+Action = Literal["allow", "throttle", "challenge", "block"]
+ACTIONS: tuple[str, ...] = ("allow", "throttle", "challenge", "block")
+Mode = Literal["enforce", "shadow", "off"]
+_ROUTE_KEY = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|\*) /\S*$")
+
+
+class PolicyError(ValueError):
+    """An invalid policy document; the message names the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TierLimit(_Strict):
+    """Requests per minute for every consumer of a tier; ``burst`` requests at once."""
+
+    requests_per_minute: int = Field(gt=0)
+    burst: int | None = Field(None, gt=0, description="default: requests_per_minute")
+
+    @property
+    def capacity(self) -> int:
+        return self.burst or self.requests_per_minute
+
+
+class RouteRule(_Strict):
+    """Cost of one call (in units of the tier limit) and an optional per-route limit."""
+
+    cost: int = Field(1, ge=1)
+    requests_per_minute: int | None = Field(None, gt=0, description="per consumer, on this route")
+
+
+class Override(_Strict):
+    """A per-client action, usually written by monitoring from model scores."""
+
+    client_id: str = Field(min_length=1)
+    action: Action
+    requests_per_minute: int | None = Field(None, gt=0, description="the limit when throttled")
+    reason: str = Field(min_length=1)
+    expires_at: datetime | None = None
+    model_version: str | None = None
+    mode: Literal["enforce", "shadow"] = Field(
+        "enforce", description="shadow: recorded as shadow_<action>, not enforced"
+    )
+
+    @model_validator(mode="after")
+    def _throttle_has_limit(self) -> Override:
+        if self.action == "throttle" and self.requests_per_minute is None:
+            raise ValueError("a throttle override needs requests_per_minute")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at must carry a time zone")
+        return self
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at.timestamp() > now
+
+
+class Band(_Strict):
+    """Scores at or above ``min_score`` (up to the next band) get ``action``."""
+
+    min_score: float = Field(ge=0, le=1)
+    action: Action
+    limit_factor: float = Field(
+        0.25, gt=0, le=1, description="throttle: share of the tier limit the client keeps"
+    )
+
+
+class TargetPolicy(_Strict):
+    """How a model target acts on requests: which version, which bands, which mode."""
+
+    mode: Mode = "shadow"
+    model_version: str | None = Field(None, description="None: whatever serving's alias returns")
+    alias: str = "champion"
+    bands: list[Band] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _bands_ascending(self) -> TargetPolicy:
+        cuts = [b.min_score for b in self.bands]
+        if cuts != sorted(cuts) or len(set(cuts)) != len(cuts):
+            raise ValueError("bands must have strictly increasing min_score")
+        return self
+
+    def band(self, score: float | None) -> Band | None:
+        if score is None:
+            return None
+        hit = None
+        for b in self.bands:
+            if score >= b.min_score:
+                hit = b
+        return hit
+
+
+class Exemption(_Strict):
+    """A group that model-based action must not touch (a bias finding); static limits still apply."""
+
+    target: str
+    attribute: Literal["tier", "region", "device_type"]
+    value: str
+    reason: str = Field(min_length=1)
+    expires_at: datetime | None = None
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at.timestamp() > now
+
+
+class Policy(_Strict):
+    """The whole document. ``version`` is assigned by ``PolicyStore.publish``."""
+
+    schema_version: Literal[1] = 1
+    version: int = Field(0, ge=0)
+    parent_version: int | None = None
+    created_at: datetime | None = None
+    author: str = "gatewise"
+    reason: str = "initial policy"
+    default_tier: str = "free"
+    tiers: dict[str, TierLimit]
+    routes: dict[str, RouteRule] = Field(default_factory=dict)
+    overrides: list[Override] = Field(default_factory=list)
+    targets: dict[str, TargetPolicy] = Field(default_factory=dict)
+    exemptions: list[Exemption] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier {self.default_tier!r} is not one of tiers")
+        for key, rule in self.routes.items():
+            if not _ROUTE_KEY.match(key):
+                raise ValueError(f"routes: {key!r} is not 'METHOD /path/{{param}}'")
+            smallest = min(t.capacity for t in self.tiers.values())
+            if rule.cost > smallest:
+                raise ValueError(
+                    f"routes.{key}.cost {rule.cost} exceeds the smallest tier burst ({smallest}):"
+                    " no request could ever pass"
+                )
+        for e in self.exemptions:
+            if e.target not in self.targets:
+                raise ValueError(f"exemptions: target {e.target!r} is not one of targets")
+        seen: set[str] = set()
+        for o in self.overrides:
+            if o.client_id in seen:
+                raise ValueError(f"overrides: client {o.client_id!r} appears twice")
+            seen.add(o.client_id)
+        return self
+
+    # lookups the decision core makes on every request
+    def tier(self, name: str | None) -> TierLimit:
+        return self.tiers.get(name or self.default_tier) or self.tiers[self.default_tier]
+
+    def route(self, method: str, template: str) -> RouteRule:
+        return (
+            self.routes.get(f"{method} {template}")
+            or self.routes.get(f"* {template}")
+            or _DEFAULT_RULE
+        )
+
+    def override(self, client_id: str, now: float) -> Override | None:
+        for o in self.overrides:
+            if o.client_id == client_id and o.active(now):
+                return o
+        return None
+
+    def exempt(self, target: str, attrs: dict[str, str | None], now: float) -> Exemption | None:
+        for e in self.exemptions:
+            if e.target == target and attrs.get(e.attribute) == e.value and e.active(now):
+                return e
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "author": self.author,
+            "reason": self.reason,
+            "tiers": len(self.tiers),
+            "routes": len(self.routes),
+            "overrides": len(self.overrides),
+            "exemptions": len(self.exemptions),
+            "targets": {k: t.mode for k, t in self.targets.items()},
+        }
+
+
+_DEFAULT_RULE = RouteRule()
+
+
+def _field_path(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(x) for x in e["loc"]) or "<document>"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_policy(data: dict[str, Any] | str | bytes, source: str = "policy") -> Policy:
+    """Validate a document; raises ``PolicyError`` naming the offending field."""
+    try:
+        raw = json.loads(data) if isinstance(data, (str, bytes)) else data
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"{source}: not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{source}: a policy is a JSON object, got {type(raw).__name__}")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise PolicyError(f"{source}: {_field_path(exc)}") from None
+
+
+def default_policy(
+    static_limits_per_minute: dict[str, int],
+    route_costs: dict[str, int] | None = None,
+    bands: list[dict[str, Any]] | None = None,
+) -> Policy:
+    """Version 0: the static per-tier limits, route costs and the abuse target in shadow."""
+    tiers = {t: TierLimit(requests_per_minute=n) for t, n in static_limits_per_minute.items()}
+    default_tier = "free" if "free" in tiers else next(iter(tiers))
+    routes = {k: RouteRule(cost=c) for k, c in (route_costs or {}).items()}
+    b = [Band.model_validate(x) for x in (bands or [])]
+    return Policy(
+        default_tier=default_tier,
+        tiers=tiers,
+        routes=routes,
+        targets={"abuse": TargetPolicy(mode="shadow", bands=b)},
+    )
+
+
+class PolicyStore:
+    """``active.json`` plus one file per published version, written atomically."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.active_path = self.root / "active.json"
+        self.history_dir = self.root / "history"
+
+    def exists(self) -> bool:
+        return self.active_path.exists()
+
+    def load(self) -> Policy:
+        if not self.active_path.exists():
+            raise PolicyError(f"no policy at {self.active_path}: run `gatewise policy init`")
+        return parse_policy(self.active_path.read_bytes(), str(self.active_path))
+
+    def get(self, version: int) -> Policy:
+        path = self.history_dir / f"v{version:06d}.json"
+        if not path.exists():
+            raise PolicyError(f"policy version {version} does not exist")
+        return parse_policy(path.read_bytes(), str(path))
+
+    def history(self) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted(self.history_dir.glob("v*.json")):
+            try:
+                out.append(parse_policy(p.read_bytes(), str(p)).summary())
+            except PolicyError as exc:
+                out.append({"file": p.name, "error": str(exc)})
+        return out
+
+    def latest_version(self) -> int:
+        files = sorted(self.history_dir.glob("v*.json"))
+        return int(files[-1].stem[1:]) if files else 0
+
+    def publish(
+        self, policy: Policy | dict[str, Any], *, author: str = "gatewise", reason: str = ""
+    ) -> Policy:
+        """Validate, number (latest + 1) and write; the active file is replaced atomically."""
+        doc = policy if isinstance(policy, Policy) else parse_policy(policy)
+        self.history_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.root / ".lock"):
+            return self._publish(doc, author, reason)
+
+    def publish_if_absent(self, policy: Policy, *, author: str, reason: str) -> Policy:
+        """The first policy, written once even when N replicas start together."""
+        self.history_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.root / ".lock"):
+            if self.active_path.exists():
+                return self.load()
+            return self._publish(policy, author, reason)
+
+    def _publish(self, doc: Policy, author: str, reason: str) -> Policy:
+        latest = self.latest_version()
+        doc = parse_policy(
+            {
+                **doc.model_dump(mode="json"),
+                "version": latest + 1,
+                "parent_version": latest or None,
+                "created_at": datetime.now(UTC).isoformat(),
+                "author": author or doc.author,
+                "reason": reason or doc.reason,
+            }
+        )
+        text = doc.model_dump_json(indent=2)
+        _atomic_write(self.history_dir / f"v{doc.version:06d}.json", text)
+        _atomic_write(self.active_path, text)
+        return doc
+
+    def rollback(self, version: int, *, author: str = "gatewise") -> Policy:
+        """Publish a copy of an earlier version as the next version."""
+        old = self.get(version)
+        return self.publish(old, author=author, reason=f"rollback to v{version}")
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,101 @@
+"""Gateway commands: consumers, policy push/rollback/export, backtest."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from gatewise.cli import app
+from tests.conftest import REPO
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("GATEWISE_") and k != "GATEWISE_SHARED_DATA":
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("GATEWISE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(REPO)
+    return tmp_path / "data"
+
+
+def test_consumers_add_prints_the_key_once_and_stores_its_hash(env):
+    res = runner.invoke(
+        app, ["consumers", "add", "alice", "--tier", "pro", "--roles", "consumer,admin"]
+    )
+    assert res.exit_code == 0, res.output
+    key = res.output.strip()
+    stored = (env / "gateway" / "consumers.yaml").read_text()
+    assert key.startswith("gw_") and key not in stored and "alice" in stored
+    from gateway.auth import ConsumersFile, hash_key
+
+    c = ConsumersFile.load(env / "gateway" / "consumers.yaml").consumers[0]
+    assert (
+        c.tier == "pro"
+        and c.roles == ["consumer", "admin"]
+        and c.api_keys[0].sha256 == hash_key(key)
+    )
+    kid = key.split("_")[1]
+    assert runner.invoke(app, ["consumers", "revoke", kid]).exit_code == 0
+    assert ConsumersFile.load(env / "gateway" / "consumers.yaml").consumers[0].api_keys[0].revoked
+
+
+def test_policy_init_push_rollback_export(env, tmp_path):
+    assert runner.invoke(app, ["policy", "init"]).exit_code == 0
+    doc = json.loads(runner.invoke(app, ["policy", "show"]).output)
+    assert doc["version"] == 1 and doc["targets"]["abuse"]["mode"] == "shadow"
+    doc["tiers"]["free"]["requests_per_minute"] = -1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    res = runner.invoke(app, ["policy", "push", str(bad)])
+    assert res.exit_code == 2 and "tiers.free.requests_per_minute" in res.output
+    doc["tiers"]["free"]["requests_per_minute"] = 30
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(doc))
+    res = runner.invoke(app, ["policy", "push", str(good), "--reason", "halve free"])
+    assert res.exit_code == 0 and "v2" in res.output
+    assert runner.invoke(app, ["policy", "rollback", "1"]).exit_code == 0
+    assert (
+        json.loads(runner.invoke(app, ["policy", "show"]).output)["tiers"]["free"][
+            "requests_per_minute"
+        ]
+        == 60
+    )
+    assert "halve free" in runner.invoke(app, ["policy", "history"]).output
+    for fmt in ("kong", "envoy", "nginx"):
+        res = runner.invoke(app, ["policy", "export", "--to", fmt])
+        assert res.exit_code == 0 and len(res.output) > 100, fmt
+    res = runner.invoke(app, ["policy", "export", "--to", "haproxy"])
+    assert res.exit_code == 2 and "kong" in res.output
+
+
+def test_backtest_command(env):
+    from gatewise.settings import load_settings
+    from telemetry.simulator.output import run_simulation
+
+    s = load_settings(REPO / "gatewise.yaml")
+    run_simulation(
+        s.model_copy(
+            update={"simulator": s.simulator.model_copy(update={"clients": 60, "days": 0.1})}
+        )
+    )
+    res = runner.invoke(app, ["backtest", "--out", str(env / "d.parquet")])
+    assert res.exit_code == 0, res.output
+    assert "abusive requests stopped" in res.output and "by group" in res.output
+    import pandas as pd
+
+    d = pd.read_parquet(env / "d.parquet")
+    assert len(d) > 0 and set(d["decision"]) <= {
+        "allow",
+        "throttle",
+        "shadow_throttle",
+        "shadow_block",
+        "refused",
+    }
+    res = runner.invoke(app, ["backtest", "--model", "3"])
+    assert res.exit_code == 2 and "batch scoring" in res.output

@@ -1,0 +1,360 @@
+"""The gateway in process: auth, RBAC, limits, scoring degradation, cache, breaker,
+policy reload and the admin API, telemetry under a concurrent burst."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gateway.policy import Override, PolicyStore
+from telemetry.store import TelemetryStore
+from tests.gateway.conftest import Clock, FakeScorer, key_headers, running, with_gateway
+
+
+def test_auth_rbac_and_anonymous_routes(gw_settings):
+    s, keys = gw_settings
+
+    async def main():
+        async with running(s) as (gw, c):
+            assert (
+                await c.get("/v1/orders/1", headers=key_headers(keys["alice"]))
+            ).status_code == 200
+            r = await c.get("/v1/orders/1")
+            assert r.status_code == 401 and r.json() == {"error": "missing_credentials"}
+            assert "www-authenticate" in r.headers
+            r = await c.get("/v1/orders/1", headers=key_headers("gw_abcdef123456_nope"))
+            assert r.status_code == 401 and r.json()["error"] == "invalid_key"
+            assert (await c.get("/v1/health")).status_code == 200  # anonymous route
+            # carol may only read products
+            assert (
+                await c.get("/v1/products/3", headers=key_headers(keys["carol"]))
+            ).status_code == 200
+            r = await c.get("/v1/orders/1", headers=key_headers(keys["carol"]))
+            assert r.status_code == 403 and r.json()["error"] == "forbidden"
+            assert (await c.get("/nowhere", headers=key_headers(keys["alice"]))).status_code == 404
+            r = await c.patch("/v1/orders/1", headers=key_headers(keys["alice"]))
+            assert r.status_code == 405 and "GET" in r.headers["allow"]
+            # the admin API needs the admin role
+            assert (
+                await c.get("/admin/policy", headers=key_headers(keys["alice"]))
+            ).status_code == 403
+            assert (
+                await c.get("/admin/policy", headers=key_headers(keys["bob"]))
+            ).status_code == 200
+        return gw
+
+    gw = asyncio.run(main())
+    ev = TelemetryStore(s.telemetry_dir).read().to_pandas()
+    assert len(ev) == gw.sink.emitted == 8  # proxied traffic; admin calls are not telemetry
+    assert set(ev["auth_result"].dropna()) >= {
+        "ok",
+        "missing_credentials",
+        "invalid_key",
+        "forbidden",
+        "anonymous",
+    }
+    assert ev.loc[ev["auth_result"] == "forbidden", "client_id"].tolist() == ["carol"]
+
+
+def test_limits_cost_and_retry_after_in_event_time(gw_settings):
+    s, keys = gw_settings  # alice: free tier, 60/min; an export costs 10
+    clock = Clock()
+
+    async def main():
+        async with running(s, clock) as (_, c):
+            h = key_headers(keys["alice"])
+            codes = [(await c.get("/v1/reports/export", headers=h)).status_code for _ in range(7)]
+            assert codes == [200] * 6 + [429]
+            r = await c.get("/v1/orders/1", headers=h)
+            assert r.status_code == 429 and r.json()["error"] == "throttle"
+            assert r.headers["retry-after"] == "1" and r.headers["ratelimit-remaining"] == "0"
+            clock.advance(1.0)
+            r = await c.get("/v1/orders/1", headers=h)
+            assert r.status_code == 200 and r.headers["ratelimit-limit"] == "60"
+            clock.advance(60.0)
+            assert (await c.get("/v1/orders/1", headers=h)).headers["ratelimit-remaining"] == "59"
+
+    asyncio.run(main())
+
+
+def _enforce(s, bands=None, mode="enforce", **policy_update):
+    store = PolicyStore(s.policy_dir)
+    from gateway.policy import default_policy
+
+    p = default_policy(
+        s.static_limits_per_minute,
+        s.gateway.route_costs,
+        bands
+        or [
+            {"min_score": 0.5, "action": "throttle", "limit_factor": 0.1},
+            {"min_score": 0.9, "action": "block"},
+        ],
+    )
+    t = p.targets["abuse"].model_copy(update={"mode": mode})
+    return store.publish(
+        p.model_copy(update={"targets": {"abuse": t}, **policy_update}), reason="test"
+    )
+
+
+def test_scores_drive_bands_and_shadow_only_records(gw_settings):
+    s, keys = gw_settings
+    s = with_gateway(s, scoring=s.gateway.scoring.model_copy(update={"enabled": True}))
+    scorer = FakeScorer({"alice": 0.95, "carol": 0.6, "bob": 0.1})
+
+    async def main(mode):
+        _enforce(s, mode=mode)
+        async with running(s, Clock(), scorer) as (_, c):
+            a = await c.get("/v1/orders/1", headers=key_headers(keys["alice"]))
+            b = await c.get("/v1/orders/1", headers=key_headers(keys["bob"]))
+            carol = [
+                (await c.get("/v1/products/1", headers=key_headers(keys["carol"]))).status_code
+                for _ in range(40)
+            ]
+        return a, b, carol
+
+    a, b, carol = asyncio.run(main("enforce"))
+    assert a.status_code == 403 and a.json()["error"] == "block" and b.status_code == 200
+    assert carol.count(200) == 30  # pro 300/min, throttled to a tenth: burst 30
+    calls = scorer.calls
+    a, b, carol = asyncio.run(main("shadow"))
+    assert a.status_code == 200 and carol.count(200) == 40
+    assert scorer.calls - calls == 3  # one call per client, then the cache
+    ev = TelemetryStore(s.telemetry_dir).read().to_pandas()
+    shadow = ev[ev["policy_version"] == ev["policy_version"].max()]
+    assert set(shadow.loc[shadow["client_id"] == "alice", "ratelimit_decision"]) == {"shadow_block"}
+    assert set(shadow.loc[shadow["client_id"] == "carol", "ratelimit_decision"]) == {
+        "shadow_throttle"
+    }
+    assert shadow["model_version"].dropna().unique().tolist() == ["7"]
+    assert abs(shadow.loc[shadow["client_id"] == "alice", "model_score"].iloc[0] - 0.95) < 1e-6
+
+
+def test_scoring_down_degrades_per_config(gw_settings):
+    s, keys = gw_settings
+    scoring = s.gateway.scoring.model_copy(update={"enabled": True})
+    scorer = FakeScorer({"alice": 0.99}, mode="slow")
+
+    async def main(failure_mode):
+        cfg = with_gateway(s, scoring=scoring.model_copy(update={"failure_mode": failure_mode}))
+        _enforce(cfg)
+        async with running(cfg, Clock(), scorer) as (gw, c):
+            codes = [
+                (await c.get("/v1/orders/1", headers=key_headers(keys["alice"]))).status_code
+                for _ in range(6)
+            ]
+            return codes, gw.scorer.breaker.state, scorer.calls
+
+    codes, state, calls = asyncio.run(main("open"))
+    assert codes == [200] * 6  # fail-open: limits alone judge
+    assert state == "open" and calls == 3  # breaker opened after 3 timeouts: no more calls
+    scorer.calls = 0
+    scorer.mode = "down"
+    codes, state, _ = asyncio.run(main("closed"))
+    assert codes == [503] * 6 and state == "open"
+
+
+def test_cache_etag_and_compression(gw_settings):
+    s, keys = gw_settings
+    from gateway.upstreams import upstream_app
+
+    up = upstream_app()
+    clock = Clock()
+
+    async def main():
+        async with running(s, clock, upstream=up) as (_, c):
+            h = key_headers(keys["bob"], **{"accept-encoding": "gzip"})
+            r1 = await c.get("/v1/products/9", headers=h)
+            clock.advance(0.1)  # distinct event times: the store keeps no arrival order
+            r2 = await c.get("/v1/products/9", headers=h)
+            clock.advance(0.1)
+            assert r1.status_code == r2.status_code == 200 and r1.content == r2.content
+            assert (
+                r2.headers["content-encoding"] == "gzip"
+                and json.loads(r2.content)["path"] == "/v1/products/9"
+            )
+            r3 = await c.get(
+                "/v1/products/9",
+                headers=key_headers(keys["bob"], **{"if-none-match": r1.headers["etag"]}),
+            )
+            assert r3.status_code == 304
+            served = up.state.upstream["served"]
+            clock.advance(31)  # stale: revalidated with If-None-Match, upstream answers 304
+            r4 = await c.get("/v1/products/9", headers=key_headers(keys["bob"]))
+            assert r4.status_code == 200 and json.loads(r4.content)["path"] == "/v1/products/9"
+            await c.get("/v1/orders/9", headers=key_headers(keys["bob"]))
+            await c.get("/v1/orders/9", headers=key_headers(keys["bob"]))
+            assert up.state.upstream["not_modified"] == 1
+            return served, up.state.upstream["served"]
+
+    served, after = asyncio.run(main())
+    assert served == 1 and after == 3  # products/9 once (revalidation is a 304), orders/9 twice
+    ev = TelemetryStore(s.telemetry_dir).read().to_pandas().sort_values("timestamp", kind="stable")
+    by_path = ev.groupby("url_path")["cache_status"].agg(list).to_dict()
+    assert by_path == {
+        "/v1/products/9": ["MISS", "HIT", "HIT", "REVALIDATED"],
+        "/v1/orders/9": ["BYPASS", "BYPASS"],
+    }
+
+
+def test_circuit_breaker_opens_fast_fails_and_recovers(gw_settings):
+    s, keys = gw_settings
+    from gateway.upstreams import upstream_app
+
+    up = upstream_app()
+    clock = Clock()
+
+    async def main():
+        async with running(s, clock, upstream=up) as (gw, c):
+            h = key_headers(keys["bob"])
+            up.state.upstream["failing"] = True
+            codes = [(await c.get("/v1/orders/1", headers=h)).status_code for _ in range(4)]
+            inst = gw.upstreams["orders"].instances[0]
+            # GET retries once on 503 (the only instance, again): open after 5 failures
+            assert inst.breaker.state == "open"
+            r = await c.get("/v1/orders/1", headers=h)
+            assert (
+                r.status_code == 503
+                and r.json()["error"] == "circuit_open"
+                and "retry-after" in r.headers
+            )
+            up.state.upstream["failing"] = False
+            clock.advance(10.0)
+            ok = await c.get("/v1/orders/1", headers=h)  # the half-open probe succeeds
+            return codes, ok.status_code, inst.breaker.transitions
+
+    codes, ok, transitions = asyncio.run(main())
+    # the upstream's own 503s pass through until the breaker opens; then the gateway's fast 503
+    assert codes == [503, 503, 503, 503] and ok == 200
+    assert transitions == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_post_is_not_retried(gw_settings):
+    s, keys = gw_settings
+    from gateway.upstreams import upstream_app
+
+    up = upstream_app()
+
+    async def main():
+        async with running(s, upstream=up) as (gw, c):
+            up.state.upstream["failing"] = True
+            r = await c.post("/v1/orders", headers=key_headers(keys["bob"]), content=b"{}")
+            return r.status_code, gw.upstreams["orders"].instances[0].breaker.failures
+
+    assert asyncio.run(main()) == (503, 1)  # one attempt, the upstream's answer
+
+
+def test_policy_reload_rejects_invalid_and_admin_push(gw_settings):
+    s, keys = gw_settings
+
+    async def main():
+        async with running(s) as (gw, c):
+            store = PolicyStore(s.policy_dir)
+            v1 = gw.core.policy.version
+            store.active_path.write_text('{"tiers": {"free": {"requests_per_minute": -5}}}')
+            assert gw.reload_policy() is False and gw.core.policy.version == v1
+            assert "tiers.free.requests_per_minute" in gw.policy_error
+            r = await c.get("/readyz")
+            assert r.status_code == 503 and "requests_per_minute" in r.json()["policy_error"]
+            # still enforcing the last good policy
+            assert (
+                await c.get("/v1/orders/1", headers=key_headers(keys["alice"]))
+            ).status_code == 200
+            doc = gw.core.policy.model_dump(mode="json")
+            doc["overrides"] = [
+                Override(client_id="alice", action="block", reason="test").model_dump(mode="json")
+            ]
+            bad = dict(doc, default_tier="gold")
+            r = await c.put(
+                "/admin/policy", headers=key_headers(keys["bob"]), content=json.dumps(bad)
+            )
+            assert r.status_code == 422 and "default_tier" in r.json()["detail"]
+            r = await c.put(
+                "/admin/policy?reason=block+alice",
+                headers=key_headers(keys["bob"]),
+                content=json.dumps(doc),
+            )
+            assert r.status_code == 201 and r.json()["version"] == v1 + 1
+            assert gw.core.policy.version == v1 + 1 and gw.policy_error is None
+            r = await c.get("/v1/orders/1", headers=key_headers(keys["alice"]))
+            assert r.status_code == 403 and r.json()["error"] == "block"
+            hist = (await c.get("/admin/policy/history", headers=key_headers(keys["bob"]))).json()
+            assert hist[-1]["author"] == "bob" and hist[-1]["reason"] == "block alice"
+
+    asyncio.run(main())
+
+
+def test_telemetry_count_equals_requests_under_a_concurrent_burst(gw_settings):
+    s, keys = gw_settings
+    n = 400
+
+    async def main():
+        async with running(s) as (_gw, c):
+            who = ["alice", "bob", "carol", None]
+            rs = await asyncio.gather(
+                *(
+                    c.get(
+                        f"/v1/products/{i}",
+                        headers=key_headers(keys[who[i % 4]]) if who[i % 4] else {},
+                    )
+                    for i in range(n)
+                )
+            )
+            return rs
+
+    rs = asyncio.run(main())
+    ev = TelemetryStore(s.telemetry_dir).read().to_pandas()
+    assert len(ev) == n and ev["request_id"].nunique() == n
+    assert set(ev["request_id"]) == {r.headers["x-request-id"] for r in rs}
+    by_status = ev["http_response_status_code"].value_counts().to_dict()
+    assert by_status == {code: sum(r.status_code == code for r in rs) for code in by_status}
+
+
+def test_unwritable_store_at_shutdown_spills_events(gw_settings, monkeypatch):
+    s, keys = gw_settings
+
+    async def main():
+        async with running(s) as (gw, c):
+            monkeypatch.setattr(gw.sink.store, "append", _broken)
+            for _ in range(5):
+                await c.get("/v1/orders/1", headers=key_headers(keys["bob"]))
+            return gw
+
+    gw = asyncio.run(main())
+    files = list((s.data_dir / "telemetry-spill").glob("*.jsonl"))
+    lines = [json.loads(x) for f in files for x in f.read_text().splitlines()]
+    assert gw.sink.spilled == len(lines) == 5 and gw.sink.written == 0
+    assert {x["client_id"] for x in lines} == {"bob"}
+
+
+def _broken(*a, **k):
+    raise OSError("disk full")
+
+
+@pytest.mark.integration
+def test_redis_limits_are_exact_across_replicas(gw_settings):
+    """Two gateway replicas share Redis counters: a burst of 60 allows exactly the limit."""
+    import uuid
+
+    from gateway.ratelimit import RedisLimiter
+
+    s, keys = gw_settings
+    s = with_gateway(s, ratelimit_backend="redis")
+    prefix = f"gw:test:{uuid.uuid4().hex}:"
+    clock = Clock()
+
+    async def main():
+        async with (
+            running(s, clock, limiter=RedisLimiter(prefix=prefix)) as (_, a),
+            running(s, clock, limiter=RedisLimiter(prefix=prefix)) as (_, b),
+        ):
+            h = key_headers(keys["alice"])  # free: 60/min
+            rs = await asyncio.gather(
+                *((a if i % 2 else b).get("/v1/orders/1", headers=h) for i in range(90))
+            )
+        RedisLimiter(prefix=prefix).reset()
+        return [r.status_code for r in rs]
+
+    codes = asyncio.run(main())
+    assert codes.count(200) == 60 and codes.count(429) == 30
