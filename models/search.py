@@ -348,6 +348,8 @@ def build_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Xt = prep.fit_transform(X, y)
+        if Xt.shape[1] == 0:
+            raise EmptySelectionError(f"{p.get('selection')} feature selection kept no column")
         if p["family"] == "xgboost" and X_val is not None and y_val is not None:
             # early stopping only on rows the model does not train on; a refit uses
             # the number of rounds the search found (``n_rounds``)
@@ -356,6 +358,10 @@ def build_model(
         else:
             est.fit(Xt, y)
     return Pipeline([*prep.steps, ("model", est)])
+
+
+class EmptySelectionError(ValueError):
+    """Feature selection removed every column (a configuration, not a data, failure)."""
 
 
 def _estimator(
@@ -496,7 +502,10 @@ def objective(
         t0 = time.perf_counter()
         if len(splits.folds) == 1 and len(Xtr) > 20_000:
             sub = np.random.default_rng(trial.number).choice(len(Xtr), len(Xtr) // 4, replace=False)
-            m0 = build_model(p, ds.task, Xtr.iloc[sub], ytr.iloc[sub], Xva, yva, seed, n_jobs)
+            try:
+                m0 = build_model(p, ds.task, Xtr.iloc[sub], ytr.iloc[sub], Xva, yva, seed, n_jobs)
+            except EmptySelectionError as exc:
+                raise optuna.TrialPruned(str(exc)) from None
             trial.report(score(metric, yva.to_numpy(), predict(m0, ds.task, Xva)), step=0)
             if trial.should_prune():
                 trial.set_user_attr("fit_seconds", time.perf_counter() - t0)
@@ -508,7 +517,11 @@ def objective(
                 trial.set_user_attr("fit_seconds", time.perf_counter() - t0)
                 raise optuna.TrialPruned()
 
-        value, pred, rows, extra = evaluate_params(p, ds, splits, metric, seed, n_jobs, report)
+        try:
+            value, pred, rows, extra = evaluate_params(p, ds, splits, metric, seed, n_jobs, report)
+        except EmptySelectionError as exc:
+            trial.set_user_attr("fit_seconds", time.perf_counter() - t0)
+            raise optuna.TrialPruned(str(exc)) from None
         p.update(extra)
         yv = ds.y.to_numpy()[rows]
         trial.set_user_attr("fit_seconds", time.perf_counter() - t0)

@@ -55,6 +55,10 @@ class TrainResult:
     seconds: float = 0.0
 
 
+# a configuration that cannot be fitted fails its trial (logged, kept in the study), not the search
+_TRIAL_ERRORS = (ValueError, ArithmeticError)
+
+
 def _worker(
     storage: str,
     study_name: str,
@@ -81,6 +85,7 @@ def _worker(
         objective(ds, splits, metric, families, seed=seed, selection_choices=selection_choices),
         timeout=timeout,
         gc_after_trial=True,
+        catch=_TRIAL_ERRORS,
     )
 
 
@@ -151,6 +156,7 @@ def _search(
             n_trials=n_trials,
             callbacks=callbacks,
             gc_after_trial=True,
+            catch=_TRIAL_ERRORS,
         )
     finally:
         for p in procs:
