@@ -93,10 +93,19 @@ def backtest(
     start: str | None = None,
     end: str | None = None,
     target: str = "abuse",
+    scores: pd.DataFrame | None = None,
 ) -> BacktestReport:
-    """Judge every recorded request under ``policy``, in event time."""
+    """Judge every recorded request under ``policy``, in event time.
+
+    ``scores`` (client_id, event_timestamp = window start, score), e.g. from
+    ``serving.batch.score_windows``, replaces the recorded ``model_score``.
+    """
     t0 = time.perf_counter()
     df = _read(telemetry, start, end)
+    if scores is not None:
+        from serving.batch import scores_for_requests
+
+        df["model_score"] = scores_for_requests(df, scores, label_window_minutes)
     core = DecisionCore(policy, MemoryLimiter(), target=target)
     # seconds since the epoch whatever the datetime unit (DuckDB hands back microseconds)
     epoch = pd.Timestamp(0, tz="UTC")

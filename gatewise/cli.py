@@ -343,6 +343,10 @@ from gatewise import cli_gateway  # noqa: E402  (registers on ``app``; imports t
 
 cli_gateway.register(app)
 
+from gatewise import cli_serving  # noqa: E402
+
+cli_serving.register(app)
+
 
 def main() -> None:  # pragma: no cover
     app()

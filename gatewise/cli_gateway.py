@@ -277,11 +277,18 @@ def backtest(
     from gateway.policy import PolicyError, parse_policy
 
     s = _settings(config)
+    scores = None
     if model:
-        _fail(
-            "--model re-scoring needs batch scoring from the serving service (not built yet); "
-            "the backtest uses the recorded model_score"
+        from serving.batch import score_windows
+
+        try:
+            scored, used = score_windows(s, "abuse", model, since=start, until=end)
+        except (LookupError, ValueError) as exc:
+            _fail(f"--model {model}: {exc}")
+        typer.echo(
+            f"re-scored {len(scored):,} client windows with model v{used} (point-in-time features)"
         )
+        scores = scored
     store = _store(config)
     try:
         if policy is None:
@@ -303,6 +310,7 @@ def backtest(
         label_window_minutes=s.simulator.label_window_minutes,
         start=start,
         end=end,
+        scores=scores,
     )
     from gatewise.report import backtest_report
 

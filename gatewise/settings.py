@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from gateway.config import GatewaySettings
+from serving.config import ServingSettings
 
 __all__ = [
     "ConfigError",
@@ -281,6 +282,7 @@ class Settings(BaseSettings):
     targets: dict[str, TargetSettings] = Field(default_factory=_default_targets)
     tracking: TrackingSettings = TrackingSettings()
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @field_validator("static_limits_per_minute")
     @classmethod

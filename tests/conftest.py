@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,28 @@ def built(two_days):
 
     report = build_windows(two_days)
     return two_days, report
+
+
+@pytest.fixture(scope="session")
+def champion(built, tmp_path_factory):
+    """A copy of the two simulated days with features online and a trained abuse champion."""
+    from features.store import apply_definitions, feature_store
+    from models.registry import promote
+    from models.train import train_target
+
+    s0, _ = built
+    s = s0.model_copy(update={"data_dir": tmp_path_factory.mktemp("serving") / "data"})
+    shutil.copytree(s0.data_dir, s.data_dir)
+    store = feature_store(s)
+    apply_definitions(store, s)
+    import pandas as pd
+
+    from telemetry.store import TelemetryStore
+
+    end = pd.Timestamp(
+        TelemetryStore(s.telemetry_dir).read().column("timestamp").to_pandas().max()
+    ).to_pydatetime()
+    store.materialize(start_date=end - timedelta(days=3), end_date=end)
+    r = train_target(s, "abuse", n_trials=4, budget=90)
+    promote(s, "abuse", r.version, force=True)
+    return s, r

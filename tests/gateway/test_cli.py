@@ -98,4 +98,4 @@ def test_backtest_command(env):
         "refused",
     }
     res = runner.invoke(app, ["backtest", "--model", "3"])
-    assert res.exit_code == 2 and "batch scoring" in res.output
+    assert res.exit_code == 2 and "--model 3" in res.output  # no such model registered here

@@ -1,0 +1,26 @@
+"""The ``serving:`` section of ``gatewise.yaml``.
+
+serving: {port: 3000, targets: [abuse], refresh_s: 2}
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ServingSettings"]
+
+
+class ServingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    targets: list[str] = Field(default_factory=lambda: ["abuse"], description="loaded at start")
+    refresh_s: float = Field(2.0, gt=0, description="how often aliases are checked for a move")
+    smoke_ids: int = Field(
+        20, ge=1, description="entities the deploy flow scores as its smoke test"
+    )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"

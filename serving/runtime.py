@@ -1,0 +1,297 @@
+"""The scoring runtime: models by alias from the MLflow registry, features from Feast.
+
+Framework-free (the BentoML service in ``serving/service.py`` is a thin
+shell around it), so it is tested in process and reused by batch scoring.
+
+Models are loaded with the ``sklearn`` flavour straight from the registry
+into this process: the service runs in the project's uv-locked environment,
+so scikit-learn and XGBoost are the very versions training used (the model's
+``requirements.txt`` pins them too, and ``check_versions`` refuses a model
+trained elsewhere), and the raw pipeline's ``predict_proba`` skips the pyfunc
+wrapper's per-call cost.
+
+Hot swap: ``refresh()`` compares each loaded alias with the registry; a moved
+alias is loaded beside the serving version, smoke-tested on the model's own
+input example, and swapped in by one reference assignment. A version that
+fails to load or to predict is never swapped in: the old one keeps serving and
+the failure is reported (``status()``, logs).
+
+    rt = Runtime(settings)
+    rt.ensure("abuse", "champion")
+    rt.score("abuse", ["c1", "c2"])
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gatewise.settings import Settings
+
+__all__ = ["InputError", "Loaded", "NoModelError", "Runtime"]
+
+log = logging.getLogger("gatewise.serving")
+
+
+class NoModelError(LookupError):
+    """No version carries the alias (or it cannot be loaded and nothing serves yet)."""
+
+
+class InputError(ValueError):
+    """Bad rows for ``/predict``; ``field`` names the offending column."""
+
+    def __init__(self, msg: str, field: str | None = None) -> None:
+        super().__init__(msg)
+        self.field = field
+
+
+@dataclass
+class Loaded:
+    target: str
+    alias: str
+    name: str
+    version: str
+    model: Any
+    task: str
+    features: list[str]
+    threshold: float | None
+    feature_service: str
+    metrics: dict[str, float]
+    dtypes: dict[str, str]
+    loaded_at: float = field(default_factory=time.time)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        if self.task == "binary":
+            return np.asarray(self.model.predict_proba(X[self.features])[:, 1], dtype=float)
+        return np.asarray(self.model.predict(X[self.features]), dtype=float)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "alias": self.alias,
+            "model": self.name,
+            "version": self.version,
+            "task": self.task,
+            "threshold": self.threshold,
+            "feature_service": self.feature_service,
+            "features": len(self.features),
+            "training_metrics": self.metrics,
+            "loaded_at": self.loaded_at,
+        }
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._models: dict[tuple[str, str], Loaded] = {}
+        self._lock = threading.Lock()  # one load at a time; reads never wait
+        self.errors: dict[tuple[str, str], str] = {}
+        self._store: Any = None
+        self._services: dict[str, tuple[Any, str]] = {}
+
+    # loading -----------------------------------------------------------
+    def _client(self) -> Any:
+        from models.registry import client
+
+        return client(self.settings)
+
+    def _resolve(self, target: str, alias: str) -> Any:
+        c = self._client()
+        name = self.settings.registered_model(target)
+        try:
+            return c.get_model_version_by_alias(name, alias)
+        except Exception as exc:
+            raise NoModelError(f"{name}@{alias}: no such alias ({type(exc).__name__})") from None
+
+    def load_version(self, target: str, alias: str, version: str) -> Loaded:
+        """Load and smoke-test one version; raises on any failure (nothing is swapped)."""
+        import mlflow
+        import mlflow.sklearn
+
+        name = self.settings.registered_model(target)
+        uri = f"models:/{name}/{version}"
+        mlflow.set_tracking_uri(self.settings.mlflow_uri)
+        mlflow.set_registry_uri(self.settings.mlflow_uri)
+        try:
+            info = mlflow.models.get_model_info(uri)
+        except Exception as exc:
+            raise NoModelError(f"{uri}: {type(exc).__name__}: {exc}"[:400]) from None
+        meta = info.metadata or {}
+        model = mlflow.sklearn.load_model(uri)
+        features = list(meta.get("features") or [])
+        schema = info.signature.inputs.to_dict() if info.signature else []
+        dtypes = {c["name"]: c["type"] for c in schema if "name" in c}
+        run = self._client().get_run(info.run_id) if info.run_id else None
+        loaded = Loaded(
+            target,
+            alias,
+            name,
+            str(version),
+            model,
+            str(meta.get("task", "binary")),
+            features or list(dtypes),
+            meta.get("threshold"),
+            str(meta.get("feature_service", "")),
+            {
+                k: float(v)
+                for k, v in (run.data.metrics.items() if run else [])
+                if k.startswith("holdout_")
+            },
+            dtypes,
+        )
+        # smoke test: the model must predict its own input example, with finite output
+        example = pd.DataFrame([{f: 0.0 for f in loaded.features}])
+        try:
+            from mlflow.models import Model
+
+            ex = Model.load(uri).load_input_example(mlflow.artifacts.download_artifacts(uri))
+            if isinstance(ex, pd.DataFrame) and len(ex):
+                example = ex
+        except Exception:  # an example is a courtesy; zeros still exercise the pipeline
+            pass
+        out = loaded.predict(example)
+        if not np.all(np.isfinite(out)):
+            raise ValueError(f"{uri}: smoke prediction is not finite ({out[:3]})")
+        return loaded
+
+    def ensure(self, target: str, alias: str = "champion") -> Loaded:
+        """The loaded model for target@alias, loading it on first use."""
+        m = self._models.get((target, alias))
+        if m is not None:
+            return m
+        with self._lock:
+            m = self._models.get((target, alias))
+            if m is None:
+                v = self._resolve(target, alias)
+                m = self.load_version(target, alias, str(v.version))
+                self._models[(target, alias)] = m
+                log.info("loaded %s v%s as %s", m.name, m.version, alias)
+        return m
+
+    def refresh(self) -> list[str]:
+        """Follow moved aliases: load, smoke-test, swap; keep the old one on any failure."""
+        changes = []
+        for (target, alias), cur in list(self._models.items()):
+            try:
+                v = str(self._resolve(target, alias).version)
+            except NoModelError as exc:
+                self.errors[(target, alias)] = str(exc)
+                continue
+            if v == cur.version:
+                continue
+            try:
+                with self._lock:
+                    new = self.load_version(target, alias, v)
+                    self._models[(target, alias)] = new  # the atomic swap
+                self.errors.pop((target, alias), None)
+                changes.append(f"{target}@{alias}: v{cur.version} -> v{v}")
+                log.info("hot swap %s@%s: v%s -> v%s", target, alias, cur.version, v)
+            except Exception as exc:
+                msg = f"v{v} failed to load or smoke-test, still serving v{cur.version}: {type(exc).__name__}: {exc}"
+                self.errors[(target, alias)] = msg[:500]
+                log.error("%s@%s %s", target, alias, msg)
+        return changes
+
+    def start_refresher(self, interval_s: float = 2.0) -> threading.Thread:
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    self.refresh()
+                except Exception:
+                    log.exception("alias refresh failed")
+
+        t = threading.Thread(target=loop, name="alias-refresh", daemon=True)
+        t.start()
+        return t
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "models": {f"{t}@{a}": m.version for (t, a), m in self._models.items()},
+            "errors": {f"{t}@{a}": e for (t, a), e in self.errors.items()},
+        }
+
+    # features and scores -----------------------------------------------
+    def _feature_service(self, name: str) -> tuple[Any, str]:
+        hit = self._services.get(name)
+        if hit is None:
+            from features.store import feature_store
+
+            if self._store is None:
+                self._store = feature_store(self.settings)
+            fs = self._store.get_feature_service(name)
+            view = self._store.get_feature_view(fs.feature_view_projections[0].name)
+            hit = self._services[name] = (fs, view.entity_columns[0].name)
+        return hit
+
+    def online(self, service: str, ids: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+        """Feature rows for ``ids`` and each row's freshness (seconds since its newest value)."""
+        fs, key = self._feature_service(service)
+        d = self._store.get_online_features(
+            features=fs, entity_rows=[{key: e} for e in ids]
+        ).to_dict(include_event_timestamps=True)
+        ts_cols = [k for k in d if k.endswith("__ts")]
+        df = pd.DataFrame({k: v for k, v in d.items() if not k.endswith("__ts") and k != key})
+        ts = np.array([d[k] for k in ts_cols], dtype=float) if ts_cols else np.zeros((0, len(ids)))
+        newest = ts.max(axis=0) if len(ts) else np.zeros(len(ids))
+        fresh = np.where(newest > 0, time.time() - newest, np.nan)
+        return df, fresh
+
+    def score(self, target: str, ids: list[str], alias: str = "champion") -> dict[str, Any]:
+        m = self.ensure(target, alias)
+        X, fresh = self.online(m.feature_service, ids)
+        known = ~X[m.features].isna().all(axis=1).to_numpy()
+        scores = np.full(len(ids), np.nan)
+        if known.any():
+            scores[known] = m.predict(X.loc[known])
+        results = []
+        for i, e in enumerate(ids):
+            if not known[i]:
+                results.append(
+                    {"id": e, "score": None, "known": False, "reason": "no features online"}
+                )
+                continue
+            s = float(scores[i])
+            row: dict[str, Any] = {"id": e, "score": s, "known": True}
+            if m.threshold is not None:
+                row["flagged"] = s >= m.threshold
+            row["freshness_s"] = None if np.isnan(fresh[i]) else round(float(fresh[i]), 1)
+            results.append(row)
+        return {
+            "target": target,
+            "alias": alias,
+            "model_version": m.version,
+            "threshold": m.threshold,
+            "results": results,
+        }
+
+    def predict(
+        self, target: str, rows: list[dict[str, Any]], alias: str = "champion"
+    ) -> dict[str, Any]:
+        m = self.ensure(target, alias)
+        if not rows:
+            raise InputError("no rows", "rows")
+        X = pd.DataFrame(rows)
+        missing = [f for f in m.features if f not in X.columns]
+        if missing:
+            raise InputError(f"missing feature {missing[0]!r} ({len(missing)} missing)", missing[0])
+        for f in m.features:
+            want = m.dtypes.get(f, "double")
+            if want in ("double", "float", "long", "integer"):
+                try:
+                    X[f] = pd.to_numeric(X[f])
+                except (ValueError, TypeError):
+                    raise InputError(f"feature {f!r} must be numeric ({want})", f) from None
+        return {
+            "target": target,
+            "alias": alias,
+            "model_version": m.version,
+            "threshold": m.threshold,
+            "predictions": [float(v) for v in m.predict(X)],
+        }
