@@ -56,6 +56,8 @@ _HOP = {
     "x-api-key",
     "accept-encoding",
 }
+# upstream response headers the gateway sets itself (uvicorn adds its own date/server)
+_DROP_RESPONSE = frozenset(_HOP | {"content-encoding", "date", "server"})
 _IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
 _COMPRESSIBLE = ("application/json", "text/", "application/xml", "application/javascript")
 _NO_SCORE = Score(None, None, False, "disabled")
@@ -99,6 +101,12 @@ class Gateway:
         self.anonymous = set(g.anonymous_routes)
         self.monotonic = monotonic  # breakers and score caches (wall time may jump)
         self.upstreams = {n: Upstream.build(n, s, monotonic) for n, s in g.services.items()}
+        import httpx
+
+        self._timeouts = {
+            n: httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s)
+            for n, s in g.services.items()
+        }
         self.cache = ResponseCache(g.cache.max_entries, g.cache.max_body_bytes)
         self.sink = TelemetrySink(
             TelemetryStore(settings.telemetry_dir),
@@ -330,7 +338,7 @@ class Gateway:
         body = await request.body()
         tries = 1 + (up.cfg.retries if method in _IDEMPOTENT else 0)
         tried: set[str] = set()
-        timeout = httpx.Timeout(up.cfg.timeout_s, connect=up.cfg.connect_timeout_s)
+        timeout = self._timeouts[service]
         last = "no_healthy_instance"
         t_up = time.perf_counter()
         last_resp: Any = None
@@ -368,9 +376,7 @@ class Gateway:
                 self.cache.refresh(key, now)
                 ev["cache_status"] = "REVALIDATED"
                 return self._respond(request, entry.status, entry.headers, entry.body, 0)
-            out_headers = [
-                (k, v) for k, v in r.headers.items() if k.lower() not in _HOP | {"content-encoding"}
-            ]
+            out_headers = [(k, v) for k, v in r.headers.items() if k.lower() not in _DROP_RESPONSE]
             if cacheable and method == "GET" and self.cfg.cache.enabled:
                 self.cache.store(key, r.status_code, out_headers, r.content, now)
             return self._respond(request, r.status_code, out_headers, r.content, None)

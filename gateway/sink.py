@@ -50,6 +50,8 @@ class TelemetrySink:
         return len(self._buf)
 
     async def start(self) -> None:
+        # import the Parquet writer now, not in the first flush under traffic (it holds the GIL)
+        await asyncio.to_thread(_warm_writer)
         self._task = asyncio.create_task(self._run(), name="telemetry-flusher")
 
     async def _run(self) -> None:
@@ -60,9 +62,14 @@ class TelemetrySink:
             await self.flush()
 
     async def flush(self) -> int:
+        """Write what was pending when the flush began (under steady load the buffer never
+        empties; draining it in a loop wrote a tiny Parquet file per handful of events)."""
         n = 0
-        while self._buf:
-            batch = [self._buf.popleft() for _ in range(min(len(self._buf), self.cfg.max_batch))]
+        todo = len(self._buf)
+        while todo > 0 and self._buf:
+            k = min(todo, len(self._buf), self.cfg.max_batch)
+            batch = [self._buf.popleft() for _ in range(k)]
+            todo -= k
             try:
                 await asyncio.to_thread(self._write, batch)
             except Exception:  # keep the events; try again on the next tick
@@ -110,3 +117,15 @@ class TelemetrySink:
         log.error("telemetry: store unwritable; %d events spilled to %s", len(self._buf), path)
         self.spilled = len(self._buf)
         self._buf.clear()
+
+
+def _warm_writer() -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from telemetry.schema import EVENT_SCHEMA
+
+    pq.write_table(EVENT_SCHEMA.empty_table(), io.BytesIO())
+    pa.Table.from_pylist([], schema=EVENT_SCHEMA)

@@ -217,3 +217,39 @@ def test_a_built_bento_serves(champion, tmp_path):
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         p.wait(timeout=30)
+
+
+def test_the_gateway_scores_through_the_live_service(server):
+    """The real loop: gateway → BentoML /score → Feast + champion; the score lands in telemetry."""
+    import asyncio
+
+    from gateway.auth import ApiKey, Consumer, ConsumersFile, new_api_key
+    from telemetry.store import TelemetryStore
+    from tests.gateway.conftest import running, with_gateway
+
+    s0, _, base = server
+    s = s0.model_copy(update={"data_dir": s0.data_dir.parent / "gw-loop"})
+    cid = _ids(s0, 1)[0]
+    kid, key, digest = new_api_key()
+    ConsumersFile(
+        consumers=[Consumer(client_id=cid, tier="pro", api_keys=[ApiKey(id=kid, sha256=digest)])]
+    ).save(s.gateway_consumers_path)
+    scoring = s.gateway.scoring.model_copy(
+        update={"enabled": True, "url": base, "timeout_ms": 2000}
+    )
+    s = with_gateway(s, scoring=scoring)
+    expected = httpx.post(base + "/score", json={"ids": [cid]}, timeout=10).json()
+
+    async def main():
+        async with running(s) as (_, c):
+            return [
+                (await c.get("/v1/orders/1", headers={"x-api-key": key})).status_code
+                for _ in range(3)
+            ]
+
+    assert asyncio.run(main()) == [200, 200, 200]
+    ev = TelemetryStore(s.telemetry_dir).read().to_pandas()
+    assert (ev["model_version"] == expected["model_version"]).all()
+    assert ev["model_score"].to_numpy() == pytest.approx(
+        [expected["results"][0]["score"]] * 3, abs=1e-6
+    )
