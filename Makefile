@@ -40,6 +40,9 @@ bench: env
 	$(VENV)/bin/python benchmarks/simulate.py
 	$(VENV)/bin/python benchmarks/ingest.py
 	$(VENV)/bin/python benchmarks/features.py
+	$(VENV)/bin/python benchmarks/automl_vs_flaml.py --budget 60
+	$(VENV)/bin/python benchmarks/gateway.py
+	$(VENV)/bin/python benchmarks/serving.py --loadgen both
 
 clean:
 	rm -rf .gatewise .pytest_cache .mypy_cache .ruff_cache
