@@ -55,66 +55,103 @@ class _Server:
         self.thread.join(timeout=15)
 
 
-def _consumers(s: Settings) -> dict[str, str]:
+def _simulated_clients(s: Settings) -> dict[str, tuple[str, str, str | None, str | None]]:
+    """Real simulated clients for the demo roles: (client_id, tier, region, device)."""
+    import pyarrow.parquet as pq
+
+    from telemetry.labels import LabelStore
+
+    picks: dict[str, tuple[str, str, str | None, str | None]] = {}
+    if not s.consumers_path.exists():
+        return picks
+    cons = pq.read_table(s.consumers_path).to_pandas().set_index("client_id")
+    lab = LabelStore(s.labels_dir).read().to_pandas()
+    abusive = lab[lab["label"] == 1]
+    bad = set(abusive["client_id"])
+    noisy = abusive[abusive["scenario"].isin(["scraping", "flood", "credential_stuffing"])]
+    if len(noisy):
+        cid = noisy["client_id"].value_counts().index[0]
+        picks["scraper"] = (cid, *cons.loc[cid, ["tier", "region", "device_type"]].tolist())
+    legit = cons[~cons.index.isin(bad)]
+    for role, tier in (("steady", "free"), ("partner", "enterprise")):
+        cand = legit[legit["tier"] == tier]
+        if len(cand):
+            cid = cand.index[0]
+            picks[role] = (cid, *cand.loc[cid, ["tier", "region", "device_type"]].tolist())
+    return picks
+
+
+def _consumers(s: Settings) -> dict[str, tuple[str, str]]:
+    """API keys for the demo roles: role → (client_id, key). Simulated clients where possible,
+    so the champion scores them from their real online features."""
     from gateway.auth import ApiKey, Consumer, ConsumersFile, new_api_key
 
-    keys: dict[str, str] = {}
+    sim = _simulated_clients(s)
+    keys: dict[str, tuple[str, str]] = {}
     consumers = []
-    for cid, tier, roles, revoked in (
-        ("demo-steady", "free", ["consumer"], False),
-        ("demo-scraper", "free", ["consumer"], False),
-        ("demo-partner", "enterprise", ["consumer"], False),
-        ("demo-admin", "enterprise", ["consumer", "admin"], False),
-        ("demo-former", "pro", ["consumer"], True),
+    for role, default_tier, roles, revoked in (
+        ("steady", "free", ["consumer"], False),
+        ("scraper", "free", ["consumer"], False),
+        ("partner", "enterprise", ["consumer"], False),
+        ("admin", "enterprise", ["consumer", "admin"], False),
+        ("former", "pro", ["consumer"], True),
     ):
+        cid, tier, region, device = sim.get(
+            role, (f"demo-{role}", default_tier, "eu-west", "server")
+        )
         kid, key, digest = new_api_key()
-        keys[cid] = key
+        keys[role] = (cid, key)
         consumers.append(
             Consumer(
                 client_id=cid,
                 tier=tier,
                 roles=roles,
-                region="eu-west",
-                device_type="server",
+                region=region,
+                device_type=device,
                 api_keys=[ApiKey(id=kid, sha256=digest, revoked=revoked)],
             )
         )
-    # the demo's consumers replace earlier demo-* ones; anyone else's stay
+    # the demo's consumers replace earlier ones with the same ids; anyone else's stay
+    ids = {c.client_id for c in consumers}
     kept = [
-        c
-        for c in ConsumersFile.load(s.gateway_consumers_path).consumers
-        if not c.client_id.startswith("demo-")
+        c for c in ConsumersFile.load(s.gateway_consumers_path).consumers if c.client_id not in ids
     ]
     ConsumersFile(consumers=kept + consumers).save(s.gateway_consumers_path)
     return keys
 
 
-async def _drive(base: str, keys: dict[str, str], seconds: float) -> Counter[tuple[str, int]]:
+async def _drive(
+    base: str, keys: dict[str, tuple[str, str]], seconds: float
+) -> Counter[tuple[str, int]]:
     import httpx
 
     out: Counter[tuple[str, int]] = Counter()
 
-    async def client(name: str, rate: float, path: str, key: str | None) -> None:
-        h = {"x-api-key": key} if key else {}
+    async def client(role: str, rate: float, path: str, with_key: bool = True) -> None:
+        cid, key = keys.get(role, ("anonymous", ""))
+        h = {"x-api-key": key} if with_key and key else {}
+        label = f"{role} ({cid})" + (" export, cost 10" if "export" in path else "")
         async with httpx.AsyncClient(base_url=base, timeout=5) as c:
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 r = await c.get(path, headers=h)
-                out[(name, r.status_code)] += 1
+                out[(label, r.status_code)] += 1
                 await asyncio.sleep(1 / rate)
 
     await asyncio.gather(
-        client("demo-steady", 2, "/v1/orders/17", keys["demo-steady"]),
-        client("demo-scraper", 40, "/v1/products/5", keys["demo-scraper"]),
-        client("demo-partner", 30, "/v1/search", keys["demo-partner"]),
-        client("demo-partner (export, cost 10)", 2, "/v1/reports/export", keys["demo-partner"]),
-        client("demo-former (revoked key)", 1, "/v1/orders/1", keys["demo-former"]),
-        client("anonymous probe", 1, "/v1/users/1", None),
+        client("steady", 2, "/v1/orders/17"),
+        client("scraper", 40, "/v1/products/5"),
+        client("partner", 30, "/v1/search"),
+        client("partner", 2, "/v1/reports/export"),
+        client("former", 1, "/v1/orders/1"),
+        client("anonymous probe", 1, "/v1/users/1", with_key=False),
     )
     return out
 
 
-def gateway_demo(console: Console, s: Settings, seconds: float = 8.0) -> None:
+def gateway_demo(
+    console: Console, s: Settings, seconds: float = 8.0, scoring_url: str | None = None
+) -> None:
     from gateway.app import create_app
     from gateway.backtest import backtest
     from gateway.exporters import export
@@ -157,18 +194,38 @@ def gateway_demo(console: Console, s: Settings, seconds: float = 8.0) -> None:
         "static limits trade one for the other; model scores are how gatewise escapes it"
     )
 
-    console.print(f"[bold]live gateway[/]: real HTTP for {seconds:.0f}s at real rate")
+    console.print(
+        f"[bold]live gateway[/]: real HTTP for {seconds:.0f}s at real rate"
+        + (f", scored by the champion at {scoring_url}" if scoring_url else "")
+    )
     keys = _consumers(s)
     up_port, gw_port = _free_port(), _free_port()
     services = {
         n: sv.model_copy(update={"instances": [f"http://127.0.0.1:{up_port}"]})
         for n, sv in g.services.items()
     }
-    live = s.model_copy(update={"gateway": g.model_copy(update={"services": services})})
+    update: dict[str, Any] = {"services": services}
+    if scoring_url:  # the champion just deployed scores every consumer (abuse target in shadow)
+        update["scoring"] = g.scoring.model_copy(update={"enabled": True, "url": scoring_url})
+    live = s.model_copy(update={"gateway": g.model_copy(update=update)})
     app = create_app(live)
     with _Server(upstream_app(latency_scale=0.05), up_port), _Server(app, gw_port):
         counts = asyncio.run(_drive(f"http://127.0.0.1:{gw_port}", keys, seconds))
     status = app.state.gateway.status()  # after shutdown: the telemetry buffer is drained
+    if scoring_url:
+        from telemetry.store import TelemetryStore
+
+        ev = TelemetryStore(s.telemetry_dir).read().to_pandas()
+        demo_ids = {cid for cid, _ in keys.values()}
+        ev = ev[ev["client_id"].isin(demo_ids) & ev["model_version"].notna()]
+        if len(ev):
+            rows = (
+                ev.groupby(["client_id", "model_version", "ratelimit_decision"])
+                .agg(requests=("request_id", "size"), score=("model_score", "mean"))
+                .reset_index()
+                .to_dict("records")
+            )
+            console.print(_table("scored by the champion (shadow: recorded, not enforced)", rows))
     rows = [{"client": k[0], "status": k[1], "requests": v} for k, v in sorted(counts.items())]
     console.print(_table("responses by client (429 = throttled, 401 = refused credentials)", rows))
     t = status["telemetry"]

@@ -411,14 +411,51 @@ def demo(console: Console, s: Settings, config: Path | None = None) -> None:
         console.print(
             "the gate refused this challenger (see above); `gatewise promote --force` overrides it"
         )
+    console.rule("deploy: Prefect flow deploy → BentoML service → champion → gateway policy")
+    scoring_url = deploy_demo(console, s, config, r)
     console.rule("gateway: backtest policies, then real HTTP through the gateway")
     from gatewise.demo_gateway import gateway_demo
 
-    gateway_demo(console, s)
+    try:
+        gateway_demo(console, s, scoring_url=scoring_url)
+    finally:
+        if scoring_url:
+            from serving.process import stop_service
+
+            stop_service(s)
+            console.print("stopped the demo's BentoML service (`.venv/bin/gatewise serve` runs it)")
     console.rule("done")
     console.print(
         f"data under {s.data_dir}/ ; try `.venv/bin/gatewise telemetry summary` or `.venv/bin/gatewise ingest --help`"
     )
+
+
+def deploy_demo(console: Console, s: Settings, config: Path | None, r: Any) -> str | None:
+    """Deploy the new challenger (forced, and said so, when the gate refused it)."""
+    from flows.deploy import DeployError, deploy_flow
+
+    force = not r.eligible
+    if force:
+        console.print(
+            f"[yellow]the gate refused v{r.version}; the demo deploys it anyway with --force so the "
+            "loop can be seen end to end (the version is tagged deploy.forced=true)[/]"
+        )
+    try:
+        out = deploy_flow(
+            target="abuse",
+            version=r.version,
+            force=force,
+            config_path=str(config) if config else None,
+            data_dir=str(s.data_dir.resolve()),
+        )
+    except DeployError as exc:
+        console.print(f"[red]{exc}[/]; compensated: {exc.result.compensated if exc.result else []}")
+        return None
+    console.print(
+        f"{s.registered_model('abuse')} v{out['version']} is champion behind {out['url']} "
+        f"(steps: {' → '.join(out['steps'])}); gateway policy v{out['policy_version']} names it"
+    )
+    return str(out["url"])
 
 
 def backtest_report(console: Console, r: Any) -> None:

@@ -40,7 +40,9 @@ def _bentoml() -> str:
     return str(exe) if exe.exists() else "bentoml"
 
 
-def wait_ready(url: str, timeout: float = 180.0, proc: Any = None) -> bool:
+def wait_ready(url: str, timeout: float = 180.0, proc: Any = None, path: str = "/readyz") -> bool:
+    """Poll ``path`` until it answers 200 (``/livez``: the process is up; ``/readyz``: every
+    configured target has a champion loaded)."""
     import httpx
 
     end = time.monotonic() + timeout
@@ -48,7 +50,7 @@ def wait_ready(url: str, timeout: float = 180.0, proc: Any = None) -> bool:
         if proc is not None and proc.poll() is not None:
             return False
         try:
-            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(url + path, timeout=1.0).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass
@@ -79,9 +81,9 @@ def start_service(settings: Settings, config: Path | None = None, port: int | No
         start_new_session=True,
     )
     (d / "service.pid").write_text(str(p.pid))
-    if not wait_ready(
-        settings.serving.url if port is None else f"http://{settings.serving.host}:{port}", proc=p
-    ):
+    # live, not ready: the first deploy starts the service before any champion exists
+    url = settings.serving.url if port is None else f"http://{settings.serving.host}:{port}"
+    if not wait_ready(url, proc=p, path="/livez"):
         tail = (d / "service.log").read_bytes()[-2000:].decode(errors="replace")
         raise RuntimeError(f"the BentoML service did not become ready; log tail:\n{tail}")
     return p.pid

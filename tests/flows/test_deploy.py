@@ -152,3 +152,20 @@ def test_smoke_failure_on_the_live_endpoint_leaves_the_champion(prefect_harness,
     assert e.value.step == "smoke" and "/score answered" in str(e.value)
     assert version_info(s, "abuse")["champion"]["version"] == champion
     assert _serving_version(s) == champion
+
+
+def test_first_deploy_starts_the_service_before_any_champion(prefect_harness, env):
+    """No champion yet: the service starts live but not ready; the deploy makes it ready."""
+    from models.registry import client, version_info
+    from serving.process import stop_service
+
+    s, r = env
+    stop_service(s)
+    c = client(s)
+    name = s.registered_model("abuse")
+    c.delete_registered_model_alias(name, "champion")
+    v = _challenger(s, r.version)
+    out = _deploy(s)
+    assert out["previous"] is None and out["version"] == v and "service" in out["steps"]
+    assert version_info(s, "abuse")["champion"]["version"] == v and _serving_version(s) == v
+    assert httpx.get(s.serving.url + "/readyz", timeout=5).status_code == 200
