@@ -183,7 +183,8 @@ class Runtime:
             except NoModelError as exc:
                 self.errors[(target, alias)] = str(exc)
                 continue
-            if v == cur.version:
+            if v == cur.version:  # (back) at the serving version: nothing is wrong any more
+                self.errors.pop((target, alias), None)
                 continue
             try:
                 with self._lock:

@@ -167,6 +167,9 @@ def test_hot_swap_under_load_then_a_broken_version_keeps_the_old_one(server):
     out = httpx.post(base + "/score", json={"ids": _ids(s, 2)}, timeout=10)
     assert out.status_code == 200 and out.json()["model_version"] == str(good.version)
     assert httpx.get(base + "/readyz", timeout=5).status_code == 200
+    # leave a loadable champion for the tests after this one
+    c.set_registered_model_alias(name, "champion", good.version)
+    _wait_for(base, lambda m: not m["errors"].get("abuse@champion"))
 
 
 def test_a_built_bento_serves(champion, tmp_path):
@@ -211,6 +214,8 @@ def test_a_built_bento_serves(champion, tmp_path):
                 pass
             assert p.poll() is None, "bentoml serve of the built Bento exited"
             time.sleep(0.5)
+        else:
+            raise AssertionError("the built Bento never became ready")
         res = httpx.post(base + "/score", json={"ids": _ids(s, 3)}, timeout=30)
         assert res.status_code == 200 and res.json()["model_version"]
         assert all(x["known"] for x in res.json()["results"])
