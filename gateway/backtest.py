@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +50,27 @@ class BacktestReport:
         return self.events / max(self.seconds, 1e-9)
 
 
-def _read(telemetry: Path, start: str | None, end: str | None) -> pd.DataFrame:
+def _read(
+    telemetry: Path, start: datetime | str | None, end: datetime | str | None
+) -> pd.DataFrame:
     import duckdb
 
-    if telemetry.is_dir():
-        src = f"read_parquet('{telemetry.as_posix()}/**/*.parquet', hive_partitioning = false)"
-    elif telemetry.suffix in (".jsonl", ".json"):
-        src = f"read_json_auto('{telemetry.as_posix()}')"
-    else:
-        src = f"read_parquet('{telemetry.as_posix()}')"
+    from telemetry.store import TelemetryStore, as_utc
+
+    start, end = as_utc(start, "start"), as_utc(end, "end")
     where = []
-    if start:
-        where.append(f"timestamp >= TIMESTAMPTZ '{start}'")
-    if end:
-        where.append(f"timestamp < TIMESTAMPTZ '{end}'")
+    if telemetry.is_dir():  # the store: its own range relation reads only the hours needed
+        src = f"({TelemetryStore(telemetry).relation_sql(start, end)})"
+    else:
+        src = (
+            f"read_json_auto('{telemetry.as_posix()}')"
+            if telemetry.suffix in (".jsonl", ".json")
+            else f"read_parquet('{telemetry.as_posix()}')"
+        )
+        if start:
+            where.append(f"timestamp >= TIMESTAMPTZ '{start.isoformat()}'")
+        if end:
+            where.append(f"timestamp < TIMESTAMPTZ '{end.isoformat()}'")
     w = f"WHERE {' AND '.join(where)}" if where else ""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -90,8 +98,8 @@ def backtest(
     *,
     labels: Path | None = None,
     label_window_minutes: int = 5,
-    start: str | None = None,
-    end: str | None = None,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
     target: str = "abuse",
     scores: pd.DataFrame | None = None,
 ) -> BacktestReport:

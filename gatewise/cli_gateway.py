@@ -303,15 +303,18 @@ def backtest(
     if not tel.exists():
         _fail(f"no telemetry at {tel}")
     lab = labels if labels is not None else (s.labels_dir if s.labels_dir.exists() else None)
-    r = run(
-        pol,
-        tel,
-        labels=lab,
-        label_window_minutes=s.simulator.label_window_minutes,
-        start=start,
-        end=end,
-        scores=scores,
-    )
+    try:
+        r = run(
+            pol,
+            tel,
+            labels=lab,
+            label_window_minutes=s.simulator.label_window_minutes,
+            start=start,
+            end=end,
+            scores=scores,
+        )
+    except ValueError as exc:  # a bad --start/--end names itself
+        _fail(str(exc))
     from gatewise.report import backtest_report
 
     backtest_report(_console(), r)

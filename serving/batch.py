@@ -9,6 +9,8 @@ way sees what the model would have seen live.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 import pandas as pd
 
@@ -17,7 +19,9 @@ from gatewise.settings import Settings
 __all__ = ["score_windows", "scores_for_requests"]
 
 
-def _windows(settings: Settings, entity: str, since: str | None, until: str | None) -> pd.DataFrame:
+def _windows(
+    settings: Settings, entity: str, since: datetime | str | None, until: datetime | str | None
+) -> pd.DataFrame:
     from telemetry.store import TelemetryStore
 
     minutes = settings.simulator.label_window_minutes
@@ -25,16 +29,10 @@ def _windows(settings: Settings, entity: str, since: str | None, until: str | No
     if store.is_empty():
         raise LookupError(f"no telemetry in {settings.telemetry_dir}")
     key = "client_id" if entity == "client" else "http_request_method || ' ' || http_route"
-    where = []
-    if since:
-        where.append(f"timestamp >= TIMESTAMPTZ '{since}'")
-    if until:
-        where.append(f"timestamp < TIMESTAMPTZ '{until}'")
-    w = f"WHERE {' AND '.join(where)}" if where else ""
     con = store.connect()
     sql = (
         f"SELECT DISTINCT {key} AS entity, time_bucket(INTERVAL '{minutes} minutes', timestamp) "
-        f"AS event_timestamp FROM ({store.relation_sql()}) {w} ORDER BY 2, 1"
+        f"AS event_timestamp FROM ({store.relation_sql(since, until)}) ORDER BY 2, 1"
     )
     return con.execute(sql).df()
 
@@ -44,8 +42,8 @@ def score_windows(
     target: str,
     model: str = "champion",
     *,
-    since: str | None = None,
-    until: str | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """(entity, event_timestamp, score) per window, and the model version used."""
     from features.store import feature_store

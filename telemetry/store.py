@@ -42,6 +42,20 @@ class AppendResult:
     files: int
 
 
+def as_utc(value: datetime | str | None, name: str = "time") -> datetime | None:
+    """A UTC datetime from a datetime or an ISO string; a bad string names ``name``."""
+    if value is None or isinstance(value, datetime):
+        dt = value
+    else:
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not an ISO date or time") from None
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
 class TelemetryStore:
     """The telemetry store under ``root``.
 
@@ -151,12 +165,15 @@ class TelemetryStore:
     def is_empty(self) -> bool:
         return not any(self.root.glob("hour=*/*.parquet"))
 
-    def relation_sql(self, start: datetime | None = None, end: datetime | None = None) -> str:
+    def relation_sql(
+        self, start: datetime | str | None = None, end: datetime | str | None = None
+    ) -> str:
         """SQL text of a relation over the events in ``[start, end)``.
 
         The hour partition column is compared too, so DuckDB reads only the
         files of the range. Use as ``SELECT ... FROM ({relation_sql()})``.
         """
+        start, end = as_utc(start, "start"), as_utc(end, "end")
         conds = []
         if start is not None:
             conds.append(f"hour >= '{start.strftime(HOUR_FMT)}'")

@@ -99,3 +99,14 @@ def champion(built, tmp_path_factory):
     r = train_target(s, "abuse", n_trials=4, budget=90)
     promote(s, "abuse", r.version, force=True)
     return s, r
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    """CLI tests: a private data dir through GATEWISE_DATA_DIR, run from the repo."""
+    for k in list(os.environ):
+        if k.startswith("GATEWISE_") and k != "GATEWISE_SHARED_DATA":
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("GATEWISE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(REPO)
+    return tmp_path / "data"

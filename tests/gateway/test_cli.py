@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
 from typer.testing import CliRunner
 
 from gatewise.cli import app
 from tests.conftest import REPO
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def env(tmp_path, monkeypatch):
-    for k in list(os.environ):
-        if k.startswith("GATEWISE_") and k != "GATEWISE_SHARED_DATA":
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("GATEWISE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.chdir(REPO)
-    return tmp_path / "data"
 
 
 def test_consumers_add_prints_the_key_once_and_stores_its_hash(env):
@@ -97,5 +85,7 @@ def test_backtest_command(env):
         "shadow_block",
         "refused",
     }
+    res = runner.invoke(app, ["backtest", "--start", "last tuesday"])
+    assert res.exit_code == 2 and "start: 'last tuesday' is not an ISO date" in res.output
     res = runner.invoke(app, ["backtest", "--model", "3"])
     assert res.exit_code == 2 and "--model 3" in res.output  # no such model registered here

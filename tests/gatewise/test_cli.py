@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -10,19 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gatewise.cli import app
-from tests.conftest import REPO
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def env(tmp_path, monkeypatch):
-    for k in list(os.environ):
-        if k.startswith("GATEWISE_") and k != "GATEWISE_SHARED_DATA":
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("GATEWISE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.chdir(REPO)
-    return tmp_path / "data"
 
 
 def test_help_lists_commands_without_importing_the_ml_stack():
