@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64
 
@@ -69,6 +69,14 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         description="route window aggregates from telemetry (features/windows.py)",
     )
 
+    # the stream processor (features/stream.py) pushes the same rows, seconds after the events,
+    # straight to the online store; offline reads and materialisation use the batch source
+    client_windows_push = PushSource(
+        name="client_windows_push",
+        batch_source=client_windows_source,
+        description="live client window rows from the stream processor",
+    )
+
     def by_window(w: str) -> list[str]:
         return [
             n for n in CLIENT_FEATURES if n.endswith(f"_{w}") and n != "shared_address_degree_1h"
@@ -80,7 +88,7 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         entities=[client],
         ttl=timedelta(minutes=10),
         schema=_fields(by_window("5m")),
-        source=client_windows_source,
+        source=client_windows_push,
         online=True,
         tags={"window": "5m"},
     )
@@ -90,7 +98,7 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         entities=[client],
         ttl=timedelta(hours=1),
         schema=_fields(by_window("1h")),
-        source=client_windows_source,
+        source=client_windows_push,
         online=True,
         tags={"window": "1h"},
     )
@@ -100,7 +108,7 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         entities=[client],
         ttl=timedelta(hours=24),
         schema=_fields(by_window("24h")),
-        source=client_windows_source,
+        source=client_windows_push,
         online=True,
         tags={"window": "24h"},
     )
@@ -110,7 +118,7 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         entities=[client],
         ttl=timedelta(hours=24),
         schema=_fields(["client_age_days", "shared_address_degree_1h"]),
-        source=client_windows_source,
+        source=client_windows_push,
         online=True,
         tags={"window": "profile"},
     )
@@ -141,6 +149,7 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         "route": route,
         "client_windows_source": client_windows_source,
         "route_windows_source": route_windows_source,
+        "client_windows_push": client_windows_push,
         "client_5m_fv": client_5m_fv,
         "client_1h_fv": client_1h_fv,
         "client_24h_fv": client_24h_fv,

@@ -18,6 +18,9 @@ __all__ = [
     "ROUTE_FEATURES",
     "SENSITIVE_ROUTES",
     "WINDOW_MINUTES",
+    "client_base_sql",
+    "client_roll_sql",
+    "client_state_compact_sql",
     "client_windows_sql",
     "route_windows_sql",
 ]
@@ -109,49 +112,45 @@ def _rates(w: str, src: str) -> str:
     )
 
 
-def client_windows_sql(first_seen: str = "first_seen") -> str:
-    """Per client and 5-minute window (with traffic): 5m, rolling 1h and 24h features.
+_PAIR_DIMS = {
+    "routes": "http_route",
+    "addresses": "client_address",
+    "user_agents": "user_agent",
+    "networks": "regexp_extract(client_address, '^(\\d+\\.\\d+)\\.', 1)",
+}
+# a gap (or id step) to an event more than 24 h earlier is no gap: the features of an event
+# never depend on how far back the engine happened to look (batch day boundaries, stream state)
+_MAX_GAP_MS = 24 * 3600 * 1000
 
-    Reads relation ``ev`` (events, including 24 h of history before the range
-    wanted) and ``first_seen`` (client_id, first_seen). Returns every window;
-    the caller keeps the range it builds.
+
+def _client_base_ctes() -> str:
+    """Stage 1, events -> per client and window: ``base`` (additive counts, latency quantiles)
+    and ``pairs`` (the distinct routes, addresses, user agents, networks of each window).
+
+    An event's gap and id step look at the client's previous event (per route for the id), so
+    recomputing a window needs those previous events in ``ev`` too (the stream's carry rows).
+    Ties in time are broken by request_id: the result never depends on scan order.
     """
     w = WINDOW_MINUTES
     sensitive = ", ".join(f"'{r}'" for r in SENSITIVE_ROUTES)
-    pair_dims = {
-        "routes": "http_route",
-        "addresses": "client_address",
-        "user_agents": "user_agent",
-        "networks": "regexp_extract(client_address, '^(\\d+\\.\\d+)\\.', 1)",
-    }
     pairs = "\nUNION ALL\n".join(
         f"SELECT DISTINCT client_id, window_start, '{k}' AS dim, {expr} AS v FROM e WHERE {expr} IS NOT NULL"
-        for k, expr in pair_dims.items()
-    )
-    distinct_cols = [
-        f"count(DISTINCT v) OVER (PARTITION BY client_id, dim ORDER BY window_start "
-        f"RANGE BETWEEN INTERVAL {minutes - w} MINUTES PRECEDING AND CURRENT ROW) AS d_{win}"
-        for win, minutes in (("5m", w), ("1h", 60), ("24h", 1440))
-    ]
-    base_rolls = []
-    for win, minutes in (("1h", 60), ("24h", 1440)):
-        base_rolls += [f"{_rolling(c, minutes)} AS {c}_{win}" for c in _ADDITIVE]
-        base_rolls.append(f"{_rolling('latency_p95', minutes, 'max')} AS latency_p95_{win}")
-    distinct_select = ",\n      ".join(
-        f"max(d_{win}) FILTER (WHERE dim = '{k}') AS distinct_{k}_{win}"
-        for win in ("5m", "1h", "24h")
-        for k in pair_dims
+        for k, expr in _PAIR_DIMS.items()
     )
     return f"""
-WITH e AS (
+e AS (
   SELECT *,
          time_bucket(INTERVAL {w} MINUTES, timestamp) AS window_start,
          TRY_CAST(regexp_extract(url_path, '/(\\d+)(/|$)', 1) AS BIGINT) AS path_id,
-         epoch_ms(timestamp) - lag(epoch_ms(timestamp)) OVER (PARTITION BY client_id ORDER BY timestamp) AS gap_ms
+         epoch_ms(timestamp) - lag(epoch_ms(timestamp)) OVER (PARTITION BY client_id ORDER BY timestamp, request_id) AS gap_all
   FROM ev
 ),
 e2 AS (
-  SELECT *, path_id - lag(path_id) OVER (PARTITION BY client_id, http_route ORDER BY timestamp) AS id_step FROM e
+  SELECT *,
+         CASE WHEN gap_all <= {_MAX_GAP_MS} THEN gap_all END AS gap_ms,
+         CASE WHEN epoch_ms(timestamp) - lag(epoch_ms(timestamp)) OVER r <= {_MAX_GAP_MS}
+              THEN path_id - lag(path_id) OVER r END AS id_step
+  FROM e WINDOW r AS (PARTITION BY client_id, http_route ORDER BY timestamp, request_id)
 ),
 base AS (
   SELECT client_id, window_start,
@@ -174,19 +173,39 @@ base AS (
          quantile_cont(duration_ms::DOUBLE, 0.95) AS latency_p95
   FROM e2 GROUP BY client_id, window_start
 ),
+pairs AS ({pairs})"""
+
+
+def _client_roll_ctes() -> str:
+    """Stage 2, ``base`` + ``pairs`` -> rolling 1 h / 24 h aggregates and address sharing."""
+    w = WINDOW_MINUTES
+    distinct_cols = [
+        f"count(DISTINCT v) OVER (PARTITION BY client_id, dim ORDER BY window_start "
+        f"RANGE BETWEEN INTERVAL {minutes - w} MINUTES PRECEDING AND CURRENT ROW) AS d_{win}"
+        for win, minutes in (("5m", w), ("1h", 60), ("24h", 1440))
+    ]
+    base_rolls = []
+    for win, minutes in (("1h", 60), ("24h", 1440)):
+        base_rolls += [f"{_rolling(c, minutes)} AS {c}_{win}" for c in _ADDITIVE]
+        base_rolls.append(f"{_rolling('latency_p95', minutes, 'max')} AS latency_p95_{win}")
+    distinct_select = ",\n      ".join(
+        f"max(d_{win}) FILTER (WHERE dim = '{k}') AS distinct_{k}_{win}"
+        for win in ("5m", "1h", "24h")
+        for k in _PAIR_DIMS
+    )
+    return f"""
 rolled AS (
   SELECT *, {", ".join(f"{c} AS {c}_5m" for c in _ADDITIVE)}, latency_p95 AS latency_p95_5m,
          {", ".join(base_rolls)}
   FROM base
 ),
-pairs AS ({pairs}),
 distincts AS (
   SELECT client_id, window_start,
       {distinct_select}
   FROM (SELECT client_id, window_start, dim, {", ".join(distinct_cols)} FROM pairs)
   GROUP BY client_id, window_start
 ),
-addr AS (SELECT DISTINCT client_id, window_start, client_address FROM e WHERE client_address IS NOT NULL),
+addr AS (SELECT DISTINCT client_id, window_start, v AS client_address FROM pairs WHERE dim = 'addresses'),
 addr_clients AS (
   SELECT client_address, window_start,
          count(DISTINCT client_id) OVER (PARTITION BY client_address ORDER BY window_start
@@ -200,14 +219,19 @@ shared AS (
   JOIN (SELECT client_address, window_start, max(n_clients) AS n_clients FROM addr_clients GROUP BY ALL) c
     ON a.client_address = c.client_address AND a.window_start = c.window_start
   GROUP BY a.client_id, a.window_start
-)
+)"""
+
+
+def _client_select(first_seen: str) -> str:
+    w = WINDOW_MINUTES
+    return f"""
 SELECT r.client_id,
        r.window_start + INTERVAL {w} MINUTES AS event_timestamp,
        {_rates("5m", "r.")},
        {_rates("1h", "r.")},
        {_rates("24h", "r.")},
        r.latency_p50 AS latency_p50_5m, r.latency_p95_5m, r.latency_p95_1h, r.latency_p95_24h,
-       {", ".join(f"d.distinct_{k}_{win}::BIGINT AS distinct_{k}_{win}" for win in ("5m", "1h", "24h") for k in pair_dims)},
+       {", ".join(f"d.distinct_{k}_{win}::BIGINT AS distinct_{k}_{win}" for win in ("5m", "1h", "24h") for k in _PAIR_DIMS)},
        coalesce(s.shared_address_degree_1h, 0)::BIGINT AS shared_address_degree_1h,
        date_diff('second', least(f.first_seen, r.window_start), r.window_start + INTERVAL {w} MINUTES) / 86400.0 AS client_age_days
 FROM rolled r
@@ -215,6 +239,65 @@ JOIN distincts d USING (client_id, window_start)
 LEFT JOIN shared s USING (client_id, window_start)
 LEFT JOIN {first_seen} f USING (client_id)
 """
+
+
+def client_windows_sql(first_seen: str = "first_seen") -> str:
+    """Per client and 5-minute window (with traffic): 5m, rolling 1h and 24h features.
+
+    Reads relation ``ev`` (events, including 24 h of history before the range
+    wanted) and ``first_seen`` (client_id, first_seen). Returns every window;
+    the caller keeps the range it builds. Both stages in one statement (batch).
+    """
+    return f"WITH {_client_base_ctes()},\n{_client_roll_ctes()}\n{_client_select(first_seen)}"
+
+
+def client_base_sql(relation: str) -> str:
+    """Stage 1 alone: ``relation`` is ``base`` or ``pairs``, from ``ev`` (the stream keeps these
+    per window as state)."""
+    if relation not in ("base", "pairs"):
+        raise ValueError(f"relation must be base or pairs, not {relation!r}")
+    return f"WITH {_client_base_ctes()}\nSELECT * FROM {relation}"
+
+
+def client_roll_sql(first_seen: str = "first_seen") -> str:
+    """Stage 2 alone, from relations ``base`` and ``pairs`` (as stage 1 makes them) and
+    ``first_seen``: the same rows ``client_windows_sql`` gives for those windows."""
+    return f"WITH {_client_roll_ctes()}\n{_client_select(first_seen)}"
+
+
+def client_state_compact_sql(relation: str, source: str, since: str, last: str) -> str:
+    """Stage-1 rows (``relation`` = base or pairs, read from ``source``) reduced to what stage 2
+    needs for windows starting in ``[since, last]`` (SQL timestamp literals), same results.
+
+    Rows in every one of those windows' 24 h frames and in none of their 1 h frames
+    (``[last - 24h + 5m, since - 1h + 5m)``) merge into one row per client at the end of that
+    span: additive counts summed, the worst p95 kept, distinct values kept once. Rows older
+    than every frame go. The stream processor rolls a few open windows over 24 h of state; this
+    makes that roughly 15 rows per client instead of 288, without a second feature definition.
+    """
+    w = WINDOW_MINUTES
+    lo = f"({last} - INTERVAL {1440 - w} MINUTES)"
+    hi = f"({since} - INTERVAL {60 - w} MINUTES)"
+    syn = f"({hi} - INTERVAL {w} MINUTES)"
+    oldest = f"({since} - INTERVAL {1440 - w} MINUTES)"
+    keep = f"window_start >= {oldest} AND NOT (window_start >= {lo} AND window_start < {hi})"
+    mid = f"window_start >= {lo} AND window_start < {hi} AND {syn} >= {lo}"
+    if relation == "base":
+        sums = ", ".join(f"sum({c}) AS {c}" for c in _ADDITIVE)
+        merged = (
+            f"SELECT client_id, {syn} AS window_start, {sums}, "
+            f"NULL::DOUBLE AS latency_p50, max(latency_p95) AS latency_p95 "
+            f"FROM {source} WHERE {mid} GROUP BY client_id"
+        )
+    elif relation == "pairs":
+        merged = (
+            f"SELECT DISTINCT client_id, {syn} AS window_start, dim, v FROM {source} WHERE {mid}"
+        )
+    else:
+        raise ValueError(f"relation must be base or pairs, not {relation!r}")
+    # when the span is empty (targets spread over ~23 h) nothing merges and every row is kept
+    keep_all = f"{syn} < {lo} AND window_start >= {oldest}"
+    return f"SELECT * FROM {source} WHERE ({keep}) OR ({keep_all})\nUNION ALL BY NAME\n{merged}"
 
 
 def route_windows_sql() -> str:
