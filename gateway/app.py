@@ -37,6 +37,7 @@ from gateway.routing import Router, Upstream
 from gateway.scoring import Score, ScoringClient
 from gateway.sink import TelemetrySink
 from gatewise.settings import Settings
+from telemetry.stream import StreamPublisher
 
 __all__ = ["Gateway", "create_app"]
 
@@ -113,6 +114,11 @@ class Gateway:
             g.telemetry,
             settings.data_dir / "telemetry-spill",
         )
+        # the live path (features/stream.py): the same events, batched to the broker; never
+        # blocks a request (bounded buffer, losses counted)
+        self.stream: StreamPublisher | None = (
+            StreamPublisher(settings.stream) if settings.stream.enabled else None
+        )
         self._transport = transport
         self._scoring_transport = scoring_transport
         self.http: Any = None
@@ -139,6 +145,8 @@ class Gateway:
                 )
             self.scorer = ScoringClient(self.cfg.scoring, client, self.monotonic)
         await self.sink.start()
+        if self.stream is not None:
+            await self.stream.start()
         self._tasks = [
             asyncio.create_task(self._watch_policy(), name="policy-watch"),
             asyncio.create_task(self._health_checks(), name="health-checks"),
@@ -149,6 +157,8 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sink.stop()
+        if self.stream is not None:
+            await self.stream.stop()
         if self.http is not None:
             await self.http.aclose()
         if self.scorer is not None:
@@ -228,6 +238,8 @@ class Gateway:
         ev.setdefault("http_route", path)
         ev.setdefault("client_id", ev["client_address"] or "unknown")
         self.sink.emit(ev)
+        if self.stream is not None:
+            self.stream.emit(ev)
         self._count(ev.get("ratelimit_decision") or ev.get("auth_result") or "other")
         return resp
 
@@ -465,6 +477,7 @@ class Gateway:
                 "pending": self.sink.pending,
                 "dropped": self.sink.dropped,
             },
+            "stream": None if self.stream is None else self.stream.stats(),
             "cache": {"entries": len(self.cache), "hits": self.cache.hits},
             "upstreams": {
                 n: [
@@ -504,9 +517,23 @@ class Gateway:
             f"gatewise_telemetry_written_total {self.sink.written}",
             f"gatewise_telemetry_dropped_total {self.sink.dropped}",
             f"gatewise_cache_hits_total {self.cache.hits}",
+            *self._stream_metrics(),
             f"gatewise_policy_version {self.core.policy.version}",
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    def _stream_metrics(self) -> list[str]:
+        if self.stream is None:
+            return []
+        st = self.stream.stats()
+        return [
+            f"gatewise_stream_emitted_total {st['emitted']}",
+            f"gatewise_stream_published_total {st['published']}",
+            f"gatewise_stream_pending {st['pending']}",
+            f"gatewise_stream_dropped_total {st['dropped']}",
+            f"gatewise_stream_failed_publishes_total {st['failed_publishes']}",
+            f"gatewise_stream_connected {int(st['connected'])}",
+        ]
 
 
 def _error(

@@ -13,73 +13,45 @@ and counted (``dropped``), never silently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from gateway.config import TelemetrySink as SinkSettings
+from telemetry.batching import BatchingBuffer
 
 __all__ = ["TelemetrySink"]
 
 log = logging.getLogger("gatewise.gateway.telemetry")
 
 
-class TelemetrySink:
+class TelemetrySink(BatchingBuffer):
     def __init__(self, store: Any, cfg: SinkSettings, spill_dir: Path | None = None) -> None:
+        super().__init__(cfg.max_buffer, cfg.max_batch, cfg.flush_interval_s, "telemetry-flusher")
         self.store = store
         self.cfg = cfg
         self.spill_dir = spill_dir
-        self._buf: deque[dict[str, Any]] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.emitted = self.written = self.dropped = self.failed_flushes = self.spilled = 0
-
-    def emit(self, event: dict[str, Any]) -> None:
-        if len(self._buf) >= self.cfg.max_buffer:
-            self._buf.popleft()
-            self.dropped += 1
-        self._buf.append(event)
-        self.emitted += 1
-        if len(self._buf) >= self.cfg.max_batch:
-            self._wake.set()
+        self.spilled = 0
 
     @property
-    def pending(self) -> int:
-        return len(self._buf)
+    def written(self) -> int:
+        return self.delivered
+
+    @property
+    def failed_flushes(self) -> int:
+        return self.failures
 
     async def start(self) -> None:
         # import the Parquet writer now, not in the first flush under traffic (it holds the GIL)
         await asyncio.to_thread(_warm_writer)
-        self._task = asyncio.create_task(self._run(), name="telemetry-flusher")
+        await super().start()
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.flush_interval_s)
-            self._wake.clear()
-            await self.flush()
+    def _failed(self, batch: list[dict[str, Any]], exc: Exception) -> None:
+        log.error("telemetry flush of %d events failed; will retry: %s", len(batch), exc)
+        super()._failed(batch, exc)
 
-    async def flush(self) -> int:
-        """Write what was pending when the flush began (under steady load the buffer never
-        empties; draining it in a loop wrote a tiny Parquet file per handful of events)."""
-        n = 0
-        todo = len(self._buf)
-        while todo > 0 and self._buf:
-            k = min(todo, len(self._buf), self.cfg.max_batch)
-            batch = [self._buf.popleft() for _ in range(k)]
-            todo -= k
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except Exception:  # keep the events; try again on the next tick
-                self.failed_flushes += 1
-                log.exception("telemetry flush of %d events failed; will retry", len(batch))
-                self._buf.extendleft(reversed(batch))
-                return n
-            n += len(batch)
-            self.written += len(batch)
-        return n
+    def _deliver(self, batch: list[dict[str, Any]]) -> None:
+        self._write(batch)
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         import pyarrow as pa
@@ -89,11 +61,7 @@ class TelemetrySink:
         self.store.append(pa.Table.from_pylist(batch, schema=EVENT_SCHEMA), dedup=False)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._stop_task()
         for _ in range(3):  # drain; a transient failure gets two more chances
             await self.flush()
             if not self._buf:

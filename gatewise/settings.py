@@ -24,6 +24,7 @@ from pydantic_settings import (
 
 from gateway.config import GatewaySettings
 from serving.config import ServingSettings
+from telemetry.stream import StreamSettings
 
 __all__ = [
     "ConfigError",
@@ -283,6 +284,7 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = TrackingSettings()
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
 
     @field_validator("static_limits_per_minute")
     @classmethod

@@ -1,0 +1,396 @@
+"""The live telemetry stream: the contract between the gateway (publisher) and the stream
+processor (``features/stream.py``).
+
+Events travel in batches: one stream entry holds one Arrow IPC batch of events of one
+partition (``partition_of(client_id)``), so a consumer that owns a partition sees every event
+of its clients and no other's. Brokers: Redis Streams (default) or NATS JetStream, behind one
+small synchronous interface (``Broker``).
+
+The publisher never blocks or fails a request: ``emit`` appends to a bounded buffer; a
+background task publishes every ``publish_interval_s``. While the broker is down the events
+wait in the buffer (retried with backoff); when it overflows the oldest are dropped and
+counted (``dropped``), and every event is in the Parquet store regardless, so the next batch
+build has it.
+
+    pub = StreamPublisher(cfg); await pub.start(); pub.emit(event); await pub.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitoring.alerts import AlertRule
+from telemetry.batching import BatchingBuffer
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = [
+    "Broker",
+    "Entry",
+    "RedisBroker",
+    "StreamPublisher",
+    "StreamSettings",
+    "decode",
+    "encode",
+    "make_broker",
+    "partition_of",
+    "split_by_partition",
+]
+
+log = logging.getLogger("gatewise.stream")
+
+
+class StreamSettings(BaseModel):
+    """``stream:`` in gatewise.yaml: the live path from the gateway to the online store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="the gateway publishes its events to the stream")
+    backend: Literal["redis", "nats"] = "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    nats_url: str = "nats://127.0.0.1:4222"
+    name: str = Field(
+        "gatewise-telemetry",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Redis key prefix / JetStream stream name",
+    )
+    partitions: int = Field(4, ge=1, le=256, description="clients are split by hash into these")
+    max_len: int = Field(
+        100_000, ge=10, description="entries (batches) kept per partition; older are trimmed"
+    )
+    publish_interval_s: float = Field(0.2, gt=0)
+    max_batch: int = Field(5_000, ge=1, description="events per published entry, at most")
+    max_buffer: int = Field(
+        200_000, ge=1, description="events held while the broker is away before the oldest drop"
+    )
+    # the processor
+    group: str = Field("gatewise-stream", pattern=r"^[A-Za-z0-9_-]+$")
+    batch_interval_s: float = Field(1.0, gt=0, description="micro-batch period")
+    allowed_lateness_s: float = Field(
+        120.0, ge=0, description="events this late (event time) still update their window"
+    )
+    checkpoint_interval_s: float = Field(5.0, ge=0)
+    bootstrap_hours: float = Field(
+        24.0,
+        ge=0,
+        description="a fresh processor seeds its windows from this much stored telemetry",
+    )
+    metrics_port: int = Field(9300, ge=0, le=65535, description="0: no HTTP metrics endpoint")
+    webhook_url: str | None = Field(None, description="alerts are POSTed here as well")
+    alerts: list[AlertRule] = Field(
+        default_factory=list,
+        description="event-pattern rules (monitoring/alerts.py); empty: the default rules",
+    )
+
+
+def partition_of(client_id: str, partitions: int) -> int:
+    """Stable across processes and runs (unlike ``hash``)."""
+    return zlib.crc32(client_id.encode()) % partitions
+
+
+# -- codec ------------------------------------------------------------------------------
+
+
+def encode(table: pa.Table) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    opts = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.ipc.new_stream(sink, table.schema, options=opts) as w:
+        w.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def decode(payload: bytes) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+
+
+def split_by_partition(table: pa.Table, partitions: int) -> dict[int, pa.Table]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = table.column("client_id").to_pylist()
+    part = pa.array([zlib.crc32(c.encode()) % partitions for c in ids], pa.int32())
+    if partitions == 1:
+        return {0: table}
+    out = {}
+    for p in pc.unique(part).to_pylist():
+        out[int(p)] = table.filter(pc.equal(part, p))
+    return out
+
+
+# -- brokers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    partition: int
+    id: str  # broker position, ordered within a partition ("ms-seq" for Redis, "seq" for NATS)
+    payload: bytes
+
+
+class Broker(Protocol):
+    def publish(self, parts: dict[int, bytes], counts: dict[int, int]) -> None: ...
+    def ensure_group(self, partitions: Sequence[int]) -> None: ...
+    def read(
+        self, partitions: Sequence[int], consumer: str, count: int, block_ms: int
+    ) -> list[Entry]: ...
+    def ack(self, entries: Sequence[Entry]) -> None: ...
+    def lag(self, partitions: Sequence[int]) -> dict[str, float]: ...
+    def close(self) -> None: ...
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+LAG_SCAN = 50  # undelivered entries read to count their events
+
+
+def position_key(entry_id: str) -> tuple[int, ...]:
+    """Order of broker positions (Redis "1700000000000-3", NATS "42")."""
+    return tuple(int(x) for x in entry_id.split("-"))
+
+
+class RedisBroker:
+    """Redis Streams: key ``<name>:<partition>``, one consumer group, XADD with approximate
+    MAXLEN trimming, XREADGROUP (own pending entries first after a restart), XACK."""
+
+    def __init__(self, cfg: StreamSettings) -> None:
+        import redis
+
+        self.cfg = cfg
+        self.r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=0.5, socket_timeout=2.0)
+        self._pending_done: set[str] = set()
+        self._pending_from: dict[int, str] = {}
+
+    def key(self, p: int) -> str:
+        return f"{self.cfg.name}:{p}"
+
+    def publish(self, parts: dict[int, bytes], counts: dict[int, int]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for p, payload in parts.items():
+            pipe.xadd(
+                self.key(p),
+                {"a": payload, "n": counts.get(p, 0)},
+                maxlen=self.cfg.max_len,
+                approximate=True,
+            )
+        pipe.execute()
+
+    def ensure_group(self, partitions: Sequence[int]) -> None:
+        import redis
+
+        for p in partitions:
+            try:
+                self.r.xgroup_create(self.key(p), self.cfg.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def read(
+        self, partitions: Sequence[int], consumer: str, count: int, block_ms: int
+    ) -> list[Entry]:
+        # after a (re)start, first what was delivered to this consumer and never acknowledged
+        # (an explicit id returns pending entries after it: the cursor moves through them)
+        todo = [p for p in partitions if self.key(p) not in self._pending_done]
+        if todo:
+            res = self.r.xreadgroup(
+                self.cfg.group,
+                consumer,
+                {self.key(p): self._pending_from.get(p, "0") for p in todo},
+                count=count,
+            )
+            out = self._entries(res)
+            for p in todo:
+                mine = [e.id for e in out if e.partition == p]
+                if mine:
+                    self._pending_from[p] = mine[-1]
+                else:
+                    self._pending_done.add(self.key(p))
+            if out:
+                return out
+        res = self.r.xreadgroup(
+            self.cfg.group,
+            consumer,
+            {self.key(p): ">" for p in partitions},
+            count=count,
+            block=block_ms or None,
+        )
+        return self._entries(res)
+
+    def _entries(self, res: Any) -> list[Entry]:
+        out = []
+        for key, items in res or []:
+            k = key.decode() if isinstance(key, bytes) else key
+            p = int(k.rsplit(":", 1)[1])
+            for eid, fields in items:
+                if fields is None:  # trimmed while pending
+                    continue
+                out.append(Entry(p, eid.decode() if isinstance(eid, bytes) else eid, fields[b"a"]))
+        return out
+
+    def ack(self, entries: Sequence[Entry]) -> None:
+        by: dict[int, list[str]] = {}
+        for e in entries:
+            by.setdefault(e.partition, []).append(e.id)
+        if not by:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for p, ids in by.items():
+            pipe.xack(self.key(p), self.cfg.group, *ids)
+        pipe.execute()
+
+    def lag(self, partitions: Sequence[int]) -> dict[str, float]:
+        """Entries and events not yet delivered to the group, and how old the oldest is."""
+        entries = events = 0
+        oldest_ms: int | None = None
+        now_ms = time.time() * 1000
+        for p in partitions:
+            info: Any = self.r.xinfo_groups(self.key(p))
+            groups = {_s(g["name"]): g for g in info}  # redis-py: str keys, bytes values
+            g = groups.get(self.cfg.group)
+            if g is None:
+                continue
+            lag = g.get("lag")
+            last = _s(g["last-delivered-id"])
+            # the first undelivered entries (payloads and all: keep it short); events of the
+            # rest are estimated from their average size
+            nxt: Any = self.r.xrange(self.key(p), min=f"({last}", count=LAG_SCAN)
+            if lag is None:  # unknown after trimming: count what is there
+                lag = len(nxt)
+            entries += int(lag)
+            seen = sum(int(f.get(b"n", 0)) for _, f in nxt)
+            events += seen if int(lag) <= len(nxt) else round(seen / len(nxt) * int(lag))
+            if nxt:
+                ms = int(nxt[0][0].decode().split("-")[0])
+                oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+        return {
+            "lag_entries": entries,
+            "lag_events": events,
+            "seconds_behind": 0.0 if oldest_ms is None else max(0.0, (now_ms - oldest_ms) / 1000),
+        }
+
+    def close(self) -> None:
+        self.r.close()
+
+
+def make_broker(cfg: StreamSettings) -> Broker:
+    if cfg.backend == "nats":
+        from telemetry.nats_broker import NatsBroker
+
+        return NatsBroker(cfg)
+    return RedisBroker(cfg)
+
+
+# -- the gateway's publisher ------------------------------------------------------------
+
+
+class StreamPublisher(BatchingBuffer):
+    """Bounded, batched, non-blocking publishing of gateway events (see module doc)."""
+
+    def __init__(self, cfg: StreamSettings, broker: Broker | None = None) -> None:
+        super().__init__(cfg.max_buffer, cfg.max_batch, cfg.publish_interval_s, "stream-publisher")
+        self.cfg = cfg
+        self._broker = broker
+        self.connected = False
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.0
+
+    @property
+    def published(self) -> int:
+        return self.delivered
+
+    @property
+    def failed_publishes(self) -> int:
+        return self.failures
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "backend": self.cfg.backend,
+            "emitted": self.emitted,
+            "published": self.published,
+            "pending": self.pending,
+            "dropped": self.dropped,
+            "failed_publishes": self.failed_publishes,
+            "connected": self.connected,
+            "last_error": self.last_error,
+        }
+
+    def _ready(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def _failed(self, batch: list[dict[str, Any]], exc: Exception) -> None:
+        """Keep the events (bounded) and back off: 0.25 s doubling to 5 s."""
+        self.connected = False
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._backoff = min(5.0, max(0.25, self._backoff * 2))
+        self._retry_at = time.monotonic() + self._backoff
+        if self.failures in (1, 10) or self.failures % 100 == 0:
+            log.warning(
+                "stream publish failed (%d so far, %d events waiting): %s",
+                self.failures,
+                len(self._buf) + len(batch),
+                self.last_error,
+            )
+        super()._failed(batch, exc)
+
+    def _succeeded(self) -> None:
+        self.connected = True
+        self._backoff = 0.0
+
+    def _deliver(self, batch: list[dict[str, Any]]) -> None:
+        self._publish(batch)
+
+    def _publish(self, batch: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+
+        from telemetry.schema import EVENT_SCHEMA
+
+        if self._broker is None:
+            self._broker = make_broker(self.cfg)
+        table = pa.Table.from_pylist(batch, schema=EVENT_SCHEMA)
+        parts = split_by_partition(table, self.cfg.partitions)
+        self._broker.publish(
+            {p: encode(t) for p, t in parts.items()}, {p: t.num_rows for p, t in parts.items()}
+        )
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        await self._stop_task()
+        self._retry_at = 0.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout_s)
+        if self._buf:
+            log.warning(
+                "stream: %d events not published at shutdown (they are in the telemetry store)",
+                len(self._buf),
+            )
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                self._broker.close()
+
+
+def publish_table(broker: Broker, table: pa.Table, partitions: int, max_batch: int = 5000) -> int:
+    """Publish a table of events (a replay, a test) in entries of at most ``max_batch``."""
+    n = 0
+    for off in range(0, table.num_rows, max_batch):
+        chunk = table.slice(off, max_batch)
+        parts = split_by_partition(chunk, partitions)
+        broker.publish(
+            {p: encode(t) for p, t in parts.items()}, {p: t.num_rows for p, t in parts.items()}
+        )
+        n += chunk.num_rows
+    return n
