@@ -347,6 +347,10 @@ from gatewise import cli_serving  # noqa: E402
 
 cli_serving.register(app)
 
+from gatewise import cli_stream  # noqa: E402
+
+cli_stream.register(app)
+
 
 def main() -> None:  # pragma: no cover
     app()

@@ -1,0 +1,199 @@
+"""``gatewise stream``: one stream processor process, wired up.
+
+Builds the processor for a set of partitions with its broker, the Feast push, the alert engine
+(log, webhook and Parquet sinks) and a small HTTP endpoint (``/metrics`` in Prometheus text,
+``/status`` as JSON: lag in events and seconds, watermark age, counters), restores its
+checkpoint or bootstraps from the telemetry store, and runs micro-batches until stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from features.stream import BatchResult, StreamProcessor, feast_pusher
+from gatewise.settings import Settings
+
+__all__ = ["StreamService", "metrics_text", "parse_partitions"]
+
+log = logging.getLogger("gatewise.stream")
+
+
+def parse_partitions(spec: str | None, n: int) -> list[int]:
+    """``"0,2"`` or ``"0-3"`` (or None: all) -> partition numbers, checked against ``n``."""
+    if not spec:
+        return list(range(n))
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.update(range(int(a), int(b) + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise ValueError(f"--partitions: {part!r} is not a number or a range a-b") from None
+    bad = sorted(p for p in out if not 0 <= p < n)
+    if bad:
+        raise ValueError(f"--partitions: {bad} outside 0..{n - 1} (stream.partitions = {n})")
+    return sorted(out)
+
+
+def metrics_text(status: dict[str, Any]) -> str:
+    """The processor's status as Prometheus text (labels: consumer)."""
+    c = status["consumer"]
+    lines = []
+
+    def g(name: str, value: Any, kind: str = "gauge") -> None:
+        if value is None:
+            return
+        lines.append(f"# TYPE gatewise_stream_{name} {kind}")
+        lines.append(f'gatewise_stream_{name}{{consumer="{c}"}} {float(value)}')
+
+    for k in (
+        "events",
+        "applied",
+        "out_of_order",
+        "too_late",
+        "duplicates",
+        "batches",
+        "pushed_rows",
+        "closed_windows",
+        "checkpoints",
+        "alerts",
+        "push_failures",
+    ):
+        g(f"{k}_total", status.get(k), "counter")
+    g("lag_events", status.get("lag_events"))
+    g("lag_entries", status.get("lag_entries"))
+    g("seconds_behind", status.get("seconds_behind"))
+    g("watermark_age_seconds", status.get("watermark_age_s"))
+    g("last_batch_seconds", status.get("last_batch_s"))
+    g("busy_seconds", status.get("busy_s"), "counter")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class StreamService:
+    """A processor with its sinks and endpoint. ``start()`` then ``run(stop)``."""
+
+    settings: Settings
+    partitions: Sequence[int] | None = None
+    push: bool = True
+    bootstrap: bool = True
+    metrics_port: int | None = None
+    webhook_url: str | None = None
+    processor: StreamProcessor = field(init=False)
+    push_failures: int = 0
+    started_from: str = ""
+    _server: ThreadingHTTPServer | None = None
+    _sinks: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from monitoring.alerts import AlertEngine, LogSink, StoreSink, WebhookSink, default_rules
+
+        cfg = self.settings.stream
+        rules = list(cfg.alerts) or default_rules()
+        self._sinks = [LogSink(), StoreSink(self.settings.data_dir / "alerts")]
+        url = self.webhook_url or cfg.webhook_url
+        if url:
+            self._sinks.append(WebhookSink(url))
+        engine = AlertEngine(rules, sinks=self._sinks)
+        self.processor = StreamProcessor(
+            self.settings,
+            self.partitions,
+            push=self._push_online if self.push else None,
+            alerts=engine,
+        )
+        self._pusher: Callable[[Any], None] | None = None
+
+    def _push_online(self, rows: Any) -> None:
+        # a failed push is counted and logged, never fatal: the next batch pushes newer rows,
+        # and the batch build materialises everything anyway
+        try:
+            if self._pusher is None:
+                self._pusher = feast_pusher(self.settings)
+            self._pusher(rows)
+        except Exception:
+            self.push_failures += 1
+            log.exception("online push of %d rows failed", rows.num_rows)
+
+    def status(self) -> dict[str, Any]:
+        st = self.processor.status()
+        st["push_failures"] = self.push_failures
+        st["started_from"] = self.started_from
+        return st
+
+    def start(self) -> None:
+        """Restore the checkpoint, else seed from stored telemetry; open the endpoint."""
+        p = self.processor
+        if p.restore():
+            self.started_from = f"checkpoint (watermark {p.watermark})"
+        elif self.bootstrap:
+            n = p.bootstrap()
+            self.started_from = f"bootstrap ({n} stored events)"
+        else:
+            self.started_from = "empty"
+        port = self.settings.stream.metrics_port if self.metrics_port is None else self.metrics_port
+        if port:
+            self._server = _serve_metrics(self, port)
+
+    def run(
+        self, stop: threading.Event, on_batch: Callable[[BatchResult], None] | None = None
+    ) -> None:
+        self.processor.run(stop, on_batch)
+
+    def drain(self, max_batches: int = 1_000_000) -> int:
+        """Consume until the stream has nothing more for us, checkpoint, return events applied."""
+        p = self.processor
+        n = 0
+        for _ in range(max_batches):
+            res = p.poll_once(count=500, block_ms=0)
+            n += res.applied
+            if not res.entries:
+                break
+        p.checkpoint()
+        return n
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        for s in self._sinks:
+            close = getattr(s, "close", None)
+            if close is not None:
+                close()
+        if self.processor.broker is not None:
+            self.processor.broker.close()
+
+
+def _serve_metrics(svc: StreamService, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                body = metrics_text(svc.status()).encode()
+                ctype = "text/plain; version=0.0.4"
+            elif self.path.startswith("/status"):
+                body = json.dumps(svc.status(), default=str).encode()
+                ctype = "application/json"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("content-type", ctype)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, name="stream-metrics", daemon=True).start()
+    return server
