@@ -43,6 +43,8 @@ bench: env
 	$(VENV)/bin/python benchmarks/automl_vs_flaml.py --budget 60
 	$(VENV)/bin/python benchmarks/gateway.py
 	$(VENV)/bin/python benchmarks/serving.py --loadgen both
+	$(VENV)/bin/python benchmarks/stream.py
+	$(VENV)/bin/python benchmarks/stream_detection.py
 
 clean:
 	rm -rf .gatewise .pytest_cache .mypy_cache .ruff_cache
