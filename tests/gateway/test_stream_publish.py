@@ -62,7 +62,7 @@ def test_broker_down_the_gateway_serves_and_counts_what_waits_and_what_is_lost(g
     s = _with_stream(s, redis_url="redis://127.0.0.1:1/0", max_buffer=20, publish_interval_s=0.05)
 
     async def main():
-        async with running(s) as (gw, c):
+        async with running(s) as (_gw, c):
             for i in range(50):
                 r = await c.get(f"/v1/orders/{i}", headers=key_headers(keys["alice"]))
                 assert r.status_code == 200
