@@ -703,12 +703,20 @@ class StreamProcessor:
 def feast_pusher(settings: Settings) -> Callable[[pa.Table], None]:
     """Writes feature rows to the online store through the Feast push source."""
     from feast.data_source import PushMode
+    from feast.errors import PushSourceNotFoundException
 
-    from features.store import feature_store
+    from features.store import apply_definitions, feature_store
 
     store = feature_store(settings)
 
     def push(rows: pa.Table) -> None:
-        store.push(PUSH_SOURCE, rows.to_pandas(), to=PushMode.ONLINE)
+        df = rows.to_pandas()
+        try:
+            store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
+        except PushSourceNotFoundException:
+            # a registry applied before the push source existed: apply the definitions once
+            log.info("registering the push source %s (feast apply)", PUSH_SOURCE)
+            apply_definitions(store, settings)
+            store.push(PUSH_SOURCE, df, to=PushMode.ONLINE, allow_registry_cache=False)
 
     return push

@@ -133,6 +133,8 @@ class StreamService:
     def start(self) -> None:
         """Restore the checkpoint, else seed from stored telemetry; open the endpoint."""
         p = self.processor
+        if self.push and self._pusher is None:
+            self._pusher = feast_pusher(self.settings)  # the Feast store loads now, not mid-batch
         if p.restore():
             self.started_from = f"checkpoint (watermark {p.watermark})"
         elif self.bootstrap:
