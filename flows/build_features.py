@@ -160,7 +160,9 @@ def build_features_flow(
         first=report.first.isoformat() if report.first else None,
         last=report.last.isoformat() if report.last else None,
         feature_views=[
-            n for n in names if n.startswith(("client_", "route_")) and not n.endswith("_source")
+            n
+            for n in names
+            if n.startswith(("client_", "route_")) and not n.endswith(("_source", "_push"))
         ],
         materialized_until=until_ts.isoformat(),
         feature_lag_seconds=max(0.0, (last_event - until_ts).total_seconds())
