@@ -70,17 +70,21 @@ def _duckdb_batch(events) -> float:
 
 
 def _consume(s, partitions: list[int] | None, push: bool, entries: int) -> dict:
-    from features.stream import StreamProcessor, feast_pusher
+    """What ``gatewise stream`` runs (the service: pushes overlap the next batch)."""
+    from features.stream_service import StreamService
 
-    pusher = feast_pusher(s) if push else None
-    p = StreamProcessor(s, partitions, push=pusher, wall_clock=False)
+    svc = StreamService(s, partitions, push=push, bootstrap=False, metrics_port=0)
+    svc.start()
+    p = svc.processor
+    p.wall_clock = False  # a replay: event time only
     t = time.perf_counter()
     while p.poll_once(count=entries).entries:
         pass
     p.close_all()
-    p.checkpoint()
+    p.checkpoint()  # waits for the last push
     wall = time.perf_counter() - t
     st = p.status()
+    svc.close()
     return {
         "partitions": p.partitions,
         "events": st["applied"],
@@ -103,6 +107,9 @@ def main() -> None:
     ap.add_argument("--no-save", dest="save", action="store_false")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # data_dir|name|partitions
     a = ap.parse_args()
+    import logging
+
+    logging.getLogger("gatewise.alerts").setLevel(logging.ERROR)  # alerts fire; not printed
     if a.child:
         data_dir, name, parts = a.child.split("|")
         s = _settings(Path(data_dir), a.clients, a.days, name)

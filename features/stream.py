@@ -132,6 +132,7 @@ class StreamProcessor:
         broker: Broker | None = None,
         push: Callable[[pa.Table], None] | None = None,
         on_final: Callable[[pa.Table], None] | None = None,
+        before_checkpoint: Callable[[], None] | None = None,
         alerts: Any = None,
         checkpoint_dir: Path | None = None,
         wall_clock: bool = True,
@@ -153,6 +154,7 @@ class StreamProcessor:
         self.broker = broker
         self.push = push
         self.on_final = on_final
+        self.before_checkpoint = before_checkpoint
         self.alerts = alerts
         self.wall_clock = wall_clock
         self.clock = clock
@@ -195,6 +197,8 @@ class StreamProcessor:
             if res.duplicates:
                 ev = ev.filter(pc.invert(dup))
         h_old = self.horizon
+        touched: pa.Array | None = None
+        since_b: datetime | None = None
         if h_old is not None and ev.num_rows:
             on_time = pc.greater_equal(
                 ev.column("timestamp"), pa.scalar(h_old, pa.timestamp("us", "UTC"))
@@ -225,16 +229,34 @@ class StreamProcessor:
             # only the windows this batch touched change (from its oldest event's window on)
             since_b = max(h_old, _floor(pc.min(ev.column("timestamp")).as_py()))
             self._recompute_base(touched, since_b)
-            latest = self._roll(touched, since=since_b, latest_only=True)
-            res.latest = latest
         # advance the horizon: windows older than the lateness close
+        h_new = None
         if self.watermark is not None:
             eff = self.watermark
             if self.wall_clock:
                 eff = max(eff, datetime.fromtimestamp(self.clock(), UTC) - self.lateness)
             h_new = _floor(eff - self.lateness)
-            if self.horizon is not None and h_new > self.horizon:
-                res.final = self._close(self.horizon, h_new)
+            if self.horizon is None or h_new <= self.horizon:
+                h_new = None
+        # one stage-2 run for the touched clients (their newest rows) and the clients of the
+        # closing windows (their final rows)
+        closing = self._clients_between(self.horizon, h_new) if h_new is not None else None
+        if res.applied or closing is not None:
+            parts = [a for a in (touched if res.applied else None, closing) if a is not None]
+            clients = pc.unique(pa.concat_arrays(parts)) if len(parts) > 1 else parts[0]
+            # (the touched clients need their windows from since_b on; closing ones from the
+            # old horizon)
+            starts = [since_b if res.applied else None]
+            if closing is not None and len(closing):
+                starts.append(self.horizon)
+            since = min((d for d in starts if d is not None), default=None)
+            rows = None
+            if len(clients) and since is not None:
+                rows = self._roll(clients, since=since, latest_only=False)
+            if res.applied and rows is not None:
+                res.latest = self._latest_of(rows, touched)
+            if h_new is not None and self.horizon is not None:
+                res.final = self._close(self.horizon, h_new, rows)
                 res.closed_windows = 0 if res.final is None else res.final.num_rows
         to_push = self._push_rows(res)
         res.pushed = 0 if to_push is None else to_push.num_rows
@@ -381,25 +403,57 @@ class StreamProcessor:
             self.con.unregister(rel)
         return out
 
-    def _close(self, h_old: datetime, h_new: datetime) -> pa.Table | None:
-        """Close windows in [h_old, h_new): final rows, events -> carry, prune old state."""
+    def _clients_between(self, h_old: datetime | None, h_new: datetime | None) -> pa.Array | None:
+        """Clients with traffic in the windows [h_old, h_new)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        if h_old is None or h_new is None:
+            return None
         ts_type = self.base.schema.field("window_start").type
         in_range = pc.and_(
             pc.greater_equal(self.base.column("window_start"), pa.scalar(h_old, ts_type)),
             pc.less(self.base.column("window_start"), pa.scalar(h_new, ts_type)),
         )
-        clients = pc.unique(self.base.filter(in_range).column("client_id"))
+        return pc.unique(self.base.filter(in_range).column("client_id"))
+
+    def _latest_of(self, rows: pa.Table, clients: pa.Array) -> pa.Table:
+        """Each client's newest row, stamped as of the newest event (an open window is stamped
+        at the watermark, not at its end)."""
+        import pyarrow.compute as pc
+
+        self.con.register("r", rows.filter(pc.is_in(rows.column("client_id"), clients)))
+        wm = f"TIMESTAMPTZ '{self.watermark.isoformat()}'" if self.watermark else "NULL"
+        out = self.con.sql(
+            f"SELECT * REPLACE (least(event_timestamp, {wm}) AS event_timestamp) FROM r "
+            "QUALIFY row_number() OVER (PARTITION BY client_id ORDER BY event_timestamp DESC) = 1"
+        ).to_arrow_table()
+        self.con.unregister("r")
+        return out
+
+    def _close(
+        self, h_old: datetime, h_new: datetime, rows: pa.Table | None = None
+    ) -> pa.Table | None:
+        """Close windows in [h_old, h_new): final rows, events -> carry, prune old state.
+        ``rows``: stage 2 already run from ``h_old`` on for (at least) the closing clients."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ts_type = self.base.schema.field("window_start").type
+        clients = self._clients_between(h_old, h_new)
         final = None
-        if len(clients):
-            rows = self._roll(clients, since=h_old, latest_only=False)
-            end = pc.less_equal(
-                rows.column("event_timestamp"),
-                pa.scalar(h_new, rows.schema.field("event_timestamp").type),
+        if clients is not None and len(clients):
+            if rows is None:
+                rows = self._roll(clients, since=h_old, latest_only=False)
+            et = rows.schema.field("event_timestamp").type
+            keep = pc.and_(
+                pc.and_(
+                    pc.greater(rows.column("event_timestamp"), pa.scalar(h_old, et)),
+                    pc.less_equal(rows.column("event_timestamp"), pa.scalar(h_new, et)),
+                ),
+                pc.is_in(rows.column("client_id"), clients),
             )
-            final = rows.filter(end)
+            final = rows.filter(keep)
         # events of the closed windows leave raw; the last per client and route is carried
         ev_ts = pa.scalar(h_new, pa.timestamp("us", "UTC"))
         closing = pc.less(self.raw.column("timestamp"), ev_ts)
@@ -565,6 +619,8 @@ class StreamProcessor:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if self.before_checkpoint is not None:
+            self.before_checkpoint()  # e.g. wait for pushes in flight
         root = self.checkpoint_dir
         root.mkdir(parents=True, exist_ok=True)
         self.counters.checkpoints += 1

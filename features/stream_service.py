@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -110,19 +111,44 @@ class StreamService:
             self.partitions,
             push=self._push_online if self.push else None,
             alerts=engine,
+            before_checkpoint=self.wait_pushed,
         )
         self._pusher: Callable[[Any], None] | None = None
+        # pushes run in their own thread, in order, while the next batch computes (Feast's
+        # write path is Python, DuckDB's is not: the two overlap on two cores); at most two
+        # wait, so a slow online store slows the processor instead of growing memory
+        self._pushq: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._push_thread: threading.Thread | None = None
 
     def _push_online(self, rows: Any) -> None:
-        # a failed push is counted and logged, never fatal: the next batch pushes newer rows,
-        # and the batch build materialises everything anyway
-        try:
-            if self._pusher is None:
-                self._pusher = feast_pusher(self.settings)
-            self._pusher(rows)
-        except Exception:
-            self.push_failures += 1
-            log.exception("online push of %d rows failed", rows.num_rows)
+        if self._push_thread is None:
+            self._push_thread = threading.Thread(
+                target=self._push_loop, name="online-push", daemon=True
+            )
+            self._push_thread.start()
+        self._pushq.put(rows)
+
+    def _push_loop(self) -> None:
+        while True:
+            rows = self._pushq.get()
+            try:
+                if rows is None:
+                    return
+                # a failed push is counted and logged, never fatal: the next batch pushes
+                # newer rows, and the batch build materialises everything anyway
+                if self._pusher is None:
+                    self._pusher = feast_pusher(self.settings)
+                self._pusher(rows)
+            except Exception:
+                self.push_failures += 1
+                log.exception("online push of %d rows failed", rows.num_rows)
+            finally:
+                self._pushq.task_done()
+
+    def wait_pushed(self) -> None:
+        """Block until every handed-over row is in the online store (or counted as failed)."""
+        if self._push_thread is not None:
+            self._pushq.join()
 
     def status(self) -> dict[str, Any]:
         st = self.processor.status()
@@ -164,6 +190,10 @@ class StreamService:
         return n
 
     def close(self) -> None:
+        if self._push_thread is not None:
+            self._pushq.put(None)
+            self._push_thread.join(timeout=30)
+            self._push_thread = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
