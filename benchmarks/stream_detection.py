@@ -71,7 +71,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import warnings
@@ -239,35 +238,13 @@ def enforce_policy(s: Settings, limits: dict[str, int], throttle_factor: float) 
     )
 
 
-class Server:
-    """uvicorn in a background thread (as gatewise/demo_gateway.py runs the demo)."""
+def server(app: Any, port: int) -> Any:
+    """uvicorn in a background thread, as the demo runs it. The load generator stands in for a
+    load balancer on loopback: the gateway takes the client address from its X-Forwarded-For
+    (uvicorn's proxy headers, trusted from 127.0.0.1)."""
+    from gatewise.demo_gateway import _Server
 
-    def __init__(self, app: Any, port: int) -> None:
-        import uvicorn
-
-        # the load generator stands in for a load balancer on loopback: the gateway takes the
-        # client address from its X-Forwarded-For (uvicorn's proxy headers, trusted from 127.0.0.1)
-        cfg = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=True,
-            forwarded_allow_ips="127.0.0.1",
-        )
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
+    return _Server(app, port, proxy_headers=True, forwarded_allow_ips="127.0.0.1")
 
 
 # traffic -------------------------------------------------------------------------------
@@ -723,7 +700,7 @@ def main() -> None:
             f"{len(floods)} floods every {a.stagger:g} s"
         )
         t_traffic = time.perf_counter()
-        with Server(upstream_app(latency_scale=0.05), port_up), Server(app, port_gw):
+        with server(upstream_app(latency_scale=0.05), port_up), server(app, port_gw):
             legit_status = asyncio.run(
                 drive(
                     a,

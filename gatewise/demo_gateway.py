@@ -33,13 +33,14 @@ def _free_port() -> int:
 
 
 class _Server:
-    """uvicorn in a background thread (no signal handlers; stopped by flag)."""
+    """uvicorn in a background thread (no signal handlers; stopped by flag). ``config``:
+    more ``uvicorn.Config`` options (e.g. ``proxy_headers``)."""
 
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, port: int, **config: Any) -> None:
         import uvicorn
 
         cfg = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **config
         )
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
