@@ -351,6 +351,10 @@ from gatewise import cli_stream  # noqa: E402
 
 cli_stream.register(app)
 
+from gatewise import cli_monitor  # noqa: E402
+
+cli_monitor.register(app)
+
 
 def main() -> None:  # pragma: no cover
     app()

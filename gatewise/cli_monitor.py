@@ -1,0 +1,119 @@
+"""``gatewise monitor ...``: drift and bias checks. Registered by ``register(app)``."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gatewise.cli import ConfigOpt, _console, _fail, _settings
+
+__all__ = ["register"]
+
+monitor_app = typer.Typer(help="Drift and bias checks.", no_args_is_help=True)
+
+
+def _read(path: Path, what: str) -> Any:
+    import pandas as pd
+
+    if not path.exists():
+        _fail(f"{what} {path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, skipinitialspace=True)
+    except Exception as exc:
+        _fail(f"{what} {path} is not a readable CSV or Parquet table: {exc}")
+
+
+@monitor_app.command("check")
+def check(
+    reference: Annotated[Path, typer.Option(help="reference table (CSV or Parquet)")],
+    current: Annotated[Path, typer.Option(help="current table (CSV or Parquet)")],
+    sensitive: Annotated[
+        str | None, typer.Option(help="comma-separated group columns for the bias check")
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="true outcome column (0/1)")] = None,
+    prediction: Annotated[
+        str | None, typer.Option(help="decision column (0/1) for the bias check")
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="comma-separated columns for drift (default: shared)")
+    ] = None,
+    max_rows: Annotated[int, typer.Option(help="rows sampled per side")] = 50_000,
+    min_group_size: Annotated[int, typer.Option(help="smaller groups are unjudgeable")] = 30,
+    out: Annotated[
+        Path | None, typer.Option(help="report folder (default <data_dir>/monitoring/checks/…)")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Drift (Evidently) of CURRENT against REFERENCE, and bias (Fairlearn) of the decisions
+    in CURRENT by each sensitive column; writes JSON + HTML and prints the findings."""
+    from rich.table import Table
+
+    from monitoring.bias import check_bias
+    from monitoring.drift import check_drift, save_report
+
+    s = _settings(config)
+    console = _console()
+    ref, cur = _read(reference, "--reference"), _read(current, "--current")
+    groups = [c.strip() for c in sensitive.split(",")] if sensitive else []
+    if groups and not prediction:
+        _fail("--sensitive needs --prediction (the decisions to judge)")
+    skip = {*groups, *(c for c in (label, prediction) if c)}
+    cols = [c.strip() for c in columns.split(",")] if columns else None
+    if cols is None:
+        cols = [c for c in ref.columns if c in cur.columns and c not in skip]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = out or s.data_dir / "monitoring" / "checks" / stamp
+    try:
+        with console.status(f"drift over {len(cols)} columns (Evidently)"):
+            drift = check_drift(ref, cur, cols, max_rows=max_rows)
+        bias = (
+            check_bias(cur, prediction, groups, label, min_group_size=min_group_size)
+            if groups and prediction
+            else []
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    paths = save_report(drift.snapshot, out)
+    findings = {"drift": drift.to_dict(), "bias": [b.to_dict() for b in bias]}
+    (out / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
+
+    t = Table(
+        title=f"drift: {len(drift.drifted)} of {len(drift.columns)} columns "
+        f"({drift.share:.0%}; dataset drift: {drift.dataset_drift})"
+    )
+    for name in ("column", "method", "value", "threshold", "drifted"):
+        t.add_column(name)
+    for c in sorted(drift.columns, key=lambda c: not c.drifted):
+        t.add_row(
+            c.column, c.method, f"{c.value:.4g}", f"{c.threshold:g}", "yes" if c.drifted else ""
+        )
+    console.print(t)
+    for b in bias:
+        bt = Table(
+            title=f"bias by {b.feature}: FPR worst/best "
+            + (f"{b.fpr_ratio:.2f} ({b.worst_fpr_group})" if b.fpr_ratio is not None else "n/a")
+            + (f", selection {b.selection_ratio:.2f}" if b.selection_ratio is not None else "")
+        )
+        for name in ("group", "n", "selection rate", "FPR", "FNR", "judgeable"):
+            bt.add_column(name)
+        for g in b.groups:
+            bt.add_row(
+                g.group,
+                str(g.n),
+                f"{g.selection_rate:.3f}",
+                "-" if g.fpr is None else f"{g.fpr:.3f}",
+                "-" if g.fnr is None else f"{g.fnr:.3f}",
+                "yes" if g.judgeable else f"no (< {min_group_size})",
+            )
+        console.print(bt)
+    console.print(f"report: {paths['html']} ; findings: {out / 'findings.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(monitor_app, name="monitor")
