@@ -1,0 +1,207 @@
+"""Findings → the next gateway policy, each change with a reason, refused if it does more harm.
+
+``propose(current, drift, bias, rules)`` maps monitoring findings to a candidate policy:
+
+- the share of drifted features at or above ``rules.drift_share`` → the target's model-based
+  action goes to ``rules.drift_mode`` (``shadow``: scores recorded, not enforced) and a
+  retraining is asked for;
+- a sensitive group whose false-positive rate is more than ``rules.max_fpr_ratio`` times the
+  best judgeable group's → that group is exempted from model-based action (static limits still
+  apply) until ``rules.exemption_hours`` from now, and an alert is raised.
+
+``gate(candidate, current, ...)`` replays the recorded traffic (with the labels that have
+arrived) under both policies with the gateway's own decision core (``gateway.backtest``) and
+refuses a candidate that would harm a larger share of legitimate requests than the current
+one. ``publish`` writes an accepted candidate as the next version (``PolicyStore``), with the
+reasons as its ``reason``; the gateway picks it up on its next policy poll.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from gateway.policy import Policy, PolicyStore
+    from monitoring.bias import BiasFinding
+    from monitoring.drift import DriftResult
+
+__all__ = ["Change", "GateResult", "PolicyRules", "Proposal", "gate", "propose", "publish"]
+
+_EXEMPTABLE = ("tier", "region", "device_type")
+
+
+class PolicyRules(BaseModel):
+    """How findings become policy (``monitoring.policy`` in gatewise.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drift_share: float = Field(0.3, gt=0, le=1, description="drifted feature share that acts")
+    drift_mode: Literal["shadow", "off"] = "shadow"
+    max_fpr_ratio: float = Field(1.25, ge=1, description="worst/best group FPR that acts")
+    exemption_hours: float = Field(24.0, gt=0)
+    harm_tolerance: float = Field(
+        0.0, ge=0, description="extra legitimate-harm share a candidate may add"
+    )
+
+
+@dataclass
+class Change:
+    kind: str  # target_mode | exemption
+    detail: str
+    reason: str
+
+
+@dataclass
+class Proposal:
+    policy: Policy
+    changes: list[Change] = field(default_factory=list)
+    retrain: bool = False
+    alerts: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+def propose(
+    current: Policy,
+    drift: DriftResult | None,
+    bias: list[BiasFinding],
+    rules: PolicyRules | None = None,
+    *,
+    target: str = "abuse",
+    now: datetime | None = None,
+) -> Proposal:
+    from gateway.policy import Exemption
+
+    rules = rules or PolicyRules()
+    now = now or datetime.now(UTC)
+    changes: list[Change] = []
+    alerts: list[str] = []
+    retrain = False
+    targets = dict(current.targets)
+    exemptions = list(current.exemptions)
+    tp = targets.get(target)
+    if drift is not None and drift.columns and drift.share >= rules.drift_share:
+        retrain = True
+        if tp is not None and tp.mode == "enforce":
+            targets[target] = tp.model_copy(update={"mode": rules.drift_mode})
+            cols = ", ".join(drift.drifted[:8]) + (" …" if len(drift.drifted) > 8 else "")
+            changes.append(
+                Change(
+                    "target_mode",
+                    f"{target}: enforce -> {rules.drift_mode}",
+                    f"{len(drift.drifted)} of {len(drift.columns)} features drifted "
+                    f"({drift.share:.0%} >= {rules.drift_share:.0%}: {cols}); model-based "
+                    f"action goes to {rules.drift_mode} until a retrained model is promoted",
+                )
+            )
+    if tp is not None:
+        for b in bias:
+            if b.feature not in _EXEMPTABLE or b.fpr_ratio is None:
+                continue
+            if b.fpr_ratio <= rules.max_fpr_ratio or b.worst_fpr_group is None:
+                continue
+            g = b.worst_fpr_group
+            if any(
+                e.target == target
+                and e.attribute == b.feature
+                and e.value == g
+                and e.active(now.timestamp())
+                for e in exemptions
+            ):
+                continue
+            rates = {x.group: x.fpr for x in b.groups if x.fpr is not None}
+            best = min(rates, key=lambda k: rates[k])
+            reason = (
+                f"{b.feature}={g}: false-positive rate {rates[g]:.3%} is {b.fpr_ratio:.2f}x "
+                f"{b.feature}={best}'s {rates[best]:.3%} (bound {rules.max_fpr_ratio:.2f}x); "
+                "exempt from model-based action, static limits still apply"
+            )
+            exemptions.append(
+                Exemption(
+                    target=target,
+                    attribute=b.feature,
+                    value=g,
+                    reason=reason,
+                    expires_at=now + timedelta(hours=rules.exemption_hours),
+                )
+            )
+            changes.append(Change("exemption", f"{target}: exempt {b.feature}={g}", reason))
+            alerts.append(f"bias: {reason}")
+    policy = current.model_copy(update={"targets": targets, "exemptions": exemptions})
+    if changes:
+        policy = policy.model_copy(
+            update={"author": "gatewise monitor", "reason": "; ".join(c.reason for c in changes)}
+        )
+    return Proposal(policy, changes, retrain, alerts)
+
+
+@dataclass
+class GateResult:
+    accepted: bool
+    reason: str
+    current: dict[str, Any]
+    candidate: dict[str, Any]
+
+
+def gate(
+    candidate: Policy,
+    current: Policy,
+    telemetry: Path,
+    labels: Path,
+    *,
+    label_window_minutes: int = 5,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    rules: PolicyRules | None = None,
+    target: str = "abuse",
+) -> GateResult:
+    """Backtest both policies on the recorded, labelled traffic; refuse more legitimate harm."""
+    from gateway.backtest import backtest
+
+    rules = rules or PolicyRules()
+    kw: dict[str, Any] = {
+        "labels": labels,
+        "label_window_minutes": label_window_minutes,
+        "start": start,
+        "end": end,
+        "target": target,
+    }
+    cur = backtest(current, telemetry, **kw).outcome
+    cand = backtest(candidate, telemetry, **kw).outcome
+    if not cur or not cand:
+        return GateResult(False, "no labelled traffic to judge the candidate on", cur, cand)
+    h_cur, h_cand = cur["legitimate_harmed_share"], cand["legitimate_harmed_share"]
+    s_cur, s_cand = cur["abusive_stopped_share"], cand["abusive_stopped_share"]
+    if h_cand > h_cur + rules.harm_tolerance:
+        return GateResult(
+            False,
+            f"refused: it would harm {h_cand:.3%} of legitimate requests, the current policy "
+            f"{h_cur:.3%} (abuse stopped {s_cand:.1%} vs {s_cur:.1%})",
+            cur,
+            cand,
+        )
+    return GateResult(
+        True,
+        f"accepted: legitimate harm {h_cand:.3%} (current {h_cur:.3%}), abuse stopped "
+        f"{s_cand:.1%} (current {s_cur:.1%})",
+        cur,
+        cand,
+    )
+
+
+def publish(store: PolicyStore, proposal: Proposal, verdict: GateResult) -> Policy | None:
+    """The candidate as the next version when it changes something and passed the gate."""
+    if not proposal.changed or not verdict.accepted:
+        return None
+    return store.publish(
+        proposal.policy,
+        author="gatewise monitor",
+        reason=f"{proposal.policy.reason} [{verdict.reason}]",
+    )

@@ -1,0 +1,102 @@
+"""Findings -> the next policy, with reasons; a candidate that harms more legitimate traffic is
+refused by a real backtest on simulated, labelled telemetry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.policy import PolicyStore, default_policy
+from monitoring.bias import BiasFinding, GroupRates
+from monitoring.drift import ColumnDrift, DriftResult
+from monitoring.policy import PolicyRules, gate, propose, publish
+
+NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+
+def _policy(settings, mode="enforce"):
+    g = settings.gateway
+    p = default_policy(settings.static_limits_per_minute, g.route_costs, g.score_bands)
+    t = p.targets["abuse"].model_copy(update={"mode": mode})
+    return p.model_copy(update={"targets": {**p.targets, "abuse": t}})
+
+
+def _drift(drifted: int, total: int = 10) -> DriftResult:
+    cols = [
+        ColumnDrift(f"f{i}", "K-S p_value", 0.001 if i < drifted else 0.5, 0.05, i < drifted)
+        for i in range(total)
+    ]
+    return DriftResult(cols, drifted / total, drifted / total >= 0.5, 0.5, 100, 100, False)
+
+
+def _bias(fprs: dict[str, float], feature="region", small=()) -> BiasFinding:
+    groups = [GroupRates(feature, g, 500, 0.1, f, 0.2, True) for g, f in fprs.items()]
+    groups += [GroupRates(feature, g, 5, 0.0, None, None, False) for g in small]
+    worst = max(fprs, key=lambda g: fprs[g])
+    return BiasFinding(feature, groups, fprs[worst] / min(fprs.values()), 1.0, worst, list(small))
+
+
+def test_drift_sends_the_model_to_shadow_and_asks_for_retraining(settings):
+    cur = _policy(settings)
+    p = propose(cur, _drift(4), [], PolicyRules(drift_share=0.3), now=NOW)
+    assert p.retrain and p.policy.targets["abuse"].mode == "shadow"
+    (c,) = p.changes
+    assert c.kind == "target_mode" and "4 of 10 features drifted (40% >= 30%" in c.reason
+    assert "f0, f1, f2, f3" in c.reason and p.policy.reason == c.reason
+    # below the threshold: nothing changes
+    q = propose(cur, _drift(2), [], PolicyRules(drift_share=0.3), now=NOW)
+    assert not q.changed and not q.retrain and q.policy == cur
+
+
+def test_a_group_with_a_higher_false_positive_rate_is_exempted_with_a_reason(settings):
+    cur = _policy(settings)
+    finding = _bias({"eu": 0.010, "us": 0.011, "ap": 0.030}, small=("af",))
+    p = propose(cur, None, [finding], PolicyRules(max_fpr_ratio=1.25), now=NOW)
+    (e,) = p.policy.exemptions
+    assert (e.target, e.attribute, e.value) == ("abuse", "region", "ap")
+    assert e.expires_at == NOW + timedelta(hours=24)
+    assert "3.00x region=eu's" in e.reason and "static limits still apply" in e.reason
+    assert p.alerts and not p.retrain
+    # the same finding again: already exempt, no second exemption
+    again = propose(p.policy, None, [finding], now=NOW + timedelta(hours=1))
+    assert not again.changed
+    # within the bound, or a feature the policy cannot exempt on: nothing
+    assert not propose(cur, None, [_bias({"eu": 0.010, "us": 0.012})], now=NOW).changed
+    assert not propose(cur, None, [_bias({"a": 0.01, "b": 0.05}, feature="asn")], now=NOW).changed
+
+
+@pytest.mark.integration
+def test_the_gate_refuses_a_policy_that_harms_more_legitimate_traffic(two_days, tmp_path):
+    s = two_days
+    current = _policy(s, mode="shadow")
+    kw = {"label_window_minutes": s.simulator.label_window_minutes}
+    # static limits at a tenth: stops more abuse, and harms more legitimate clients
+    tight = current.model_copy(
+        update={
+            "tiers": {
+                k: v.model_copy(
+                    update={
+                        "requests_per_minute": max(1, v.requests_per_minute // 10),
+                        "burst": None,
+                    }
+                )
+                for k, v in current.tiers.items()
+            },
+            "reason": "tighter static limits",
+        }
+    )
+    no = gate(tight, current, s.telemetry_dir, s.labels_dir, **kw)
+    assert not no.accepted and no.reason.startswith("refused: it would harm")
+    assert no.candidate["legitimate_harmed_share"] > no.current["legitimate_harmed_share"]
+    # a drift proposal on the same policy in enforce mode: shadow harms no more than enforce
+    enforced = _policy(s, mode="enforce")
+    prop = propose(enforced, _drift(5), [], now=NOW)
+    yes = gate(prop.policy, enforced, s.telemetry_dir, s.labels_dir, **kw)
+    assert yes.accepted, yes.reason
+    store = PolicyStore(tmp_path / "policy")
+    store.publish(enforced, author="test", reason="start")
+    v = publish(store, prop, yes)
+    assert v is not None and v.version == 2 and store.load().targets["abuse"].mode == "shadow"
+    assert "features drifted" in store.load().reason
+    assert publish(store, prop, no) is None  # a refused verdict publishes nothing
