@@ -43,8 +43,13 @@ def check(
     columns: Annotated[
         str | None, typer.Option(help="comma-separated columns for drift (default: shared)")
     ] = None,
-    max_rows: Annotated[int, typer.Option(help="rows sampled per side")] = 50_000,
-    min_group_size: Annotated[int, typer.Option(help="smaller groups are unjudgeable")] = 30,
+    max_rows: Annotated[
+        int | None, typer.Option(help="rows sampled per side (default monitoring.drift_max_rows)")
+    ] = None,
+    min_group_size: Annotated[
+        int | None,
+        typer.Option(help="smaller groups are unjudgeable (default monitoring.min_group_size)"),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="report folder (default <data_dir>/monitoring/checks/…)")
     ] = None,
@@ -58,6 +63,8 @@ def check(
     from monitoring.drift import check_drift, save_report
 
     s = _settings(config)
+    max_rows = max_rows or s.monitoring.drift_max_rows
+    min_group_size = min_group_size or s.monitoring.min_group_size
     console = _console()
     ref, cur = _read(reference, "--reference"), _read(current, "--current")
     groups = [c.strip() for c in sensitive.split(",")] if sensitive else []

@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from gateway.config import GatewaySettings
+from monitoring.policy import MonitoringSettings
 from serving.config import ServingSettings
 from telemetry.stream import StreamSettings
 
@@ -285,6 +286,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @field_validator("static_limits_per_minute")
     @classmethod

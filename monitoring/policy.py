@@ -30,9 +30,19 @@ if TYPE_CHECKING:
     from monitoring.bias import BiasFinding
     from monitoring.drift import DriftResult
 
-__all__ = ["Change", "GateResult", "PolicyRules", "Proposal", "gate", "propose", "publish"]
+__all__ = [
+    "Change",
+    "GateResult",
+    "MonitoringSettings",
+    "PolicyRules",
+    "Proposal",
+    "gate",
+    "propose",
+    "publish",
+]
 
-_EXEMPTABLE = ("tier", "region", "device_type")
+Sensitive = Literal["tier", "region", "device_type"]
+_EXEMPTABLE: tuple[Sensitive, ...] = ("tier", "region", "device_type")
 
 
 class PolicyRules(BaseModel):
@@ -47,6 +57,21 @@ class PolicyRules(BaseModel):
     harm_tolerance: float = Field(
         0.0, ge=0, description="extra legitimate-harm share a candidate may add"
     )
+
+
+class MonitoringSettings(BaseModel):
+    """``monitoring:`` in gatewise.yaml: what the drift and bias checks judge, and how their
+    findings become policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sensitive: list[Sensitive] = Field(
+        default_factory=lambda: list(_EXEMPTABLE),
+        description="group columns of the bias check",
+    )
+    min_group_size: int = Field(30, ge=1, description="smaller groups are unjudgeable")
+    drift_max_rows: int = Field(50_000, ge=100, description="rows sampled per side")
+    policy: PolicyRules = Field(default_factory=PolicyRules)
 
 
 @dataclass
