@@ -53,6 +53,10 @@ def check(
     out: Annotated[
         Path | None, typer.Option(help="report folder (default <data_dir>/monitoring/checks/…)")
     ] = None,
+    log_to: Annotated[
+        str | None,
+        typer.Option(help="log the reports and metrics to this target's champion run in MLflow"),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Drift (Evidently) of CURRENT against REFERENCE, and bias (Fairlearn) of the decisions
@@ -61,6 +65,7 @@ def check(
 
     from monitoring.bias import check_bias
     from monitoring.drift import check_drift, save_report
+    from monitoring.record import append_history, champion_run_id, log_to_run, new_check_id
 
     s = _settings(config)
     max_rows = max_rows or s.monitoring.drift_max_rows
@@ -74,8 +79,16 @@ def check(
     cols = [c.strip() for c in columns.split(",")] if columns else None
     if cols is None:
         cols = [c for c in ref.columns if c in cur.columns and c not in skip]
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = out or s.data_dir / "monitoring" / "checks" / stamp
+    at = datetime.now(UTC)
+    check_id = new_check_id(at)
+    out = out or s.data_dir / "monitoring" / "checks" / check_id
+    run_id = None
+    if log_to:
+        if log_to not in s.targets:
+            _fail(f"--log-to: {log_to!r} is not a target of the config ({', '.join(s.targets)})")
+        run_id = champion_run_id(s, log_to)
+        if run_id is None:
+            _fail(f"--log-to {log_to}: the target has no champion yet (gatewise promote)")
     try:
         with console.status(f"drift over {len(cols)} columns (Evidently)"):
             drift = check_drift(ref, cur, cols, max_rows=max_rows)
@@ -89,6 +102,26 @@ def check(
     paths = save_report(drift.snapshot, out)
     findings = {"drift": drift.to_dict(), "bias": [b.to_dict() for b in bias]}
     (out / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
+    source = f"files {reference.name} vs {current.name}"
+    hist = append_history(
+        s.data_dir / "monitoring" / "history",
+        check_id,
+        at,
+        source,
+        drift,
+        bias,
+        s.monitoring.policy.max_fpr_ratio,
+    )
+    if run_id is not None:
+        log_to_run(
+            s,
+            run_id,
+            check_id,
+            at,
+            [paths["json"], paths["html"], out / "findings.json"],
+            drift,
+            bias,
+        )
 
     t = Table(
         title=f"drift: {len(drift.drifted)} of {len(drift.columns)} columns "
@@ -120,6 +153,9 @@ def check(
             )
         console.print(bt)
     console.print(f"report: {paths['html']} ; findings: {out / 'findings.json'}")
+    console.print(f"history: {hist.parent.parent} (one row per check and feature)")
+    if run_id is not None:
+        console.print(f"logged to MLflow run {run_id} under monitoring/{check_id}")
 
 
 def register(app: typer.Typer) -> None:

@@ -120,7 +120,60 @@ def test_monitor_check_command_writes_reports_and_prints_findings(env, tmp_path)
     assert findings["drift"]["drifted"] == ["rate"]
     assert findings["bias"][0]["worst_fpr_group"] == "b"
     assert (out / "drift.html").exists()
+    from monitoring.record import read_history
+
+    hist = read_history(env / "monitoring" / "history")
+    assert set(hist.column("kind").to_pylist()) == {"drift", "bias"}
+    no_champ = CliRunner().invoke(
+        app,
+        [
+            "monitor",
+            "check",
+            "--reference",
+            str(tmp_path / "ref.parquet"),
+            "--current",
+            str(tmp_path / "cur.csv"),
+            "--log-to",
+            "abuse",
+        ],
+    )
+    assert no_champ.exit_code == 2 and "has no champion" in no_champ.output
     bad = CliRunner().invoke(
         app, ["monitor", "check", "--reference", str(tmp_path / "nope.csv"), "--current", "x"]
     )
     assert bad.exit_code == 2 and "nope.csv does not exist" in bad.output
+
+
+def test_history_keeps_one_row_per_check_and_feature_and_mlflow_gets_the_reports(
+    settings, tmp_path
+):
+    from datetime import UTC, datetime, timedelta
+
+    from models.registry import client, ensure_experiment
+    from monitoring.record import append_history, log_to_run, new_check_id, read_history
+
+    root = tmp_path / "history"
+    ref, cur = _tables()
+    drift = check_drift(ref, cur)
+    bias = check_bias(_decisions(), "blocked", ["region"], "label")
+    t0 = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    for i in range(2):
+        at = t0 + timedelta(days=i)
+        append_history(root, new_check_id(at), at, "test", drift, bias, max_fpr_ratio=1.25)
+    h = read_history(root).to_pandas()
+    assert len(h) == 2 * (3 + 3) and h["check_id"].nunique() == 2
+    d = h[(h.kind == "drift") & h.flagged]
+    assert sorted(d.feature.unique()) == ["rate"] and len(d) == 2
+    b = h[(h.kind == "bias") & h.flagged]
+    assert list(b.group) == ["b", "b"] and (b.share > 1.25).all()
+    assert h[(h.kind == "bias") & (h.group == "c")].judgeable.eq(False).all()
+
+    c = client(settings)
+    exp = ensure_experiment(settings, "monitor-test")
+    run = c.create_run(exp)
+    paths = save_report(drift.snapshot, tmp_path / "rep")
+    log_to_run(settings, run.info.run_id, "chk1", t0, list(paths.values()), drift, bias)
+    arts = [a.path for a in c.list_artifacts(run.info.run_id, "monitoring/chk1")]
+    assert sorted(arts) == ["monitoring/chk1/drift.html", "monitoring/chk1/drift.json"]
+    m = c.get_run(run.info.run_id).data.metrics
+    assert abs(m["monitor_drift_share"] - 1 / 3) < 1e-9 and m["monitor_fpr_ratio_region"] > 2
