@@ -158,5 +158,61 @@ def check(
         console.print(f"logged to MLflow run {run_id} under monitoring/{check_id}")
 
 
+@monitor_app.command("run")
+def run(
+    target: Annotated[str, typer.Option(help="the target whose traffic is judged")] = "abuse",
+    hours: Annotated[float, typer.Option(help="the latest period checked")] = 1.0,
+    label_delay: Annotated[
+        float, typer.Option(help="minutes before a window's label is known")
+    ] = 30.0,
+    as_of: Annotated[
+        str | None, typer.Option(help="ISO time (default: the newest recorded event)")
+    ] = None,
+    publish: Annotated[
+        bool, typer.Option(help="publish a changed policy when the backtest accepts it")
+    ] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the Prefect flow monitor: drift + bias on the latest traffic → the next policy."""
+    from flows.monitor import monitor_flow
+
+    s = _settings(config)
+    try:
+        out = monitor_flow(
+            target=target,
+            hours=hours,
+            label_delay_minutes=label_delay,
+            as_of=as_of,
+            publish_policy=publish,
+            config_path=str(config) if config else None,
+            data_dir=str(s.data_dir.resolve()),
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    console = _console()
+    share = out["drift_share"]
+    console.print(
+        f"monitor {target} as of {out['as_of']}: "
+        + ("no drift check (no rows)" if share is None else f"{share:.0%} of features drifted")
+        + (f" {out['drifted'][:6]}" if out["drifted"] else "")
+    )
+    for feat, b in out["bias"].items():
+        ratio = b["fpr_ratio"]
+        console.print(
+            f"  bias by {feat}: FPR worst/best "
+            + ("n/a" if ratio is None else f"{ratio:.2f} ({b['worst']})")
+        )
+    pol = out["policy"]
+    for c in pol["changes"]:
+        console.print(f"  policy change: {c['detail']} — {c['reason']}")
+    if pol["verdict"]:
+        console.print(f"  backtest: {pol['verdict']['reason']}")
+    if pol["published"]:
+        console.print(f"  published policy v{pol['published']}")
+    if pol["retrain"]:
+        console.print("  drift asks for a new model: `gatewise train --target " + target + "`")
+    console.print(f"reports: {out['reports']}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(monitor_app, name="monitor")

@@ -1,0 +1,259 @@
+"""The Prefect flow ``monitor``: drift and bias on the latest traffic → the next policy.
+
+1. **drift** — the abuse feature rows (``client_windows``) of the last ``hours`` against the
+   rows before them (the data the champion learned from), plus prediction drift: the recorded
+   ``model_score`` distribution over the same two periods.
+2. **bias** — the active policy's decisions on the last ``hours`` of recorded traffic (the
+   gateway's own decision core, ``gateway.backtest``), joined with labels only for windows that
+   ended at least ``label_delay_minutes`` before ``as_of`` (monitoring never reads a label
+   before it would have arrived), judged by every sensitive column of ``monitoring:``.
+3. **record** — reports under ``<data_dir>/monitoring/checks/<check_id>/``, rows in the history
+   table, and, when the target has a champion, artifacts and metrics on its MLflow run.
+4. **policy** — ``monitoring.policy.propose``; a changed candidate is backtested against the
+   active policy on the last day and published only if it harms no more legitimate traffic.
+   ``retrain`` in the result says the drift rule asked for a new model.
+
+Times are event time: ``as_of`` defaults to the newest recorded event (replayed or simulated
+traffic has its own clock).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from gatewise.settings import Settings, load_settings
+
+__all__ = ["monitor_flow"]
+
+
+def _features(settings: Settings, target: str) -> list[str]:
+    from features.windows import CLIENT_FEATURES
+
+    del target  # one feature set today: the abuse service's client features
+    return list(CLIENT_FEATURES)
+
+
+@task(name="monitor-drift", cache_policy=NONE)
+def drift_task(settings: Settings, target: str, as_of: datetime, hours: float) -> dict[str, Any]:
+    import duckdb
+
+    from monitoring.drift import check_drift
+
+    src = settings.features_dir / "client_windows"
+    cols = _features(settings, target)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    rows = f"read_parquet('{src}/*/*.parquet', hive_partitioning = false)"
+    cut = f"TIMESTAMPTZ '{(as_of - timedelta(hours=hours)).isoformat()}'"
+    end = f"TIMESTAMPTZ '{as_of.isoformat()}'"
+    sel = ", ".join(cols)
+    n = settings.monitoring.drift_max_rows
+    ref = con.sql(
+        f"SELECT {sel} FROM {rows} WHERE event_timestamp <= {cut} USING SAMPLE {n} ROWS"
+    ).df()
+    cur = con.sql(
+        f"SELECT {sel} FROM {rows} WHERE event_timestamp > {cut} AND event_timestamp <= {end} "
+        f"USING SAMPLE {n} ROWS"
+    ).df()
+    out: dict[str, Any] = {"features": None, "scores": None}
+    if len(ref) and len(cur):
+        out["features"] = check_drift(ref, cur, cols, max_rows=n)
+    from telemetry.store import TelemetryStore
+
+    store = TelemetryStore(settings.telemetry_dir)
+    tcut = as_of - timedelta(hours=hours)
+    sc_ref = store.read(as_of - timedelta(hours=hours + 24), tcut).select(["model_score"])
+    sc_cur = store.read(tcut, as_of + timedelta(microseconds=1)).select(["model_score"])
+    sr, sc = sc_ref.to_pandas().dropna(), sc_cur.to_pandas().dropna()
+    if len(sr) >= 30 and len(sc) >= 30:
+        out["scores"] = check_drift(sr, sc, ["model_score"], max_rows=n)
+    return out
+
+
+@task(name="monitor-bias", cache_policy=NONE)
+def bias_task(
+    settings: Settings, target: str, as_of: datetime, hours: float, label_delay_minutes: float
+) -> dict[str, Any]:
+    from gateway.backtest import backtest
+    from gateway.policy import PolicyStore, default_policy
+    from monitoring.bias import check_bias
+
+    store = PolicyStore(settings.policy_dir)
+    g = settings.gateway
+    policy = (
+        store.load()
+        if store.exists()
+        else default_policy(settings.static_limits_per_minute, g.route_costs, g.score_bands)
+    )
+    released = as_of - timedelta(minutes=label_delay_minutes)
+    start = as_of - timedelta(hours=hours)
+    if released <= start:
+        return {"findings": [], "requests": 0, "note": "no labels have arrived for the period"}
+    rep = backtest(
+        policy,
+        settings.telemetry_dir,
+        labels=settings.labels_dir,
+        label_window_minutes=settings.simulator.label_window_minutes,
+        start=start,
+        end=released,
+        target=target,
+    )
+    df = rep.decisions
+    if "abusive" not in df or df.empty:
+        return {"findings": [], "requests": 0, "note": "no labelled requests in the period"}
+    df = df[df["abusive"].notna() & df["action"].ne("refused")].copy()
+    df["stopped"] = df["action"].isin(["throttle", "block", "challenge"]).astype(int)
+    df["label"] = df["abusive"].astype(int)
+    for c in settings.monitoring.sensitive:
+        df[c] = df[c].fillna("(none)")
+    findings = check_bias(
+        df,
+        "stopped",
+        list(settings.monitoring.sensitive),
+        "label",
+        min_group_size=settings.monitoring.min_group_size,
+    )
+    return {"findings": findings, "requests": len(df), "labels_until": released.isoformat()}
+
+
+@task(name="monitor-policy", cache_policy=NONE)
+def policy_task(
+    settings: Settings,
+    target: str,
+    as_of: datetime,
+    drift: Any,
+    findings: list[Any],
+    publish_policy: bool,
+) -> dict[str, Any]:
+    from gateway.policy import PolicyStore, default_policy
+    from monitoring.policy import gate, propose, publish
+
+    store = PolicyStore(settings.policy_dir)
+    g = settings.gateway
+    current = (
+        store.load()
+        if store.exists()
+        else default_policy(settings.static_limits_per_minute, g.route_costs, g.score_bands)
+    )
+    rules = settings.monitoring.policy
+    prop = propose(current, drift, findings, rules, target=target)
+    out: dict[str, Any] = {
+        "changes": [c.__dict__ for c in prop.changes],
+        "retrain": prop.retrain,
+        "alerts": prop.alerts,
+        "published": None,
+        "verdict": None,
+    }
+    if not prop.changed:
+        return out
+    verdict = gate(
+        prop.policy,
+        current,
+        settings.telemetry_dir,
+        settings.labels_dir,
+        label_window_minutes=settings.simulator.label_window_minutes,
+        start=as_of - timedelta(days=1),
+        end=as_of,
+        rules=rules,
+        target=target,
+    )
+    out["verdict"] = {"accepted": verdict.accepted, "reason": verdict.reason}
+    if publish_policy:
+        if not store.exists():
+            store.publish(current, author="gatewise monitor", reason="initial policy")
+        new = publish(store, prop, verdict)
+        out["published"] = None if new is None else new.version
+    return out
+
+
+@flow(name="monitor", log_prints=True)
+def monitor_flow(
+    target: str = "abuse",
+    hours: float = 1.0,
+    label_delay_minutes: float = 30.0,
+    as_of: str | None = None,
+    publish_policy: bool = True,
+    config_path: str | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Drift + bias on the last ``hours`` → history, MLflow, and (gated) the next policy."""
+    from monitoring.drift import save_report
+    from monitoring.record import append_history, champion_run_id, log_to_run, new_check_id
+    from telemetry.store import TelemetryStore, as_utc
+
+    settings = load_settings(
+        Path(config_path) if config_path else None,
+        **({"data_dir": Path(data_dir)} if data_dir else {}),
+    )
+    settings.target(target)
+    log = get_run_logger()
+    at = as_utc(as_of, "as_of") if as_of else None
+    if at is None:
+        store = TelemetryStore(settings.telemetry_dir)
+        if store.is_empty():
+            raise ValueError("monitor: the telemetry store is empty")
+        at = store.connect().sql("SELECT max(timestamp) FROM events").fetchall()[0][0]
+    drift = drift_task(settings, target, at, hours)
+    bias = bias_task(settings, target, at, hours, label_delay_minutes)
+    check_id = new_check_id(at)
+    out_dir = settings.data_dir / "monitoring" / "checks" / check_id
+    files: list[Path] = []
+    feat = drift["features"]
+    if feat is not None:
+        files += list(save_report(feat.snapshot, out_dir, "drift").values())
+    if drift["scores"] is not None:
+        files += list(save_report(drift["scores"].snapshot, out_dir, "score_drift").values())
+    findings = {
+        "as_of": at.isoformat(),
+        "drift": None if feat is None else feat.to_dict(),
+        "score_drift": None if drift["scores"] is None else drift["scores"].to_dict(),
+        "bias": [b.to_dict() for b in bias["findings"]],
+        "bias_requests": bias["requests"],
+    }
+    pol = policy_task(settings, target, at, feat, bias["findings"], publish_policy)
+    findings["policy"] = pol
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
+    files.append(out_dir / "findings.json")
+    append_history(
+        settings.data_dir / "monitoring" / "history",
+        check_id,
+        at,
+        f"monitor {target}: last {hours:g} h vs before",
+        feat,
+        bias["findings"],
+        settings.monitoring.policy.max_fpr_ratio,
+    )
+    run_id = champion_run_id(settings, target)
+    if run_id is not None:
+        log_to_run(settings, run_id, check_id, at, files, feat, bias["findings"])
+    log.info(
+        "monitor %s as of %s: drift %s, bias findings %d, policy changes %d (published: %s)",
+        target,
+        at.isoformat(),
+        "n/a" if feat is None else f"{len(feat.drifted)}/{len(feat.columns)}",
+        len(bias["findings"]),
+        len(pol["changes"]),
+        pol["published"],
+    )
+    return {
+        "check_id": check_id,
+        "as_of": at.isoformat(),
+        "reports": str(out_dir),
+        "drifted": [] if feat is None else feat.drifted,
+        "drift_share": None if feat is None else feat.share,
+        "score_drift": None if drift["scores"] is None else drift["scores"].share,
+        "bias": {
+            b.feature: {"fpr_ratio": b.fpr_ratio, "worst": b.worst_fpr_group}
+            for b in bias["findings"]
+        },
+        "bias_requests": bias["requests"],
+        "policy": pol,
+        "mlflow_run": run_id,
+    }
