@@ -214,5 +214,36 @@ def run(
     console.print(f"reports: {out['reports']}")
 
 
+def schedule(
+    port: Annotated[int, typer.Option(help="Prefect server port when one is started")] = 4200,
+    target: Annotated[str, typer.Option(help="target of the monitor and train flows")] = "abuse",
+    config: ConfigOpt = None,
+) -> None:
+    """Serve build_features (hourly), monitor (every 15 min) and train (nightly) on a real
+    Prefect server (connected to, or started); the Prefect UI shows them. Ctrl-C stops."""
+    from flows.schedule import ensure_server, serve_all
+
+    s = _settings(config)
+    if target not in s.targets:
+        _fail(f"--target: unknown target {target!r}")
+    console = _console()
+    try:
+        with console.status("connecting to (or starting) the Prefect server"):
+            url, proc = ensure_server(s, port)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    console.print(
+        f"Prefect API {url} ({'started here' if proc else 'already running'}); UI at "
+        f"{url.removesuffix('/api')} — serving build_features/hourly, monitor/every-15-min, "
+        "train/nightly"
+    )
+    try:
+        serve_all(s, config, target)
+    finally:
+        if proc is not None:
+            proc.terminate()
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(monitor_app, name="monitor")
+    app.command()(schedule)

@@ -37,6 +37,7 @@ __all__ = [
     "PolicyRules",
     "Proposal",
     "gate",
+    "overrides_from_scores",
     "propose",
     "publish",
 ]
@@ -165,6 +166,72 @@ def propose(
             update={"author": "gatewise monitor", "reason": "; ".join(c.reason for c in changes)}
         )
     return Proposal(policy, changes, retrain, alerts)
+
+
+def overrides_from_scores(
+    current: Policy,
+    scores: Any,
+    *,
+    target: str = "abuse",
+    model_version: str | None = None,
+    ttl_minutes: float = 60.0,
+    now: datetime | None = None,
+) -> Proposal:
+    """Per-client overrides from model scores: each client's highest score (``scores``: a
+    DataFrame with ``entity`` or ``client_id`` and ``score``) mapped through the target's bands;
+    a throttle keeps ``limit_factor`` of the default tier's limit. Overrides expire after
+    ``ttl_minutes``; they take the target's mode (shadow stays shadow). Clients below every
+    acting band lose an earlier model-written override; overrides written by people stay."""
+    from gateway.policy import Override
+
+    now = now or datetime.now(UTC)
+    tp = current.targets.get(target)
+    if tp is None or tp.mode == "off":
+        return Proposal(current)
+    key = "client_id" if "client_id" in scores.columns else "entity"
+    best = scores.groupby(key)["score"].max()
+    mode = "enforce" if tp.mode == "enforce" else "shadow"
+    tier_rpm = current.tier(None).requests_per_minute
+    keep = [o for o in current.overrides if o.model_version is None]  # people's
+    written = []
+    changes = []
+    for cid, score in best.items():
+        band = tp.band(float(score))
+        if band is None or band.action == "allow" or any(o.client_id == cid for o in keep):
+            continue
+        rpm = max(1, int(tier_rpm * band.limit_factor)) if band.action == "throttle" else None
+        reason = f"{target} score {float(score):.3f} >= band {band.min_score:g} ({band.action})"
+        written.append(
+            Override(
+                client_id=str(cid),
+                action=band.action,
+                requests_per_minute=rpm,
+                reason=reason,
+                expires_at=now + timedelta(minutes=ttl_minutes),
+                model_version=model_version or "unknown",
+                mode=mode,
+            )
+        )
+        changes.append(Change("override", f"{cid}: {band.action} ({mode})", reason))
+    dropped = [o for o in current.overrides if o.model_version is not None]
+    if not written and not dropped:
+        return Proposal(current)
+    if dropped and not written:
+        changes.append(
+            Change(
+                "override",
+                f"{len(dropped)} model overrides cleared",
+                "no client scores in an acting band any more",
+            )
+        )
+    policy = current.model_copy(
+        update={
+            "overrides": keep + written,
+            "author": "gatewise monitor",
+            "reason": f"{len(written)} client override(s) from {target} scores",
+        }
+    )
+    return Proposal(policy, changes)
 
 
 @dataclass

@@ -100,3 +100,30 @@ def test_the_gate_refuses_a_policy_that_harms_more_legitimate_traffic(two_days, 
     assert v is not None and v.version == 2 and store.load().targets["abuse"].mode == "shadow"
     assert "features drifted" in store.load().reason
     assert publish(store, prop, no) is None  # a refused verdict publishes nothing
+
+
+def test_scores_become_expiring_client_overrides_in_the_targets_mode(settings):
+    import pandas as pd
+
+    from monitoring.policy import overrides_from_scores
+
+    cur = _policy(settings, mode="enforce")
+    scores = pd.DataFrame(
+        {
+            "entity": ["a", "a", "b", "c", "d"],
+            "score": [0.2, 0.95, 0.6, 0.1, 0.49],
+        }
+    )
+    p = overrides_from_scores(cur, scores, model_version="7", ttl_minutes=30, now=NOW)
+    by = {o.client_id: o for o in p.policy.overrides}
+    assert set(by) == {"a", "b"}
+    assert by["a"].action == "block" and by["a"].mode == "enforce"
+    free = cur.tier(None).requests_per_minute
+    assert by["b"].action == "throttle" and by["b"].requests_per_minute == max(1, int(free * 0.25))
+    assert by["b"].expires_at == NOW + timedelta(minutes=30) and by["b"].model_version == "7"
+    assert "score 0.950 >= band 0.9" in by["a"].reason
+    # shadow target: shadow overrides; a later run with calm scores clears the model's ones
+    sh = overrides_from_scores(_policy(settings, mode="shadow"), scores, now=NOW)
+    assert {o.mode for o in sh.policy.overrides} == {"shadow"}
+    calm = overrides_from_scores(p.policy, scores.assign(score=0.1), now=NOW)
+    assert calm.policy.overrides == [] and calm.changed
