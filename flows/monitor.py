@@ -9,7 +9,9 @@
    before it would have arrived), judged by every sensitive column of ``monitoring:``.
 3. **record** — reports under ``<data_dir>/monitoring/checks/<check_id>/``, rows in the history
    table, and, when the target has a champion, artifacts and metrics on its MLflow run.
-4. **policy** — ``monitoring.policy.propose``; a changed candidate is backtested against the
+4. **policy** — ``monitoring.policy.propose`` on the findings, plus per-client overrides from
+   the champion's scores of the period (``overrides_from_scores``, expiring after the period's
+   length); a changed candidate is backtested against the
    active policy on the last day and published only if it harms no more legitimate traffic.
    ``retrain`` in the result says the drift rule asked for a new model.
 
@@ -122,6 +124,24 @@ def bias_task(
     return {"findings": findings, "requests": len(df), "labels_until": released.isoformat()}
 
 
+@task(name="monitor-score", cache_policy=NONE)
+def score_task(
+    settings: Settings, target: str, as_of: datetime, hours: float
+) -> tuple[Any, str | None]:
+    """The champion's scores of every client window of the period (none without a champion)."""
+    from monitoring.record import champion_run_id
+    from serving.batch import score_windows
+
+    if champion_run_id(settings, target) is None:
+        return None, None
+    try:
+        return score_windows(
+            settings, target, "champion", since=as_of - timedelta(hours=hours), until=as_of
+        )
+    except LookupError:  # no traffic in the period
+        return None, None
+
+
 @task(name="monitor-policy", cache_policy=NONE)
 def policy_task(
     settings: Settings,
@@ -130,9 +150,12 @@ def policy_task(
     drift: Any,
     findings: list[Any],
     publish_policy: bool,
+    scores: Any = None,
+    model_version: str | None = None,
+    override_minutes: float = 60.0,
 ) -> dict[str, Any]:
     from gateway.policy import PolicyStore, default_policy
-    from monitoring.policy import gate, propose, publish
+    from monitoring.policy import gate, overrides_from_scores, propose, publish
 
     store = PolicyStore(settings.policy_dir)
     g = settings.gateway
@@ -143,6 +166,20 @@ def policy_task(
     )
     rules = settings.monitoring.policy
     prop = propose(current, drift, findings, rules, target=target)
+    if scores is not None and len(scores):
+        # the champion's scores of the period -> per-client overrides on top of the findings
+        ov = overrides_from_scores(
+            prop.policy,
+            scores,
+            target=target,
+            model_version=model_version,
+            ttl_minutes=override_minutes,
+            now=as_of,
+        )
+        if ov.changed:
+            reason = "; ".join(c.reason for c in prop.changes + ov.changes[:3])
+            prop.policy = ov.policy.model_copy(update={"reason": reason})
+            prop.changes += ov.changes
     out: dict[str, Any] = {
         "changes": [c.__dict__ for c in prop.changes],
         "retrain": prop.retrain,
@@ -216,7 +253,11 @@ def monitor_flow(
         "bias": [b.to_dict() for b in bias["findings"]],
         "bias_requests": bias["requests"],
     }
-    pol = policy_task(settings, target, at, feat, bias["findings"], publish_policy)
+    scores, version = score_task(settings, target, at, hours)
+    pol = policy_task(
+        settings, target, at, feat, bias["findings"], publish_policy, scores, version, hours * 60
+    )
+    pol["scored_clients"] = 0 if scores is None else int(scores["client_id"].nunique())
     findings["policy"] = pol
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "findings.json").write_text(json.dumps(findings, indent=1, default=str))

@@ -56,3 +56,34 @@ def test_monitor_never_reads_labels_before_they_arrive(data, prefect_harness):
     )
     assert out["bias_requests"] == 0 and out["bias"] == {}
     assert out["drift_share"] is not None  # drift needs no labels
+
+
+def test_champion_scores_become_client_overrides_in_the_published_policy(
+    champion, tmp_path, prefect_harness
+):
+    from datetime import timedelta
+
+    from flows.monitor import monitor_flow
+    from gateway.policy import PolicyStore
+    from serving.batch import score_windows
+    from tests.conftest import REPO
+
+    s0, _ = champion
+    s = s0.model_copy(update={"data_dir": tmp_path / "data"})
+    shutil.copytree(s0.data_dir, s.data_dir)
+    out = monitor_flow(hours=2, config_path=str(REPO / "gatewise.yaml"), data_dir=str(s.data_dir))
+    pol = out["policy"]
+    assert pol["scored_clients"] > 0
+    # independently: the champion's scores of the same period, through the default bands
+    from telemetry.store import as_utc
+
+    at = as_utc(out["as_of"], "as_of")
+    scores, _ = score_windows(s, "abuse", "champion", since=at - timedelta(hours=2), until=at)
+    flagged = set(scores[scores["score"] >= 0.5]["client_id"])
+    got = {c["detail"].split(":")[0] for c in pol["changes"] if c["kind"] == "override"}
+    assert got == flagged
+    if flagged:  # shadow target: shadow overrides harm no one, so the gate lets them through
+        assert pol["verdict"]["accepted"] and pol["published"] is not None
+        active = PolicyStore(s.policy_dir).load()
+        assert {o.client_id for o in active.overrides} == flagged
+        assert {o.mode for o in active.overrides} == {"shadow"}
