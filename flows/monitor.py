@@ -3,10 +3,11 @@
 1. **drift** — the abuse feature rows (``client_windows``) of the last ``hours`` against the
    rows before them (the data the champion learned from), plus prediction drift: the recorded
    ``model_score`` distribution over the same two periods.
-2. **bias** — the active policy's decisions on the last ``hours`` of recorded traffic (the
-   gateway's own decision core, ``gateway.backtest``), joined with labels only for windows that
-   ended at least ``label_delay_minutes`` before ``as_of`` (monitoring never reads a label
-   before it would have arrived), judged by every sensitive column of ``monitoring:``.
+2. **bias** — the model's decisions on the last ``hours`` of recorded traffic (score at or
+   above the target's first acting band; the champion's replayed scores when there is one,
+   else the recorded ``model_score``), joined with labels only for windows that ended at least
+   ``label_delay_minutes`` before ``as_of`` (monitoring never reads a label before it would
+   have arrived), judged by every sensitive column of ``monitoring:``.
 3. **record** — reports under ``<data_dir>/monitoring/checks/<check_id>/``, rows in the history
    table, and, when the target has a champion, artifacts and metrics on its MLflow run.
 4. **policy** — ``monitoring.policy.propose`` on the findings, plus per-client overrides from
@@ -80,8 +81,18 @@ def drift_task(settings: Settings, target: str, as_of: datetime, hours: float) -
 
 @task(name="monitor-bias", cache_policy=NONE)
 def bias_task(
-    settings: Settings, target: str, as_of: datetime, hours: float, label_delay_minutes: float
+    settings: Settings,
+    target: str,
+    as_of: datetime,
+    hours: float,
+    label_delay_minutes: float,
+    scores: Any = None,
 ) -> dict[str, Any]:
+    """The MODEL's decisions by group: a request counts as acted on when its score (the
+    champion's replayed ``scores`` if given, else the recorded ``model_score``) reaches the
+    target's first acting band, whatever the mode (in shadow these are the would-be actions).
+    Static limits are judged elsewhere (the backtest's per-group outcome): exempting a group
+    from model action is no remedy for what static limits do to it."""
     from gateway.backtest import backtest
     from gateway.policy import PolicyStore, default_policy
     from monitoring.bias import check_bias
@@ -105,12 +116,20 @@ def bias_task(
         start=start,
         end=released,
         target=target,
+        scores=scores,
     )
     df = rep.decisions
-    if "abusive" not in df or df.empty:
+    if rep.events == 0 or "abusive" not in df or df.empty:
         return {"findings": [], "requests": 0, "note": "no labelled requests in the period"}
-    df = df[df["abusive"].notna() & df["action"].ne("refused")].copy()
-    df["stopped"] = df["action"].isin(["throttle", "block", "challenge"]).astype(int)
+    tp = policy.targets.get(target)
+    cuts = [b.min_score for b in (tp.bands if tp else []) if b.action != "allow"]
+    if not cuts:
+        return {"findings": [], "requests": 0, "note": f"{target} has no acting band"}
+    df = df[df["abusive"].notna() & df["action"].ne("refused") & df["model_score"].notna()]
+    if df.empty:
+        return {"findings": [], "requests": 0, "note": "no scored, labelled requests"}
+    df = df.copy()
+    df["stopped"] = (df["model_score"].astype(float) >= min(cuts)).astype(int)
     df["label"] = df["abusive"].astype(int)
     for c in settings.monitoring.sensitive:
         df[c] = df[c].fillna("(none)")
@@ -237,7 +256,8 @@ def monitor_flow(
             raise ValueError("monitor: the telemetry store is empty")
         at = store.connect().sql("SELECT max(timestamp) FROM events").fetchall()[0][0]
     drift = drift_task(settings, target, at, hours)
-    bias = bias_task(settings, target, at, hours, label_delay_minutes)
+    scores, version = score_task(settings, target, at, hours)
+    bias = bias_task(settings, target, at, hours, label_delay_minutes, scores)
     check_id = new_check_id(at)
     out_dir = settings.data_dir / "monitoring" / "checks" / check_id
     files: list[Path] = []
@@ -253,7 +273,6 @@ def monitor_flow(
         "bias": [b.to_dict() for b in bias["findings"]],
         "bias_requests": bias["requests"],
     }
-    scores, version = score_task(settings, target, at, hours)
     pol = policy_task(
         settings, target, at, feat, bias["findings"], publish_policy, scores, version, hours * 60
     )

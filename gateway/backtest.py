@@ -172,6 +172,7 @@ def _outcome(report: BacktestReport) -> None:
     df = report.decisions
     stopped = df["action"].isin(["throttle", "block", "challenge"])
     ab, legit = df["abusive"] == 1, df["abusive"] == 0
+    shadow = df["decision"].astype(str).str.startswith("shadow_")  # (an empty range: no str)
     report.outcome = {
         "abusive_requests": int(ab.sum()),
         "abusive_stopped": int((ab & stopped).sum()),
@@ -179,10 +180,8 @@ def _outcome(report: BacktestReport) -> None:
         "legitimate_requests": int(legit.sum()),
         "legitimate_harmed": int((legit & stopped).sum()),
         "legitimate_harmed_share": float((legit & stopped).sum() / max(legit.sum(), 1)),
-        "shadow_would_stop_abusive": int((ab & df["decision"].str.startswith("shadow_")).sum()),
-        "shadow_would_harm_legitimate": int(
-            (legit & df["decision"].str.startswith("shadow_")).sum()
-        ),
+        "shadow_would_stop_abusive": int((ab & shadow).sum()),
+        "shadow_would_harm_legitimate": int((legit & shadow).sum()),
     }
     rows = []
     for attr in ("tier", "region", "device_type"):

@@ -189,29 +189,9 @@ def run(
         )
     except ValueError as exc:
         _fail(str(exc))
-    console = _console()
-    share = out["drift_share"]
-    console.print(
-        f"monitor {target} as of {out['as_of']}: "
-        + ("no drift check (no rows)" if share is None else f"{share:.0%} of features drifted")
-        + (f" {out['drifted'][:6]}" if out["drifted"] else "")
-    )
-    for feat, b in out["bias"].items():
-        ratio = b["fpr_ratio"]
-        console.print(
-            f"  bias by {feat}: FPR worst/best "
-            + ("n/a" if ratio is None else f"{ratio:.2f} ({b['worst']})")
-        )
-    pol = out["policy"]
-    for c in pol["changes"]:
-        console.print(f"  policy change: {c['detail']} — {c['reason']}")
-    if pol["verdict"]:
-        console.print(f"  backtest: {pol['verdict']['reason']}")
-    if pol["published"]:
-        console.print(f"  published policy v{pol['published']}")
-    if pol["retrain"]:
-        console.print("  drift asks for a new model: `gatewise train --target " + target + "`")
-    console.print(f"reports: {out['reports']}")
+    from gatewise.report import print_monitor
+
+    print_monitor(_console(), out, target)
 
 
 def schedule(

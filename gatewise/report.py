@@ -424,6 +424,27 @@ def demo(console: Console, s: Settings, config: Path | None = None) -> None:
 
             stop_service(s)
             console.print("stopped the demo's BentoML service (`.venv/bin/gatewise serve` runs it)")
+    console.rule("monitor: Prefect flow monitor → drift, bias, champion scores → gated policy")
+    # in the simulated day's event time: its last hour has labels (the live minutes above do not)
+    import duckdb
+
+    from flows.monitor import monitor_flow
+
+    as_of = (
+        duckdb.connect()
+        .execute(
+            "SELECT max(event_timestamp) FROM read_parquet("
+            f"'{s.features_dir / 'client_windows'}/*/*.parquet', hive_partitioning = false)"
+        )
+        .fetchall()[0][0]
+    )
+    out = monitor_flow(
+        hours=1.0,
+        as_of=as_of.isoformat() if as_of else None,
+        config_path=str(config) if config else None,
+        data_dir=str(s.data_dir.resolve()),
+    )
+    print_monitor(console, out, "abuse")
     console.rule("done")
     console.print(
         f"data under {s.data_dir}/ ; try `.venv/bin/gatewise telemetry summary` or `.venv/bin/gatewise ingest --help`"
@@ -478,3 +499,31 @@ def backtest_report(console: Console, r: Any) -> None:
                 f"harmed {o['shadow_would_harm_legitimate']:,} legitimate requests"
             )
         console.print(_table("by group", r.by_group.to_dict("records")))
+
+
+def print_monitor(console: Any, out: dict[str, Any], target: str) -> None:
+    """What a monitor run found and did, in a few lines."""
+    share = out["drift_share"]
+    console.print(
+        f"monitor {target} as of {out['as_of']}: "
+        + ("no drift check (no rows)" if share is None else f"{share:.0%} of features drifted")
+        + (f" {out['drifted'][:6]}" if out["drifted"] else "")
+    )
+    for feat, b in out["bias"].items():
+        ratio = b["fpr_ratio"]
+        console.print(
+            f"  bias by {feat}: FPR worst/best "
+            + ("n/a" if ratio is None else f"{ratio:.2f} ({b['worst']})")
+        )
+    pol = out["policy"]
+    for c in pol["changes"][:10]:
+        console.print(f"  policy change: {c['detail']} — {c['reason']}")
+    if len(pol["changes"]) > 10:
+        console.print(f"  … and {len(pol['changes']) - 10} more changes")
+    if pol["verdict"]:
+        console.print(f"  backtest: {pol['verdict']['reason']}")
+    if pol["published"]:
+        console.print(f"  published policy v{pol['published']}")
+    if pol["retrain"]:
+        console.print("  drift asks for a new model: `gatewise train --target " + target + "`")
+    console.print(f"reports: {out['reports']}")

@@ -6,7 +6,7 @@
   action goes to ``rules.drift_mode`` (``shadow``: scores recorded, not enforced) and a
   retraining is asked for;
 - a sensitive group whose false-positive rate is more than ``rules.max_fpr_ratio`` times the
-  best judgeable group's → that group is exempted from model-based action (static limits still
+  best judgeable group's, and at least ``rules.min_fpr_gap`` above it → that group is exempted from model-based action (static limits still
   apply) until ``rules.exemption_hours`` from now, and an alert is raised.
 
 ``gate(candidate, current, ...)`` replays the recorded traffic (with the labels that have
@@ -54,6 +54,12 @@ class PolicyRules(BaseModel):
     drift_share: float = Field(0.3, gt=0, le=1, description="drifted feature share that acts")
     drift_mode: Literal["shadow", "off"] = "shadow"
     max_fpr_ratio: float = Field(1.25, ge=1, description="worst/best group FPR that acts")
+    min_fpr_gap: float = Field(
+        0.005,
+        ge=0,
+        description="and the worst FPR exceeds the best by at least this (tiny rates make "
+        "ratios noise: 1 false positive in 2,000 against 0 is an infinite ratio)",
+    )
     exemption_hours: float = Field(24.0, gt=0)
     harm_tolerance: float = Field(
         0.0, ge=0, description="extra legitimate-harm share a candidate may add"
@@ -144,6 +150,8 @@ def propose(
                 continue
             rates = {x.group: x.fpr for x in b.groups if x.fpr is not None}
             best = min(rates, key=lambda k: rates[k])
+            if rates[g] - rates[best] < rules.min_fpr_gap:
+                continue
             reason = (
                 f"{b.feature}={g}: false-positive rate {rates[g]:.3%} is {b.fpr_ratio:.2f}x "
                 f"{b.feature}={best}'s {rates[best]:.3%} (bound {rules.max_fpr_ratio:.2f}x); "
