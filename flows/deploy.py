@@ -91,7 +91,7 @@ def deploy(
     """Run the saga (plain function; ``deploy_flow`` runs it as a Prefect flow)."""
     import httpx
 
-    from gateway.policy import PolicyStore, default_policy
+    from gateway.policy import PolicyStore, active_or_initial
     from models.registry import CHALLENGER, CHAMPION, _version_by_alias, client
     from serving.process import ensure_service, stop_service
     from serving.runtime import Runtime
@@ -205,12 +205,7 @@ def deploy(
     before = policies.latest_version()
 
     def policy() -> int:
-        g = settings.gateway
-        base = (
-            policies.load()
-            if policies.exists()
-            else default_policy(settings.static_limits_per_minute, g.route_costs, g.score_bands)
-        )
+        base = active_or_initial(settings)
         targets = dict(base.targets)
         t = targets.get(target)
         if t is not None:

@@ -94,16 +94,10 @@ def bias_task(
     Static limits are judged elsewhere (the backtest's per-group outcome): exempting a group
     from model action is no remedy for what static limits do to it."""
     from gateway.backtest import backtest
-    from gateway.policy import PolicyStore, default_policy
+    from gateway.policy import active_or_initial
     from monitoring.bias import check_bias
 
-    store = PolicyStore(settings.policy_dir)
-    g = settings.gateway
-    policy = (
-        store.load()
-        if store.exists()
-        else default_policy(settings.static_limits_per_minute, g.route_costs, g.score_bands)
-    )
+    policy = active_or_initial(settings)
     released = as_of - timedelta(minutes=label_delay_minutes)
     start = as_of - timedelta(hours=hours)
     if released <= start:
@@ -173,16 +167,11 @@ def policy_task(
     model_version: str | None = None,
     override_minutes: float = 60.0,
 ) -> dict[str, Any]:
-    from gateway.policy import PolicyStore, default_policy
+    from gateway.policy import PolicyStore, active_or_initial
     from monitoring.policy import gate, overrides_from_scores, propose, publish
 
     store = PolicyStore(settings.policy_dir)
-    g = settings.gateway
-    current = (
-        store.load()
-        if store.exists()
-        else default_policy(settings.static_limits_per_minute, g.route_costs, g.score_bands)
-    )
+    current = active_or_initial(settings)
     rules = settings.monitoring.policy
     prop = propose(current, drift, findings, rules, target=target)
     if scores is not None and len(scores):

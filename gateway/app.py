@@ -31,7 +31,7 @@ from starlette.routing import Route
 from gateway.auth import Authenticator, AuthResult, ConsumersFile, Principal, Rbac
 from gateway.cache import ResponseCache
 from gateway.decision import DecisionCore
-from gateway.policy import PolicyError, PolicyStore, default_policy
+from gateway.policy import PolicyError, PolicyStore, initial_policy
 from gateway.ratelimit import MemoryLimiter, RedisLimiter
 from gateway.routing import Router, Upstream
 from gateway.scoring import Score, ScoringClient
@@ -85,7 +85,7 @@ class Gateway:
         self.clock = clock
         self.policies = PolicyStore(settings.policy_dir)
         policy = self.policies.publish_if_absent(
-            default_policy(settings.static_limits_per_minute, g.route_costs, g.score_bands),
+            initial_policy(settings),
             author="gatewise gateway",
             reason="initial policy from gatewise.yaml (static tier limits, abuse target in shadow)",
         )

@@ -35,7 +35,9 @@ __all__ = [
     "RouteRule",
     "TargetPolicy",
     "TierLimit",
+    "active_or_initial",
     "default_policy",
+    "initial_policy",
     "parse_policy",
 ]
 
@@ -261,6 +263,18 @@ def default_policy(
         routes=routes,
         targets={"abuse": TargetPolicy(mode="shadow", bands=b)},
     )
+
+
+def initial_policy(settings: Any) -> Policy:
+    """Version 0 as ``gatewise.yaml`` describes it (``settings``: ``gatewise.settings.Settings``)."""
+    g = settings.gateway
+    return default_policy(settings.static_limits_per_minute, g.route_costs, g.score_bands)
+
+
+def active_or_initial(settings: Any) -> Policy:
+    """The active policy, or the initial one when none was published yet."""
+    store = PolicyStore(settings.policy_dir)
+    return store.load() if store.exists() else initial_policy(settings)
 
 
 class PolicyStore:

@@ -152,10 +152,9 @@ def _store(config: Path | None) -> Any:
 
 
 def _initial(config: Path | None) -> Any:
-    from gateway.policy import default_policy
+    from gateway.policy import initial_policy
 
-    s = _settings(config)
-    return default_policy(s.static_limits_per_minute, s.gateway.route_costs, s.gateway.score_bands)
+    return initial_policy(_settings(config))
 
 
 @policy_app.command("init")

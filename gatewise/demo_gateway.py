@@ -198,14 +198,14 @@ def gateway_demo(
     from gateway.app import create_app
     from gateway.backtest import backtest
     from gateway.exporters import export
-    from gateway.policy import PolicyStore, default_policy
+    from gateway.policy import PolicyStore, default_policy, initial_policy
     from gateway.upstreams import upstream_app
     from gatewise.report import _table, backtest_report
 
     g = s.gateway
     store = PolicyStore(s.policy_dir)
     active = store.publish_if_absent(
-        default_policy(s.static_limits_per_minute, g.route_costs, g.score_bands),
+        initial_policy(s),
         author="gatewise demo",
         reason="initial policy from gatewise.yaml (static tier limits, abuse target in shadow)",
     )
