@@ -77,6 +77,7 @@ STATE_COLUMNS = (
     "duration_ms",
     "request_bytes",
     "response_bytes",
+    "ratelimit_decision",
 )
 
 

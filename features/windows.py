@@ -71,6 +71,7 @@ ROUTE_FEATURES: dict[str, str] = {
 
 _ADDITIVE = (
     "request_count",
+    "n_served",
     "n_4xx",
     "n_5xx",
     "n_401",
@@ -100,7 +101,14 @@ def _rates(w: str, src: str) -> str:
     return ",\n".join(
         [
             f"{n} AS request_count_{w}",
-            *(f"{src}n_{c}_{w} / {n} AS rate_{c}_{w}" for c in ("4xx", "5xx", "401", "403", "429")),
+            # response-side rates over the requests the gateway's policy let through: its own
+            # refusals say what the policy did, not how the client behaved (a throttled flood
+            # must not look like a client with 90% errors to a model trained before the policy)
+            *(
+                f"coalesce({src}n_{c}_{w} / nullif({src}n_served_{w}, 0), 0) AS rate_{c}_{w}"
+                for c in ("4xx", "5xx", "401", "403")
+            ),
+            f"{src}n_429_{w} / {n} AS rate_429_{w}",
             f"{src}bytes_in_{w} AS bytes_in_{w}",
             f"{src}bytes_out_{w} AS bytes_out_{w}",
             f"{src}n_sensitive_{w} / {n} AS sensitive_share_{w}",
@@ -142,7 +150,8 @@ e AS (
   SELECT *,
          time_bucket(INTERVAL {w} MINUTES, timestamp) AS window_start,
          TRY_CAST(regexp_extract(url_path, '/(\\d+)(/|$)', 1) AS BIGINT) AS path_id,
-         epoch_ms(timestamp) - lag(epoch_ms(timestamp)) OVER (PARTITION BY client_id ORDER BY timestamp, request_id) AS gap_all
+         epoch_ms(timestamp) - lag(epoch_ms(timestamp)) OVER (PARTITION BY client_id ORDER BY timestamp, request_id) AS gap_all,
+         coalesce(ratelimit_decision IN ('throttle', 'block', 'challenge'), FALSE) AS refused
   FROM ev
 ),
 e2 AS (
@@ -155,13 +164,14 @@ e2 AS (
 base AS (
   SELECT client_id, window_start,
          count(*)::DOUBLE AS request_count,
-         sum((http_response_status_code BETWEEN 400 AND 499)::INT)::DOUBLE AS n_4xx,
-         sum((http_response_status_code >= 500)::INT)::DOUBLE AS n_5xx,
-         sum((http_response_status_code = 401)::INT)::DOUBLE AS n_401,
-         sum((http_response_status_code = 403)::INT)::DOUBLE AS n_403,
+         sum((NOT refused)::INT)::DOUBLE AS n_served,
+         sum((NOT refused AND http_response_status_code BETWEEN 400 AND 499)::INT)::DOUBLE AS n_4xx,
+         sum((NOT refused AND http_response_status_code >= 500)::INT)::DOUBLE AS n_5xx,
+         sum((NOT refused AND http_response_status_code = 401)::INT)::DOUBLE AS n_401,
+         sum((NOT refused AND http_response_status_code = 403)::INT)::DOUBLE AS n_403,
          sum((http_response_status_code = 429)::INT)::DOUBLE AS n_429,
          coalesce(sum(request_bytes), 0)::DOUBLE AS bytes_in,
-         coalesce(sum(response_bytes), 0)::DOUBLE AS bytes_out,
+         coalesce(sum(CASE WHEN NOT refused THEN response_bytes END), 0)::DOUBLE AS bytes_out,
          sum((http_route IN ({sensitive}))::INT)::DOUBLE AS n_sensitive,
          count(path_id)::DOUBLE AS n_id,
          sum((id_step BETWEEN 1 AND 3)::INT)::DOUBLE AS n_enum,
@@ -169,8 +179,8 @@ base AS (
          count(gap_ms)::DOUBLE AS n_gap,
          coalesce(sum(gap_ms), 0)::DOUBLE AS sum_gap,
          coalesce(sum(gap_ms * gap_ms), 0)::DOUBLE AS sumsq_gap,
-         quantile_cont(duration_ms::DOUBLE, 0.5) AS latency_p50,
-         quantile_cont(duration_ms::DOUBLE, 0.95) AS latency_p95
+         quantile_cont(CASE WHEN NOT refused THEN duration_ms END::DOUBLE, 0.5) AS latency_p50,
+         quantile_cont(CASE WHEN NOT refused THEN duration_ms END::DOUBLE, 0.95) AS latency_p95
   FROM e2 GROUP BY client_id, window_start
 ),
 pairs AS ({pairs})"""

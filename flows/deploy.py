@@ -91,7 +91,7 @@ def deploy(
     """Run the saga (plain function; ``deploy_flow`` runs it as a Prefect flow)."""
     import httpx
 
-    from gateway.policy import PolicyStore, active_or_initial
+    from gateway.policy import PolicyStore, active_or_initial, initial_policy
     from models.registry import CHALLENGER, CHAMPION, _version_by_alias, client
     from serving.process import ensure_service, stop_service
     from serving.runtime import Runtime
@@ -209,7 +209,10 @@ def deploy(
         targets = dict(base.targets)
         t = targets.get(target)
         if t is not None:
-            targets[target] = t.model_copy(update={"model_version": str(mv.version)})
+            up: dict[str, Any] = {"model_version": str(mv.version)}
+            if t.raised:  # bands raised after drift return to the configured ones
+                up.update(bands=initial_policy(settings).targets.get(target, t).bands, raised=False)
+            targets[target] = t.model_copy(update=up)
         doc = policies.publish(
             base.model_copy(update={"targets": targets}),
             author="deploy flow",

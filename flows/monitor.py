@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
@@ -155,6 +155,39 @@ def score_task(
         return None, None
 
 
+@task(name="monitor-score-now", cache_policy=NONE)
+def score_now_task(settings: Settings, target: str, as_of: datetime, windows: Any) -> Any:
+    """The champion's score of every client of the period for the window starting at
+    ``as_of`` (from the features of the windows closed by then): what overrides act on.
+    ``windows`` (the per-window scores) only names the clients."""
+    from serving.batch import score_entities_at
+
+    if windows is None or not len(windows):
+        return None
+    key = "client_id" if "client_id" in windows.columns else "entity"
+    ids = sorted(set(windows[key].astype(str)))
+    scores, _ = score_entities_at(settings, target, ids, as_of)
+    return scores
+
+
+def _scored_clients(settings: Settings, start: datetime, end: datetime) -> set[str]:
+    from telemetry.store import TelemetryStore
+
+    store = TelemetryStore(settings.telemetry_dir)
+    if store.is_empty():
+        return set()
+    rows = (
+        store.connect()
+        .execute(
+            "SELECT DISTINCT client_id FROM events WHERE model_score IS NOT NULL "
+            "AND timestamp >= ? AND timestamp < ?",
+            [start, end],
+        )
+        .fetchall()
+    )
+    return {r[0] for r in rows}
+
+
 @task(name="monitor-policy", cache_policy=NONE)
 def policy_task(
     settings: Settings,
@@ -166,54 +199,125 @@ def policy_task(
     scores: Any = None,
     model_version: str | None = None,
     override_minutes: float = 60.0,
+    period_hours: float = 1.0,
 ) -> dict[str, Any]:
+    """Three stages, each gated on its own against what the stages before it left (so an
+    override list that would harm legitimate clients does not also sink a sound limits change):
+    1. findings (drift → conservative mode or raised bands; bias → exemptions), 2. limits
+    adapted to normal traffic, 3. per-client overrides from the champion's ``scores``. The
+    accepted stages are published as one version whose reason names every verdict."""
     from gateway.policy import PolicyStore, active_or_initial
-    from monitoring.policy import gate, overrides_from_scores, propose, publish
+    from monitoring.policy import Proposal, adapt_limits, gate, overrides_from_scores, propose
 
     store = PolicyStore(settings.policy_dir)
     current = active_or_initial(settings)
     rules = settings.monitoring.policy
-    prop = propose(current, drift, findings, rules, target=target)
-    if scores is not None and len(scores):
-        # the champion's scores of the period -> per-client overrides on top of the findings
-        ov = overrides_from_scores(
+    found = propose(current, drift, findings, rules, target=target)
+    out: dict[str, Any] = {
+        "changes": [],
+        "retrain": found.retrain,
+        "alerts": found.alerts,
+        "published": None,
+        "verdict": None,
+        "stages": [],
+    }
+
+    kw: dict[str, Any] = {
+        "label_window_minutes": settings.simulator.label_window_minutes,
+        "start": as_of - timedelta(days=1),
+        "end": as_of,
+        "target": target,
+    }
+    outcome: dict[str, Any] = {}  # the last accepted policy's backtest outcome over everyone
+
+    def judge(stage: str, prop: Proposal, base: Any, clients: set[str] | None = None) -> Any:
+        """``prop.policy`` if the gate accepts it against ``base``, else ``base``. ``clients``:
+        the only clients the stage can change decisions for (only they are replayed)."""
+        from gateway.backtest import backtest
+
+        if not prop.changed:
+            return base
+        if not outcome:
+            outcome.update(
+                backtest(base, settings.telemetry_dir, labels=settings.labels_dir, **kw).outcome
+            )
+        v = gate(
             prop.policy,
+            base,
+            settings.telemetry_dir,
+            settings.labels_dir,
+            rules=rules,
+            clients=clients,
+            current_outcome=dict(outcome) or None,
+            **kw,
+        )
+        outcome.clear()
+        outcome.update(v.candidate if v.accepted else v.current)
+        out["stages"].append(
+            {
+                "stage": stage,
+                "accepted": v.accepted,
+                "reason": v.reason,
+                "current": v.current,
+                "candidate": v.candidate,
+            }
+        )
+        out["changes"] += [
+            {**c.__dict__, "stage": stage, "accepted": v.accepted} for c in prop.changes
+        ]
+        return prop.policy if v.accepted else base
+
+    # findings change model-based action only: clients with a recorded score
+    scored = _scored_clients(settings, as_of - timedelta(days=1), as_of)
+    accepted = judge("findings", found, current, scored)
+    if rules.adapt_limits:
+        # limits follow normal traffic: without labelled-abusive and flagged clients
+        flagged = {o.client_id for o in current.overrides}
+        tp = current.targets.get(target)
+        cuts = [b.min_score for b in (tp.bands if tp else []) if b.action != "allow"]
+        if scores is not None and len(scores) and cuts:
+            key = "client_id" if "client_id" in scores.columns else "entity"
+            flagged |= set(scores.loc[scores["score"] >= min(cuts), key].astype(str))
+        lim = adapt_limits(
+            accepted,
+            settings.telemetry_dir,
+            settings.labels_dir,
+            before=as_of - timedelta(hours=period_hours),
+            floor=settings.static_limits_per_minute,
+            flagged=flagged,
+            rules=rules,
+        )
+        accepted = judge("limits", lim, accepted)
+    if scores is not None and len(scores):
+        # the champion's scores -> per-client overrides (in the accepted policy's bands/mode)
+        ov = overrides_from_scores(
+            accepted,
             scores,
             target=target,
             model_version=model_version,
             ttl_minutes=override_minutes,
             now=as_of,
         )
-        if ov.changed:
-            reason = "; ".join(c.reason for c in prop.changes + ov.changes[:3])
-            prop.policy = ov.policy.model_copy(update={"reason": reason})
-            prop.changes += ov.changes
-    out: dict[str, Any] = {
-        "changes": [c.__dict__ for c in prop.changes],
-        "retrain": prop.retrain,
-        "alerts": prop.alerts,
-        "published": None,
-        "verdict": None,
-    }
-    if not prop.changed:
-        return out
-    verdict = gate(
-        prop.policy,
-        current,
-        settings.telemetry_dir,
-        settings.labels_dir,
-        label_window_minutes=settings.simulator.label_window_minutes,
-        start=as_of - timedelta(days=1),
-        end=as_of,
-        rules=rules,
-        target=target,
-    )
-    out["verdict"] = {"accepted": verdict.accepted, "reason": verdict.reason}
-    if publish_policy:
+        touched = {o.client_id for o in ov.policy.overrides} | {
+            o.client_id for o in accepted.overrides
+        }
+        accepted = judge("overrides", ov, accepted, touched)
+    if out["stages"]:
+        out["verdict"] = {
+            "accepted": any(x["accepted"] for x in out["stages"]),
+            "reason": "; ".join(f"{x['stage']}: {x['reason']}" for x in out["stages"]),
+        }
+    if publish_policy and accepted is not current:
         if not store.exists():
             store.publish(current, author="gatewise monitor", reason="initial policy")
-        new = publish(store, prop, verdict)
-        out["published"] = None if new is None else new.version
+        kept = [c for c in out["changes"] if c["accepted"]]
+        reason = "; ".join(c["reason"] for c in kept[:6]) + (
+            f"; … {len(kept) - 6} more" if len(kept) > 6 else ""
+        )
+        new = store.publish(
+            accepted, author="gatewise monitor", reason=f"{reason} [{out['verdict']['reason']}]"
+        )
+        out["published"] = new.version
     return out
 
 
@@ -224,10 +328,18 @@ def monitor_flow(
     label_delay_minutes: float = 30.0,
     as_of: str | None = None,
     publish_policy: bool = True,
+    override_minutes: float | None = None,
+    adapt_limits: bool | None = None,
+    retrain: bool = False,
     config_path: str | None = None,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Drift + bias on the last ``hours`` → history, MLflow, and (gated) the next policy."""
+    """Drift + bias on the last ``hours`` → history, MLflow, and (gated) the next policy.
+
+    ``override_minutes``: how long score overrides last (default: the period's length);
+    ``adapt_limits``: tier and route limits follow normal traffic (default:
+    ``monitoring.policy.adapt_limits``); ``retrain``: when drift asks for a new model, run the
+    ``train`` flow now, as a subflow (``gatewise schedule`` serves it nightly as well)."""
     from monitoring.drift import save_report
     from monitoring.record import append_history, champion_run_id, log_to_run, new_check_id
     from telemetry.store import TelemetryStore, as_utc
@@ -236,6 +348,11 @@ def monitor_flow(
         Path(config_path) if config_path else None,
         **({"data_dir": Path(data_dir)} if data_dir else {}),
     )
+    if adapt_limits is not None:
+        pol_rules = settings.monitoring.policy.model_copy(update={"adapt_limits": adapt_limits})
+        settings = settings.model_copy(
+            update={"monitoring": settings.monitoring.model_copy(update={"policy": pol_rules})}
+        )
     settings.target(target)
     log = get_run_logger()
     at = as_utc(as_of, "as_of") if as_of else None
@@ -247,6 +364,7 @@ def monitor_flow(
     drift = drift_task(settings, target, at, hours)
     scores, version = score_task(settings, target, at, hours)
     bias = bias_task(settings, target, at, hours, label_delay_minutes, scores)
+    now_scores: Any = score_now_task(settings, target, at, scores)
     check_id = new_check_id(at)
     out_dir = settings.data_dir / "monitoring" / "checks" / check_id
     files: list[Path] = []
@@ -263,9 +381,26 @@ def monitor_flow(
         "bias_requests": bias["requests"],
     }
     pol = policy_task(
-        settings, target, at, feat, bias["findings"], publish_policy, scores, version, hours * 60
+        settings,
+        target,
+        at,
+        feat,
+        bias["findings"],
+        publish_policy,
+        now_scores,
+        version,
+        hours * 60 if override_minutes is None else override_minutes,
+        hours,
     )
-    pol["scored_clients"] = 0 if scores is None else int(scores["client_id"].nunique())
+    if retrain and pol["retrain"]:
+        from flows.train import train_flow
+
+        log.info("drift asks for a new model: running the train flow for %s", target)
+        t = cast(
+            dict[str, Any], train_flow(target=target, config_path=config_path, data_dir=data_dir)
+        )
+        pol["trained"] = {k: t.get(k) for k in ("version", "eligible", "holdout_score", "run_id")}
+    pol["scored_clients"] = 0 if now_scores is None else int(now_scores["client_id"].nunique())
     findings["policy"] = pol
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "findings.json").write_text(json.dumps(findings, indent=1, default=str))

@@ -51,7 +51,10 @@ class BacktestReport:
 
 
 def _read(
-    telemetry: Path, start: datetime | str | None, end: datetime | str | None
+    telemetry: Path,
+    start: datetime | str | None,
+    end: datetime | str | None,
+    clients: list[str] | None = None,
 ) -> pd.DataFrame:
     import duckdb
 
@@ -71,9 +74,16 @@ def _read(
             where.append(f"timestamp >= TIMESTAMPTZ '{start.isoformat()}'")
         if end:
             where.append(f"timestamp < TIMESTAMPTZ '{end.isoformat()}'")
-    w = f"WHERE {' AND '.join(where)}" if where else ""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if clients is not None:
+        import pyarrow as pa
+
+        con.register(
+            "only_clients", pa.table({"client_id": pa.array(sorted(set(clients)), pa.string())})
+        )
+        where.append("client_id IN (SELECT client_id FROM only_clients)")
+    w = f"WHERE {' AND '.join(where)}" if where else ""
     return con.execute(f"SELECT {_COLS} FROM {src} {w} ORDER BY timestamp, request_id").df()
 
 
@@ -102,14 +112,17 @@ def backtest(
     end: datetime | str | None = None,
     target: str = "abuse",
     scores: pd.DataFrame | None = None,
+    clients: list[str] | None = None,
 ) -> BacktestReport:
     """Judge every recorded request under ``policy``, in event time.
 
     ``scores`` (client_id, event_timestamp = window start, score), e.g. from
-    ``serving.batch.score_windows``, replaces the recorded ``model_score``.
+    ``serving.batch.score_windows``, replaces the recorded ``model_score``. ``clients``: only
+    these clients' requests (every limit is per client, so their decisions are the same as in
+    a backtest of everyone).
     """
     t0 = time.perf_counter()
-    df = _read(telemetry, start, end)
+    df = _read(telemetry, start, end, clients)
     if scores is not None:
         from serving.batch import scores_for_requests
 

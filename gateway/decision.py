@@ -72,6 +72,10 @@ class DecisionCore:
         tier = pol.tier(p.tier)
         rpm, burst = tier.requests_per_minute, tier.capacity
         label, reason = "allow", "within limits"
+        a = pol.allowance(p.client_id, now)
+        if a is not None and a.requests_per_minute > rpm:  # the client's own, higher limit
+            rpm = a.requests_per_minute
+            burst = max(burst, rpm)
         o = pol.override(p.client_id, now)
         if o is not None and o.mode == "shadow":
             if o.action != "allow":

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 __all__ = [
     "ACTIONS",
+    "Allowance",
     "Band",
     "Exemption",
     "Override",
@@ -39,6 +40,7 @@ __all__ = [
     "default_policy",
     "initial_policy",
     "parse_policy",
+    "policy_diff",
 ]
 
 Action = Literal["allow", "throttle", "challenge", "block"]
@@ -98,6 +100,18 @@ class Override(_Strict):
         return self.expires_at is None or self.expires_at.timestamp() > now
 
 
+class Allowance(_Strict):
+    """A client's own, higher limit: its normal heavy use plus headroom, so a static tier limit
+    does not punish it (written by monitoring from trusted traffic; model action still applies)."""
+
+    requests_per_minute: int = Field(gt=0)
+    reason: str = Field(min_length=1)
+    expires_at: datetime | None = None
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at.timestamp() > now
+
+
 class Band(_Strict):
     """Scores at or above ``min_score`` (up to the next band) get ``action``."""
 
@@ -115,6 +129,9 @@ class TargetPolicy(_Strict):
     model_version: str | None = Field(None, description="None: whatever serving's alias returns")
     alias: str = "champion"
     bands: list[Band] = Field(default_factory=list)
+    raised: bool = Field(
+        False, description="bands raised by monitoring after drift (not raised twice)"
+    )
 
     @model_validator(mode="after")
     def _bands_ascending(self) -> TargetPolicy:
@@ -159,6 +176,9 @@ class Policy(_Strict):
     tiers: dict[str, TierLimit]
     routes: dict[str, RouteRule] = Field(default_factory=dict)
     overrides: list[Override] = Field(default_factory=list)
+    allowances: dict[str, Allowance] = Field(
+        default_factory=dict, description="client_id -> its own limit above the tier's"
+    )
     targets: dict[str, TargetPolicy] = Field(default_factory=dict)
     exemptions: list[Exemption] = Field(default_factory=list)
 
@@ -202,6 +222,10 @@ class Policy(_Strict):
                 return o
         return None
 
+    def allowance(self, client_id: str, now: float) -> Allowance | None:
+        a = self.allowances.get(client_id)
+        return a if a is not None and a.active(now) else None
+
     def exempt(self, target: str, attrs: dict[str, str | None], now: float) -> Exemption | None:
         for e in self.exemptions:
             if e.target == target and attrs.get(e.attribute) == e.value and e.active(now):
@@ -217,6 +241,7 @@ class Policy(_Strict):
             "tiers": len(self.tiers),
             "routes": len(self.routes),
             "overrides": len(self.overrides),
+            "allowances": len(self.allowances),
             "exemptions": len(self.exemptions),
             "targets": {k: t.mode for k, t in self.targets.items()},
         }
@@ -350,6 +375,55 @@ class PolicyStore:
         """Publish a copy of an earlier version as the next version."""
         old = self.get(version)
         return self.publish(old, author=author, reason=f"rollback to v{version}")
+
+
+_META = {"version", "parent_version", "created_at", "author", "reason"}
+
+
+def policy_diff(old: Policy, new: Policy) -> list[dict[str, Any]]:
+    """What changed between two documents, field by field: ``[{path, old, new}]``. Overrides
+    are keyed by client and exemptions by target/attribute/value (not by list position);
+    bookkeeping fields (version, author, reason, ...) are left out."""
+
+    def flat(doc: Policy) -> dict[str, Any]:
+        d = doc.model_dump(mode="json")
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, v: Any) -> None:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), x)
+            else:
+                out[prefix] = v
+
+        for k, v in d.items():
+            if k in _META:
+                continue
+            if k == "overrides":
+                for o in v:
+                    out[f"overrides[{o.pop('client_id')}]"] = o
+            elif k == "allowances":
+                for cid, a in v.items():
+                    out[f"allowances[{cid}]"] = a
+            elif k == "exemptions":
+                for e in v:
+                    key = f"{e.pop('target')}/{e.pop('attribute')}={e.pop('value')}"
+                    out[f"exemptions[{key}]"] = e
+            elif k == "targets":
+                for name, t in v.items():
+                    bands = t.pop("bands")
+                    walk(f"targets.{name}", t)
+                    out[f"targets.{name}.bands"] = bands
+            else:
+                walk(k, v)
+        return out
+
+    a, b = flat(old), flat(new)
+    return [
+        {"path": k, "old": a.get(k), "new": b.get(k)}
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k)
+    ]
 
 
 @contextmanager

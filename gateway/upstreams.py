@@ -13,6 +13,7 @@ circuit breakers can be watched opening.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import random
@@ -27,9 +28,12 @@ __all__ = ["upstream_app"]
 
 
 def upstream_app(
-    latency_scale: float = 0.0, max_body: int = 32_768, name: str = "demo"
+    latency_scale: float = 0.0, max_body: int = 32_768, name: str = "demo", replay: bool = False
 ) -> Starlette:
-    """``latency_scale`` 1.0 sleeps each service's simulated median latency."""
+    """``latency_scale`` 1.0 sleeps each service's simulated median latency. ``replay``: answer
+    as the recorded upstream did, from the request's ``x-replay-status`` (status code),
+    ``x-replay-bytes`` (body size) and ``x-replay-ms`` (latency, capped at 2 s) headers, so
+    replayed traffic (``gatewise.closed_loop``) keeps its failed logins, 404s and slow routes."""
     from gateway.config import RouteSettings
     from gateway.routing import Router
     from telemetry.simulator.surface import ROUTES, SERVICES
@@ -55,6 +59,8 @@ def upstream_app(
         if rs is None:
             return JSONResponse({"error": "not found"}, status_code=404)
         r = routes[rs.route]
+        if replay and "x-replay-status" in request.headers:
+            return await _replayed(request)
         if latency_scale > 0:
             median, sigma = SERVICES[r.service]
             await asyncio.sleep(latency_scale * median / 1000 * random.lognormvariate(0, sigma))
@@ -80,6 +86,32 @@ def upstream_app(
         state["served"] += 1
         status = 201 if request.method == "POST" else 200
         return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+    # replayed bodies keep their recorded size on the wire: random (incompressible) text, not
+    # a run of one byte that the gateway's gzip would shrink to nothing
+    noise = base64.b64encode(random.Random(0).randbytes(max_body))[:max_body]
+
+    async def _replayed(request: Request) -> Response:
+        h = request.headers
+        try:
+            status = int(h["x-replay-status"])
+            size = int(h.get("x-replay-bytes") or 0)
+            ms = float(h.get("x-replay-ms") or 0)
+        except ValueError:
+            return JSONResponse({"error": "bad x-replay-* header"}, status_code=400)
+        if not 100 <= status <= 599:
+            return JSONResponse({"error": "x-replay-status out of range"}, status_code=400)
+        if ms > 0:
+            await asyncio.sleep(min(ms, 2000.0) / 1000)
+        state["served"] += 1
+        if status in (204, 304) or status < 200:
+            return Response(status_code=status)
+        return Response(
+            noise[: min(max(size, 0), max_body)],
+            status_code=status,
+            headers={"cache-control": "no-store"},
+            media_type="application/json",
+        )
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     app = Starlette(routes=[Route("/{path:path}", handle, methods=methods)])

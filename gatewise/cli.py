@@ -339,6 +339,25 @@ def demo(config: ConfigOpt = None) -> None:
     report.demo(_console(), s, config)
 
 
+@app.command()
+def loop(
+    minutes: Annotated[float, typer.Option(help="length of each replay phase")] = 2.0,
+    max_rps: Annotated[
+        float, typer.Option(help="average request rate the chosen span may have")
+    ] = 60.0,
+    config: ConfigOpt = None,
+) -> None:
+    """The closed loop, live: replay fresh traffic through the real gateway, monitor, publish
+    the gated policy, replay again; a table and an HTML report against static limits."""
+    from gatewise.closed_loop import run_closed_loop
+
+    s = _settings(config)
+    try:
+        run_closed_loop(_console(), s, config, minutes=minutes, max_rps=max_rps)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 from gatewise import cli_gateway  # noqa: E402  (registers on ``app``; imports this module)
 
 cli_gateway.register(app)

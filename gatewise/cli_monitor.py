@@ -171,6 +171,16 @@ def run(
     publish: Annotated[
         bool, typer.Option(help="publish a changed policy when the backtest accepts it")
     ] = True,
+    retrain: Annotated[
+        bool, typer.Option(help="run the train flow now when drift asks for a new model")
+    ] = False,
+    adapt_limits: Annotated[
+        bool | None,
+        typer.Option(
+            "--adapt-limits/--no-adapt-limits",
+            help="limits follow normal traffic (default: monitoring.policy.adapt_limits)",
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the Prefect flow monitor: drift + bias on the latest traffic → the next policy."""
@@ -184,6 +194,8 @@ def run(
             label_delay_minutes=label_delay,
             as_of=as_of,
             publish_policy=publish,
+            retrain=retrain,
+            adapt_limits=adapt_limits,
             config_path=str(config) if config else None,
             data_dir=str(s.data_dir.resolve()),
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -392,6 +392,11 @@ def _abusive_roles() -> tuple[str, ...]:
 
 
 def demo(console: Console, s: Settings, config: Path | None = None) -> None:
+    # the simulated history ends now, so the live replay at the end continues it (its clients'
+    # 1 h and 24 h features have context) instead of arriving weeks after it
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    sim = s.simulator.model_copy(update={"start": now - timedelta(days=s.simulator.days)})
+    s = s.model_copy(update={"simulator": sim})
     console.rule("[bold]gatewise demo[/]: simulate → store → summarize")
     run = simulation(console, s, emit=None)
     summary(console, s)
@@ -424,30 +429,22 @@ def demo(console: Console, s: Settings, config: Path | None = None) -> None:
 
             stop_service(s)
             console.print("stopped the demo's BentoML service (`.venv/bin/gatewise serve` runs it)")
-    console.rule("monitor: Prefect flow monitor → drift, bias, champion scores → gated policy")
-    # in the simulated day's event time: its last hour has labels (the live minutes above do not)
-    import duckdb
-
-    from flows.monitor import monitor_flow
-
-    as_of = (
-        duckdb.connect()
-        .execute(
-            "SELECT max(event_timestamp) FROM read_parquet("
-            f"'{s.features_dir / 'client_windows'}/*/*.parquet', hive_partitioning = false)"
-        )
-        .fetchall()[0][0]
+    console.rule(
+        "[bold]the closed loop[/]: fresh traffic through the gateway → monitor → policy → again"
     )
-    out = monitor_flow(
-        hours=1.0,
-        as_of=as_of.isoformat() if as_of else None,
-        config_path=str(config) if config else None,
-        data_dir=str(s.data_dir.resolve()),
-    )
-    print_monitor(console, out, "abuse")
+    from gatewise.closed_loop import run_closed_loop
+
+    loop = run_closed_loop(console, s, config, minutes=1.5)
     console.rule("done")
     console.print(
         f"data under {s.data_dir}/ ; try `.venv/bin/gatewise telemetry summary` or `.venv/bin/gatewise ingest --help`"
+    )
+    console.print(
+        f"where to look: the closed-loop report {loop['report']}; MLflow UI "
+        f"`.venv/bin/mlflow ui --backend-store-uri {s.mlflow_uri}` (champion run: artifacts "
+        "monitoring/ and closed_loop/); Prefect UI `.venv/bin/gatewise schedule` (serves the "
+        "flows on a Prefect server, http://127.0.0.1:4200); policy history "
+        "`.venv/bin/gatewise policy history`"
     )
 
 
@@ -520,8 +517,14 @@ def print_monitor(console: Any, out: dict[str, Any], target: str) -> None:
         console.print(f"  policy change: {c['detail']} — {c['reason']}")
     if len(pol["changes"]) > 10:
         console.print(f"  … and {len(pol['changes']) - 10} more changes")
-    if pol["verdict"]:
-        console.print(f"  backtest: {pol['verdict']['reason']}")
+    for st in pol.get("stages") or []:
+        console.print(f"  gate, {st['stage']}: {st['reason']}")
+    if pol.get("trained"):
+        t = pol["trained"]
+        console.print(
+            f"  retrained: v{t['version']} (holdout {t['holdout_score']}, "
+            f"{'eligible' if t['eligible'] else 'refused by the gate'})"
+        )
     if pol["published"]:
         console.print(f"  published policy v{pol['published']}")
     if pol["retrain"]:

@@ -113,6 +113,9 @@ class SimulatorSettings(_Strict):
     clients: int = Field(2000, ge=1, le=5_000_000)
     days: float = Field(1.0, gt=0, le=400)
     seed: int = 7
+    traffic_seed: int | None = Field(
+        None, description="another seed for the traffic only: the same clients, a new day"
+    )
     start: datetime = datetime(2026, 11, 2, tzinfo=UTC)
     mean_requests_per_client_day: float = Field(400.0, gt=0)
     label_window_minutes: int = Field(5, ge=1, le=1440)

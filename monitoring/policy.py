@@ -36,6 +36,7 @@ __all__ = [
     "MonitoringSettings",
     "PolicyRules",
     "Proposal",
+    "adapt_limits",
     "gate",
     "overrides_from_scores",
     "propose",
@@ -52,7 +53,12 @@ class PolicyRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     drift_share: float = Field(0.3, gt=0, le=1, description="drifted feature share that acts")
-    drift_mode: Literal["shadow", "off"] = "shadow"
+    drift_mode: Literal["shadow", "off", "raise"] = Field(
+        "shadow",
+        description="shadow: record, not enforce; off: no model action; raise: keep enforcing "
+        "but only at higher scores (each band's distance to 1 times drift_band_factor)",
+    )
+    drift_band_factor: float = Field(0.2, gt=0, lt=1, description="raise: 0.5 -> 0.9, 0.9 -> 0.98")
     max_fpr_ratio: float = Field(1.25, ge=1, description="worst/best group FPR that acts")
     min_fpr_gap: float = Field(
         0.005,
@@ -64,6 +70,22 @@ class PolicyRules(BaseModel):
     harm_tolerance: float = Field(
         0.0, ge=0, description="extra legitimate-harm share a candidate may add"
     )
+    adapt_limits: bool = Field(
+        False, description="tier and per-route limits follow normal traffic (adapt_limits)"
+    )
+    limit_quantile: float = Field(
+        1.0, gt=0.5, le=1, description="of trusted clients' per-minute use; 1 = the busiest minute"
+    )
+    limit_headroom: float = Field(1.5, ge=1, description="multiplier on that quantile")
+    limit_min_minutes: int = Field(
+        200, ge=1, description="client-minutes a tier or route needs before its limit adapts"
+    )
+    adapt_tiers: bool = Field(
+        False,
+        description="also move whole tier limits (one heavy client raises everyone's); by "
+        "default heavy trusted clients get allowances of their own instead",
+    )
+    allowance_days: float = Field(7.0, gt=0, description="how long an allowance lasts")
 
 
 class MonitoringSettings(BaseModel):
@@ -121,16 +143,38 @@ def propose(
     tp = targets.get(target)
     if drift is not None and drift.columns and drift.share >= rules.drift_share:
         retrain = True
-        if tp is not None and tp.mode == "enforce":
+        cols = ", ".join(drift.drifted[:8]) + (" …" if len(drift.drifted) > 8 else "")
+        why = (
+            f"{len(drift.drifted)} of {len(drift.columns)} features drifted "
+            f"({drift.share:.0%} >= {rules.drift_share:.0%}: {cols})"
+        )
+        if tp is not None and tp.mode == "enforce" and rules.drift_mode != "raise":
             targets[target] = tp.model_copy(update={"mode": rules.drift_mode})
-            cols = ", ".join(drift.drifted[:8]) + (" …" if len(drift.drifted) > 8 else "")
             changes.append(
                 Change(
                     "target_mode",
                     f"{target}: enforce -> {rules.drift_mode}",
-                    f"{len(drift.drifted)} of {len(drift.columns)} features drifted "
-                    f"({drift.share:.0%} >= {rules.drift_share:.0%}: {cols}); model-based "
-                    f"action goes to {rules.drift_mode} until a retrained model is promoted",
+                    f"{why}; model-based action goes to {rules.drift_mode} until a retrained "
+                    "model is promoted",
+                )
+            )
+        elif tp is not None and tp.mode == "enforce" and tp.bands and not tp.raised:
+            f = rules.drift_band_factor
+            bands = [
+                b.model_copy(update={"min_score": round(1 - (1 - b.min_score) * f, 6)})
+                for b in tp.bands
+            ]
+            targets[target] = tp.model_copy(update={"bands": bands, "raised": True})
+            cuts = ", ".join(
+                f"{b.action} {a.min_score:g} -> {b.min_score:g}"
+                for a, b in zip(tp.bands, bands, strict=True)
+            )
+            changes.append(
+                Change(
+                    "target_bands",
+                    f"{target}: bands raised ({cuts})",
+                    f"{why}; the model keeps acting only where it is most confident until a "
+                    "retrained model is promoted",
                 )
             )
     if tp is not None:
@@ -242,6 +286,187 @@ def overrides_from_scores(
     return Proposal(policy, changes)
 
 
+def adapt_limits(
+    current: Policy,
+    telemetry: Path,
+    labels: Path | None,
+    *,
+    before: datetime,
+    floor: dict[str, int],
+    flagged: set[str] | None = None,
+    rules: PolicyRules | None = None,
+    days: float = 1.0,
+) -> Proposal:
+    """Tier limits and per-consumer route limits adapted to normal traffic plus headroom.
+
+    Normal traffic: the last ``days`` of recorded traffic before ``before`` (the most recent
+    such span with data, so a replay after a quiet gap still learns from the day it follows),
+    without the clients a label that has arrived calls abusive or that are ``flagged`` (in an
+    acting score band, or overridden). Per tier: the ``rules.limit_quantile`` of a client's
+    cost-weighted requests per minute, times ``rules.limit_headroom``, never below ``floor``
+    (the configured static limit). Per route: the same over a client's calls of that route,
+    for routes with ``rules.limit_min_minutes`` client-minutes. A limit changes only when it
+    moves by more than 10%."""
+    from gateway.policy import RouteRule, TierLimit
+    from telemetry.store import TelemetryStore
+
+    rules = rules or PolicyRules()
+    store = TelemetryStore(telemetry)
+    if store.is_empty():
+        return Proposal(current)
+    con = store.connect()
+    b = f"TIMESTAMPTZ '{before.isoformat()}'"
+    # the newest day (of the last 60) with enough client-minutes: a replay after a quiet gap
+    # still learns from the day before the gap, not from a few stray requests
+    found = con.sql(
+        "SELECT max(timestamp) FROM events WHERE timestamp < "
+        + b
+        + " AND timestamp > "
+        + b
+        + " - INTERVAL 60 DAYS GROUP BY date_trunc('day', timestamp) "
+        "HAVING count(DISTINCT (client_id, date_trunc('minute', timestamp))) >= "
+        f"{rules.limit_min_minutes} ORDER BY 1 DESC LIMIT 1"
+    ).fetchall()
+    if not found:
+        return Proposal(current)
+    last = found[0][0]
+    lo = last - timedelta(days=days)
+    excluded = set(flagged or ())
+    if labels is not None and Path(labels).exists():
+        from telemetry.labels import LabelStore
+
+        lab = LabelStore(labels).read(available_at=before).to_pandas()
+        if len(lab):
+            lab = lab[(lab["label"] == 1) & (pd_ts(lab["event_timestamp"]) >= lo)]
+            excluded |= set(lab["client_id"])
+    con.register("excluded", _ids_table(excluded))
+    costs = {k: r.cost for k, r in current.routes.items()}
+    case = " ".join(
+        f"WHEN http_request_method || ' ' || http_route = '{k}' THEN {c}"
+        for k, c in costs.items()
+        if "'" not in k
+    )
+    cost = f"CASE {case} ELSE 1 END" if case else "1"
+    q = rules.limit_quantile
+    base = (
+        f"SELECT client_id, coalesce(tier, '{current.default_tier}') AS tier, "
+        f"http_request_method || ' ' || http_route AS route, date_trunc('minute', timestamp) AS m, "
+        f"{cost} AS cost FROM events WHERE timestamp > TIMESTAMPTZ '{lo.isoformat()}' "
+        f"AND timestamp <= TIMESTAMPTZ '{last.isoformat()}' AND auth_result = 'ok' "
+        "AND client_id NOT IN (SELECT client_id FROM excluded)"
+    )
+    per_minute = f"SELECT client_id, tier, m, sum(cost) AS n FROM ({base}) GROUP BY ALL"
+    tiers = con.sql(
+        f"SELECT tier, quantile_cont(n, {q}) AS q, count(*) AS minutes FROM ({per_minute}) "
+        "GROUP BY tier"
+    ).fetchall()
+    clients = con.sql(
+        f"SELECT client_id, any_value(tier) AS tier, quantile_cont(n, {q}) AS q "
+        f"FROM ({per_minute}) GROUP BY client_id"
+    ).fetchall()
+    routes = con.sql(
+        f"SELECT route, quantile_cont(n, {q}) AS q, count(*) AS minutes FROM ("
+        f"SELECT client_id, route, m, count(*) AS n FROM ({base}) GROUP BY ALL) GROUP BY route"
+    ).fetchall()
+    span = f"{lo:%Y-%m-%d %H:%M} → {last:%Y-%m-%d %H:%M} UTC"
+    who = f"{len(excluded)} labelled or flagged clients left out"
+    changes: list[Change] = []
+    new_tiers = dict(current.tiers)
+    for tier, qv, minutes in tiers:
+        if not rules.adapt_tiers or tier not in new_tiers or minutes < rules.limit_min_minutes:
+            continue
+        limit = max(int(floor.get(tier, 1)), int(-(-qv * rules.limit_headroom // 1)))
+        old = new_tiers[tier].requests_per_minute
+        if abs(limit - old) <= 0.1 * old:
+            continue
+        new_tiers[tier] = TierLimit(requests_per_minute=limit)
+        changes.append(
+            Change(
+                "tier_limit",
+                f"tier {tier}: {old} -> {limit}/min",
+                f"normal {tier} traffic {span} ({minutes:,} client-minutes, {who}): "
+                f"q{q:g} {qv:.1f}/min x {rules.limit_headroom:g} headroom",
+            )
+        )
+    largest = max(t.capacity for t in new_tiers.values())
+    new_routes = dict(current.routes)
+    for route, qv, minutes in routes:
+        if minutes < rules.limit_min_minutes or "'" in route:
+            continue
+        limit = max(1, int(-(-qv * rules.limit_headroom // 1)))
+        rule = new_routes.get(route, RouteRule())
+        old_r = rule.requests_per_minute
+        if old_r is not None and abs(limit - old_r) <= 0.1 * old_r:
+            continue
+        if old_r is None and limit >= largest:
+            continue  # every tier's own limit binds first
+        new_routes[route] = rule.model_copy(update={"requests_per_minute": limit})
+        changes.append(
+            Change(
+                "route_limit",
+                f"{route}: {old_r or '-'} -> {limit}/min per consumer",
+                f"normal use of {route} {span} ({minutes:,} client-minutes, {who}): "
+                f"q{q:g} {qv:.1f}/min x {rules.limit_headroom:g} headroom",
+            )
+        )
+    # heavy trusted clients: an allowance of their own above their tier's limit
+    from gateway.policy import Allowance
+
+    allowances = {k: a for k, a in current.allowances.items() if a.active(before.timestamp())}
+    expires = before + timedelta(days=rules.allowance_days)
+    added = []
+    for cid, tier, qv in clients:
+        limit = int(-(-qv * rules.limit_headroom // 1))
+        tier_limit = (new_tiers.get(tier) or new_tiers[current.default_tier]).requests_per_minute
+        old_a = allowances.get(cid)
+        if limit <= tier_limit:
+            continue
+        if old_a is not None and abs(limit - old_a.requests_per_minute) <= 0.1 * limit:
+            continue
+        allowances[cid] = Allowance(
+            requests_per_minute=limit,
+            reason=f"busiest normal minute {qv:.0f} ({span}) x {rules.limit_headroom:g} "
+            f"headroom, above tier {tier}'s {tier_limit}/min",
+            expires_at=expires,
+        )
+        added.append(f"{cid} {limit}/min")
+    if added:
+        changes.append(
+            Change(
+                "allowance",
+                f"{len(added)} client allowance(s): {', '.join(added[:5])}"
+                + (" …" if len(added) > 5 else ""),
+                f"trusted clients whose normal use ({span}, {who}) plus "
+                f"{rules.limit_headroom:g}x headroom exceeds their tier's limit keep their own "
+                f"limit until {expires:%Y-%m-%d %H:%M} UTC, instead of being throttled as abuse",
+            )
+        )
+    if not changes:
+        return Proposal(current)
+    policy = current.model_copy(
+        update={
+            "allowances": allowances,
+            "tiers": new_tiers,
+            "routes": new_routes,
+            "author": "gatewise monitor",
+            "reason": f"limits adapted to normal traffic ({len(changes)} change(s))",
+        }
+    )
+    return Proposal(policy, changes)
+
+
+def pd_ts(col: Any) -> Any:
+    import pandas as pd
+
+    return pd.to_datetime(col, utc=True)
+
+
+def _ids_table(ids: set[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({"client_id": pa.array(sorted(ids), pa.string())})
+
+
 @dataclass
 class GateResult:
     accepted: bool
@@ -261,8 +486,15 @@ def gate(
     end: datetime | None = None,
     rules: PolicyRules | None = None,
     target: str = "abuse",
+    clients: set[str] | None = None,
+    current_outcome: dict[str, Any] | None = None,
 ) -> GateResult:
-    """Backtest both policies on the recorded, labelled traffic; refuse more legitimate harm."""
+    """Backtest both policies on the recorded, labelled traffic; refuse more legitimate harm.
+
+    ``current_outcome``: the current policy's outcome over everyone, when already known.
+    ``clients``: the only clients whose decisions can differ between the two (every limit is
+    per client): with ``current_outcome``, only their requests are replayed, under both
+    policies, and the candidate's outcome is the current one plus the difference."""
     from gateway.backtest import backtest
 
     rules = rules or PolicyRules()
@@ -273,8 +505,18 @@ def gate(
         "end": end,
         "target": target,
     }
-    cur = backtest(current, telemetry, **kw).outcome
-    cand = backtest(candidate, telemetry, **kw).outcome
+    if current_outcome and clients is not None:
+        cur = current_outcome
+        if clients:
+            sub = sorted(clients)
+            a = backtest(current, telemetry, clients=sub, **kw).outcome
+            b = backtest(candidate, telemetry, clients=sub, **kw).outcome
+            cand = _shifted(cur, a, b)
+        else:
+            cand = dict(cur)
+    else:
+        cur = current_outcome or backtest(current, telemetry, **kw).outcome
+        cand = backtest(candidate, telemetry, **kw).outcome
     if not cur or not cand:
         return GateResult(False, "no labelled traffic to judge the candidate on", cur, cand)
     h_cur, h_cand = cur["legitimate_harmed_share"], cand["legitimate_harmed_share"]
@@ -294,6 +536,26 @@ def gate(
         cur,
         cand,
     )
+
+
+_COUNTS = (
+    "abusive_stopped",
+    "legitimate_harmed",
+    "shadow_would_stop_abusive",
+    "shadow_would_harm_legitimate",
+)
+
+
+def _shifted(full: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``full`` with a subset's counts under policy a replaced by the same subset under b."""
+    if not a or not b:
+        return dict(full)
+    out = dict(full)
+    for k in _COUNTS:
+        out[k] = full[k] - a[k] + b[k]
+    out["abusive_stopped_share"] = out["abusive_stopped"] / max(full["abusive_requests"], 1)
+    out["legitimate_harmed_share"] = out["legitimate_harmed"] / max(full["legitimate_requests"], 1)
+    return out
 
 
 def publish(store: PolicyStore, proposal: Proposal, verdict: GateResult) -> Policy | None:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from gatewise.settings import Settings
 
-__all__ = ["score_windows", "scores_for_requests"]
+__all__ = ["score_entities_at", "score_windows", "scores_for_requests"]
 
 
 def _windows(
@@ -46,15 +46,37 @@ def score_windows(
     until: datetime | str | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """(entity, event_timestamp, score) per window, and the model version used."""
+    t = settings.target(target)
+    win = _windows(settings, t.entity, since, until)
+    if win.empty:
+        raise LookupError("no traffic in that range")
+    return _score(settings, target, model, win)
+
+
+def score_entities_at(
+    settings: Settings,
+    target: str,
+    entities: list[str],
+    at: datetime,
+    model: str = "champion",
+) -> tuple[pd.DataFrame, str]:
+    """Each entity's score for the window starting at ``at``: what the model expects of it
+    next, from the features of the windows that closed by then (monitoring's overrides)."""
+    if not entities:
+        raise LookupError("no entities to score")
+    win = pd.DataFrame({"entity": entities, "event_timestamp": pd.Timestamp(at)})
+    return _score(settings, target, model, win)
+
+
+def _score(
+    settings: Settings, target: str, model: str, win: pd.DataFrame
+) -> tuple[pd.DataFrame, str]:
     from features.store import feature_store
     from serving.runtime import Runtime
 
     t = settings.target(target)
     rt = Runtime(settings)
     m = rt.load_version(target, "batch", model) if model.isdigit() else rt.ensure(target, model)
-    win = _windows(settings, t.entity, since, until)
-    if win.empty:
-        raise LookupError("no traffic in that range")
     join = "client_id" if t.entity == "client" else "route_id"
     entity_df = win.rename(columns={"entity": join})
     entity_df["event_timestamp"] = pd.to_datetime(entity_df["event_timestamp"], utc=True)

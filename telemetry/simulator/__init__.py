@@ -33,6 +33,8 @@ def simulate(cfg: SimulatorSettings) -> SimulationResult:
     rng = np.random.default_rng(cfg.seed)
     weights = np.array([r.weight for r in ROUTES])
     pop = make_population(cfg, len(ROUTES), weights, rng)
+    if cfg.traffic_seed is not None:  # the same clients, other traffic
+        rng = np.random.default_rng(cfg.traffic_seed)
     episodes = plan_episodes(pop, cfg, rng)
     events, abusive = expand_events(pop, episodes, cfg, rng)
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from features.build import build_windows
 from features.windows import CLIENT_FEATURES, ROUTE_FEATURES
@@ -134,3 +135,59 @@ def test_only_days_with_changed_telemetry_are_rebuilt(built, tmp_path):
     store.append(new)
     rep = build_windows(s2)
     assert rep.built_days == ["2026-11-03"] and rep.skipped_days == ["2026-11-02"]
+
+
+def test_the_gateways_own_refusals_do_not_change_response_features():
+    """Two clients send the same requests; the gateway throttled half of one's (429, tiny
+    body, ~0 ms). Request-side features count every attempt; response-side ones (error rates,
+    bytes out, latency) only what the policy let through, so they match."""
+    from datetime import UTC, datetime
+
+    import duckdb
+    import pyarrow as pa
+
+    from features.windows import client_windows_sql
+    from telemetry.schema import EVENT_SCHEMA
+
+    t0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    rows = []
+    for cid in ("served", "throttled"):
+        for i in range(20):
+            refused = cid == "throttled" and i % 2 == 1
+            rows.append(
+                {
+                    "timestamp": t0 + timedelta(seconds=5 * i),
+                    "request_id": f"{cid}-{i}",
+                    "client_id": cid,
+                    "client_address": "10.0.0.1",
+                    "user_agent": "ua",
+                    "http_request_method": "GET",
+                    "url_path": "/v1/orders",
+                    "http_route": "/v1/orders",
+                    "http_response_status_code": 429 if refused else (404 if i % 4 == 0 else 200),
+                    "duration_ms": 0.2 if refused else 40.0 + i,
+                    "request_bytes": 100,
+                    "response_bytes": 60 if refused else 2000,
+                    "ratelimit_decision": "throttle" if refused else "allow",
+                }
+            )
+    # the served client's odd requests carry the same upstream outcome the throttled one's
+    # would have had: only the even ones are comparable, so give both the same even requests
+    served = [r for r in rows if r["client_id"] == "served" and int(r["request_id"][7:]) % 2 == 0]
+    thr = [r for r in rows if r["client_id"] == "throttled"]
+    table = pa.Table.from_pylist(
+        [{f.name: r.get(f.name) for f in EVENT_SCHEMA} for r in served + thr], schema=EVENT_SCHEMA
+    )
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("ev", table)
+    con.execute(
+        "CREATE TABLE first_seen AS SELECT client_id, min(timestamp) AS first_seen FROM ev "
+        "GROUP BY client_id"
+    )
+    df = con.sql(client_windows_sql()).df().set_index("client_id")
+    a, b = df.loc[["served"]].iloc[0], df.loc[["throttled"]].iloc[0]
+    assert b["request_count_5m"] == 20 and a["request_count_5m"] == 10  # every attempt counts
+    for f in ("rate_4xx_5m", "rate_5xx_5m", "bytes_out_5m", "latency_p50_5m", "latency_p95_5m"):
+        assert a[f] == pytest.approx(b[f]), f
+    assert b["rate_429_5m"] == 0.5 and a["rate_429_5m"] == 0

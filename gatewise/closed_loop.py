@@ -1,0 +1,837 @@
+"""The closed loop, live: fresh traffic through the real gateway → monitor → policy → again.
+
+``run_closed_loop`` is the last act of ``gatewise demo`` (and ``gatewise loop``):
+
+1. **Fresh traffic.** The simulator generates a new day for the same clients as the recorded
+   history (same seed, another ``traffic_seed``), starting where the history ends, with drift
+   switched on (a latency regression on one service) and a group skew (one region's
+   legitimate clients fail logins and change address 3x as often, at 1.7x the rate). Out of
+   it the loop takes the ``2 x minutes`` with the most abusive requests whose average rate
+   stays under ``max_rps`` — chosen by that rule alone, stated in the report. Ground truth
+   per request: the simulator's label of its client's window. ``gatewise demo`` simulates a
+   history that ends when the demo starts, so the replayed clients' 1 h and 24 h features
+   have their context; replayed long after its history, every client looks new.
+2. **Phase A.** Every request is sent over HTTP to the real gateway (uvicorn, loopback) at its
+   recorded offset — real rate, open loop — with its client's API key, address
+   (``X-Forwarded-For``, trusted from 127.0.0.1), user agent and request id. The upstream
+   answers as the recorded one did (status, size, latency: ``upstream_app(replay=True)``).
+   The policy in force is the active one with the abuse target switched to ``enforce`` (an
+   operator step after the shadow evidence, recorded with its reason); the gateway does not
+   call the model live here, so in phase A only static limits act.
+3. **Monitor.** The phase's truth is released (label delay 0: the demo's stand-in for a
+   labelling team), features are rebuilt for the day, and the Prefect flow ``monitor`` runs
+   over the phase: drift, bias, the champion's scores → overrides, limits adapted to normal
+   traffic, the gate, publish. The running gateway picks the new version up by itself.
+4. **Phase B.** The next ``minutes`` of the same traffic go through the same gateway.
+5. **Outcome.** Per request, from the gateway's own telemetry (joined on request id):
+   abusive requests stopped, legitimate requests harmed (overall and per tier, region,
+   device), detection time per abusive client, next to the static per-tier limits
+   (Kong/NGINX-style, ``static_limits_per_minute``) judged by the backtest on the very same
+   recorded requests. A table, a JSON record and a self-contained HTML report (Plotly),
+   logged to the champion's MLflow run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gatewise.settings import Settings
+
+__all__ = ["LoopTraffic", "fresh_traffic", "outcome", "replay", "run_closed_loop"]
+
+STOPPED = ("throttle", "block", "challenge")
+GROUPS = ("tier", "region", "device_type")
+
+
+@dataclass
+class LoopTraffic:
+    """Requests to replay: ``events`` (telemetry columns + ``offset_s``, ``abusive``,
+    ``scenario``), the consumers they belong to and how the span was chosen."""
+
+    events: pd.DataFrame
+    consumers: pd.DataFrame
+    span: dict[str, Any]
+
+
+def fresh_traffic(
+    s: Settings,
+    minutes: float = 2.0,
+    *,
+    max_rps: float = 60.0,
+    seed_offset: int = 1,
+) -> LoopTraffic:
+    """A new simulated day with drift and a group skew; the ``2 x minutes`` span with the most
+    abusive requests at an average rate of at most ``max_rps``."""
+    from gatewise.settings import DriftKnobs, SkewKnobs
+    from telemetry.simulator import simulate
+
+    sim = s.simulator
+    # the same clients as the recorded history (same seed), a new day of their traffic
+    # (traffic_seed), starting where the history ends
+    cfg = sim.model_copy(
+        update={
+            "days": 1.0,
+            "traffic_seed": sim.seed + 1000 * seed_offset,
+            "start": sim.start + timedelta(days=sim.days),
+            "drift": DriftKnobs(after_day=0, latency_regression=3.0),
+            "skew": SkewKnobs(column=sim.skew.column, value=sim.skew.value, factor=3.0),
+        }
+    )
+    res = simulate(cfg)
+    ev = res.events.to_pandas()
+    lab = res.labels.to_pandas()
+    win = pd.to_datetime(ev["timestamp"], utc=True).dt.floor(f"{cfg.label_window_minutes}min")
+    m = lab.set_index(["client_id", "event_timestamp"])["label"]
+    ev["abusive"] = m.reindex(pd.MultiIndex.from_arrays([ev["client_id"], win])).fillna(0).values
+    ev["abusive"] = ev["abusive"].astype(int)
+    roles = res.clients.to_pandas().set_index("client_id")["role"]
+    ev["scenario"] = ev["client_id"].map(roles)
+    span_s = 2 * minutes * 60
+    t = (pd.to_datetime(ev["timestamp"], utc=True) - cfg.start).dt.total_seconds().to_numpy()
+    ev["t"] = t
+    step = 10.0
+    bins = np.floor(t / step).astype(int)
+    nb = math.ceil(86_400 / step)
+    total = np.bincount(bins, minlength=nb)
+    bad = np.bincount(bins, weights=ev["abusive"].to_numpy(), minlength=nb)
+    k = int(span_s // step)
+    ctot = np.convolve(total, np.ones(k, int), "valid")
+    cbad = np.convolve(bad, np.ones(k), "valid")
+    ok = ctot <= max_rps * span_s
+    if not ok.any():
+        raise ValueError(
+            f"no {span_s / 60:g}-minute span of the fresh day stays under {max_rps} rps"
+        )
+    cbad = np.where(ok, cbad, -1)
+    i = int(np.argmax(cbad))
+    lo, hi = i * step, i * step + span_s
+    sel = ev[(t >= lo) & (t < hi)].copy()
+    sel["offset_s"] = sel["t"] - lo
+    sel = sel.sort_values("offset_s", kind="stable").drop(columns=["t"]).reset_index(drop=True)
+    cons = res.consumers.to_pandas()
+    cons = cons[cons["client_id"].isin(set(sel["client_id"]))].reset_index(drop=True)
+    span = {
+        "rule": f"the {span_s / 60:g} min of a new simulated day of the same clients (traffic "
+        f"seed {cfg.traffic_seed}) with the most "
+        f"abusive requests at <= {max_rps:g} requests/s on average",
+        "simulated_start": (cfg.start + timedelta(seconds=lo)).isoformat(),
+        "requests": len(sel),
+        "abusive_requests": int(sel["abusive"].sum()),
+        "clients": int(sel["client_id"].nunique()),
+        "abusive_clients": int(sel.loc[sel["abusive"] == 1, "client_id"].nunique()),
+        "scenarios": sel.loc[sel["abusive"] == 1, "scenario"].value_counts().to_dict(),
+        "drift": f"{cfg.drift.latency_service} service latency x3",
+        "skew": f"{cfg.skew.column}={cfg.skew.value}: legitimate clients with 3x the failed "
+        "logins and addresses, 1.7x the rate",
+    }
+    return LoopTraffic(sel, cons, span)
+
+
+def register_consumers(s: Settings, consumers: pd.DataFrame) -> dict[str, str]:
+    """An API key per replayed client (client_id → key); other consumers are kept."""
+    from gateway.auth import ApiKey, Consumer, ConsumersFile, new_api_key
+
+    keys: dict[str, str] = {}
+    new = []
+    rows: list[Any] = list(consumers.itertuples(index=False))
+    for row in rows:
+        kid, key, digest = new_api_key()
+        keys[row.client_id] = key
+        new.append(
+            Consumer(
+                client_id=row.client_id,
+                tier=row.tier,
+                region=row.region,
+                device_type=row.device_type,
+                api_keys=[ApiKey(id=kid, sha256=digest)],
+            )
+        )
+    ids = set(keys)
+    kept = [
+        c for c in ConsumersFile.load(s.gateway_consumers_path).consumers if c.client_id not in ids
+    ]
+    ConsumersFile(consumers=kept + new).save(s.gateway_consumers_path)
+    return keys
+
+
+def replay_settings(s: Settings, upstream_port: int) -> Settings:
+    """The gateway for a replay: every service on the replay upstream, no live scoring (model
+    action comes through monitor-written overrides), no stream publishing."""
+    g = s.gateway
+    services = {
+        n: sv.model_copy(update={"instances": [f"http://127.0.0.1:{upstream_port}"]})
+        for n, sv in g.services.items()
+    }
+    gw = g.model_copy(
+        update={"services": services, "scoring": g.scoring.model_copy(update={"enabled": False})}
+    )
+    return s.model_copy(
+        update={"gateway": gw, "stream": s.stream.model_copy(update={"enabled": False})}
+    )
+
+
+def _request(row: Any, key: str, run: str) -> tuple[str, str, dict[str, str], bytes | None]:
+    url = row.url_path + (f"?{row.url_query}" if isinstance(row.url_query, str) else "")
+    h = {
+        "x-api-key": key,
+        "x-request-id": f"{run}-{row.request_id}",
+        "x-replay-status": str(int(row.http_response_status_code)),
+        "x-replay-bytes": str(int(row.response_bytes or 0)),
+        "x-replay-ms": f"{float(row.upstream_duration_ms or 0):.1f}",
+    }
+    if isinstance(row.client_address, str):
+        h["x-forwarded-for"] = row.client_address
+    if isinstance(row.user_agent, str):
+        h["user-agent"] = row.user_agent
+    body = None
+    if row.http_request_method in ("POST", "PUT", "PATCH"):
+        body = b"x" * int(min(row.request_bytes or 0, 4096))
+    return row.http_request_method, url, h, body
+
+
+async def _send_all(
+    base: str,
+    events: pd.DataFrame,
+    keys: dict[str, str],
+    run: str,
+    on_progress: Any = None,
+    concurrency: int = 128,
+) -> pd.DataFrame:
+    import httpx
+
+    sem = asyncio.Semaphore(concurrency)
+    out: list[tuple[str, int, float, float]] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits) as c:
+        t0 = time.monotonic() + 0.2
+        tasks = []
+
+        async def one(row: Any) -> None:
+            method, url, h, body = _request(row, keys[row.client_id], run)
+            async with sem:
+                sent = time.monotonic() - t0
+                try:
+                    r = await c.request(method, url, headers=h, content=body)
+                    code = r.status_code
+                except httpx.HTTPError:
+                    code = 0
+                out.append((f"{run}-{row.request_id}", code, sent, float(row.offset_s)))
+                if on_progress:
+                    on_progress(1)
+
+        base_off = float(events["offset_s"].iloc[0]) if len(events) else 0.0
+        todo: list[Any] = list(events.itertuples(index=False))
+        for row in todo:
+            wait = t0 + (row.offset_s - base_off) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.create_task(one(row)))
+        await asyncio.gather(*tasks)
+    df = pd.DataFrame(out, columns=["request_id", "status", "sent_s", "offset_s"])
+    df["late_s"] = df["sent_s"] - (df["offset_s"] - base_off)
+    return df
+
+
+def replay(
+    base: str,
+    events: pd.DataFrame,
+    keys: dict[str, str],
+    run: str,
+    on_progress: Any = None,
+) -> pd.DataFrame:
+    """Send ``events`` to the gateway at ``base`` at their recorded offsets (open loop).
+    Returns request_id (as sent), status (0: no response), when it was sent and how late."""
+    return asyncio.run(_send_all(base, events, keys, run, on_progress))
+
+
+def release_labels(s: Settings, events: pd.DataFrame, recorded: pd.DataFrame, name: str) -> int:
+    """The replayed requests' truth, as labels of the windows the gateway recorded them in."""
+    import pyarrow as pa
+
+    from telemetry.labels import LabelStore
+    from telemetry.schema import LABELS_SCHEMA
+
+    w = s.simulator.label_window_minutes
+    df = recorded[["request_id", "client_id", "timestamp"]].merge(
+        events[["request_id", "abusive", "scenario"]], on="request_id"
+    )
+    if df.empty:
+        return 0
+    df["event_timestamp"] = pd.to_datetime(df["timestamp"], utc=True).dt.floor(f"{w}min")
+    g = (
+        df.groupby(["client_id", "event_timestamp"])
+        .agg(label=("abusive", "max"), scenario=("scenario", "first"))
+        .reset_index()
+    )
+    g["label"] = g["label"].astype("int8")
+    g["source"] = "replay"
+    LabelStore(s.labels_dir).write(
+        pa.Table.from_pandas(g[LABELS_SCHEMA.names], preserve_index=False), name
+    )
+    return len(g)
+
+
+def _recorded(s: Settings, run: str, since: datetime) -> pd.DataFrame:
+    from telemetry.store import TelemetryStore
+
+    con = TelemetryStore(s.telemetry_dir).connect()
+    return con.execute(
+        "SELECT request_id, timestamp, client_id, ratelimit_decision, "
+        "http_response_status_code, tier, region, device_type, policy_version FROM events "
+        f"WHERE timestamp >= TIMESTAMPTZ '{since.isoformat()}' AND starts_with(request_id, ?)",
+        [f"{run}-"],
+    ).df()
+
+
+def _shares(df: pd.DataFrame, stopped: str) -> dict[str, Any]:
+    ab, legit = df["abusive"] == 1, df["abusive"] == 0
+    st = df[stopped]
+    return {
+        "requests": len(df),
+        "abusive": int(ab.sum()),
+        "abusive_stopped": int((ab & st).sum()),
+        "abusive_stopped_share": float((ab & st).sum() / ab.sum()) if ab.sum() else None,
+        "legitimate": int(legit.sum()),
+        "legitimate_harmed": int((legit & st).sum()),
+        "legitimate_harmed_share": float((legit & st).sum() / legit.sum()) if legit.sum() else None,
+    }
+
+
+def _groups(df: pd.DataFrame, stopped: str, min_group: int) -> tuple[list[dict[str, Any]], Any]:
+    """Legitimate harm per group (per request); the worst/best ratio over judgeable groups
+    (0 harm everywhere is a ratio of 1; harm against a best group at 0 is infinite)."""
+    rows = []
+    worst_ratio: float | None = None
+    for attr in GROUPS:
+        legit = df[df["abusive"] == 0]
+        rates = {}
+        for v, g in legit.groupby(attr, dropna=False):
+            name = "(none)" if v is None or v != v else str(v)
+            r = float(g[stopped].mean()) if len(g) else float("nan")
+            rows.append({"attribute": attr, "value": name, "legitimate": len(g), "harmed": r})
+            if len(g) >= min_group:
+                rates[name] = r
+        if len(rates) >= 2:
+            hi, lo = max(rates.values()), min(rates.values())
+            ratio = 1.0 if hi == 0 else (math.inf if lo == 0 else hi / lo)
+            worst_ratio = ratio if worst_ratio is None else max(worst_ratio, ratio)
+    return rows, worst_ratio
+
+
+def outcome(
+    events: pd.DataFrame,
+    sent: pd.DataFrame,
+    recorded: pd.DataFrame,
+    static: pd.DataFrame,
+    phase_b_from: float,
+    min_group: int = 30,
+) -> dict[str, Any]:
+    """Per request: what the gateway did (its telemetry) and what static limits would have
+    done (``static``: backtest decisions, request_id → action), by phase, by group, plus the
+    detection time of every abusive client the gateway stopped."""
+    ev = events.copy()
+    df = sent.merge(
+        ev[["request_id", "abusive", "scenario", "client_id", "offset_s"]].rename(
+            columns={"offset_s": "sim_offset"}
+        ),
+        on="request_id",
+    )
+    rec = recorded[["request_id", "ratelimit_decision", *GROUPS, "policy_version"]]
+    df = df.merge(rec, on="request_id", how="left")
+    df["gatewise"] = df["ratelimit_decision"].isin(STOPPED)
+    st = static.set_index("request_id")["action"]
+    df["static"] = df["request_id"].map(st).isin(STOPPED)
+    df["phase"] = np.where(df["sim_offset"] >= phase_b_from, "B", "A")
+    res: dict[str, Any] = {"unrecorded": int(df["ratelimit_decision"].isna().sum())}
+    for ph in ("A", "B"):
+        p = df[df["phase"] == ph]
+        for system in ("gatewise", "static"):
+            out = _shares(p, system)
+            rows, ratio = _groups(p, system, min_group)
+            out["fpr_ratio"] = ratio
+            out["groups"] = rows
+            res[f"{ph}_{system}"] = out
+    det = []
+    for cid, g in df[df["abusive"] == 1].groupby("client_id"):
+        first = float(g["sent_s"].min())
+        hit = g.loc[g["gatewise"], "sent_s"]
+        det.append(
+            {
+                "client_id": cid,
+                "scenario": g["scenario"].iloc[0],
+                "abusive_requests": len(g),
+                "detected_after_s": None if hit.empty else float(hit.min() - first),
+                "stopped_share": float(g["gatewise"].mean()),
+                "in_phase_b": bool((g["phase"] == "B").any()),
+            }
+        )
+    res["clients"] = det
+    times = [d["detected_after_s"] for d in det if d["detected_after_s"] is not None]
+    res["detection_median_s"] = float(np.median(times)) if times else None
+    res["late_p95_s"] = float(np.percentile(df["late_s"], 95)) if len(df) else None
+    res["no_response"] = int((df["status"] == 0).sum())
+    return res
+
+
+def _ceil(t: datetime, minutes: int) -> datetime:
+    step = minutes * 60
+    ts = t.timestamp()
+    return datetime.fromtimestamp(math.ceil(ts / step) * step, UTC)
+
+
+def _wait_flushed(app: Any, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        t = app.state.gateway.status()["telemetry"]
+        if t["pending"] == 0 and t["written"] + t["dropped"] >= t["emitted"]:
+            return
+        time.sleep(0.2)
+
+
+def run_closed_loop(
+    console: Any,
+    s: Settings,
+    config: Path | None = None,
+    *,
+    minutes: float = 2.0,
+    max_rps: float = 60.0,
+) -> dict[str, Any]:
+    """The whole loop (module docstring); prints as it goes, returns the result record."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from flows.build_features import build_features_flow
+    from flows.monitor import monitor_flow
+    from gateway.app import create_app
+    from gateway.backtest import backtest
+    from gateway.policy import PolicyStore, active_or_initial, initial_policy
+    from gateway.upstreams import upstream_app
+    from gatewise.demo_gateway import _free_port, _Server
+
+    run = f"loop{uuid.uuid4().hex[:8]}"
+    traffic = fresh_traffic(s, minutes, max_rps=max_rps)
+    sp = traffic.span
+    console.print(
+        f"fresh traffic: {sp['requests']:,} requests from {sp['clients']:,} clients "
+        f"({sp['abusive_requests']:,} abusive from {sp['abusive_clients']} clients: "
+        f"{sp['scenarios']}); {sp['rule']}; drift: {sp['drift']}; skew: {sp['skew']}"
+    )
+    keys = register_consumers(s, traffic.consumers)
+    store = PolicyStore(s.policy_dir)
+    current = active_or_initial(s)
+    if not store.exists():
+        current = store.publish(current, author="gatewise demo", reason="initial policy")
+    tp = current.targets.get("abuse")
+    if tp is not None and tp.mode != "enforce":
+        current = store.publish(
+            current.model_copy(
+                update={
+                    "targets": {
+                        **current.targets,
+                        "abuse": tp.model_copy(update={"mode": "enforce"}),
+                    }
+                }
+            ),
+            author="gatewise demo (operator)",
+            reason="abuse target to enforce after its shadow backtest: model-written overrides "
+            "now act (the gateway does not score live in this replay)",
+        )
+    v_a = current.version
+    console.print(f"policy v{v_a} in force for phase A (abuse target: enforce, no overrides yet)")
+    up_port, gw_port = _free_port(), _free_port()
+    g = s.gateway
+    app = create_app(replay_settings(s, up_port))
+    half = minutes * 60
+    ev = traffic.events
+    ev["request_id_sent"] = run + "-" + ev["request_id"]
+    events = ev.assign(request_id=ev["request_id_sent"])
+    phase_a, phase_b = ev[ev["offset_s"] < half], ev[ev["offset_s"] >= half]
+    started = datetime.now(UTC) - timedelta(seconds=5)
+    sent_parts = []
+    mon: dict[str, Any] = {}
+    with (
+        _Server(upstream_app(replay=True), up_port),
+        _Server(app, gw_port, proxy_headers=True, forwarded_allow_ips="127.0.0.1"),
+    ):
+        base = f"http://127.0.0.1:{gw_port}"
+        for name, part in (("A", phase_a), ("B", phase_b)):
+            if name == "B":
+                console.print(
+                    f"policy v{app.state.gateway.core.policy.version} in force for phase B"
+                )
+            with Progress(
+                TextColumn(f"phase {name}: replaying at real rate"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=console,
+                transient=True,
+            ) as prog:
+                task = prog.add_task("send", total=len(part))
+                sent = replay(base, part, keys, run, lambda n, t=task: prog.advance(t, n))
+            sent_parts.append(sent)
+            _wait_flushed(app)
+            codes = sent["status"].value_counts().sort_index().to_dict()
+            console.print(
+                f"phase {name}: {len(sent):,} requests in {sent['sent_s'].max():.0f}s, "
+                f"p95 {sent['late_s'].quantile(0.95):.2f}s behind schedule; statuses {codes}"
+            )
+            if name == "B":
+                break
+            end_a = datetime.now(UTC)
+            rec = _recorded(s, run, started)
+            n_lab = release_labels(s, events, rec, f"{run}-A")
+            console.print(
+                f"phase A truth released: {n_lab} client windows labelled (label delay 0 in "
+                "the demo); rebuilding today's features"
+            )
+            build_features_flow(
+                config_path=str(config) if config else None,
+                data_dir=str(s.data_dir.resolve()),
+                since=end_a.date(),
+                until=end_a.date() + timedelta(days=1),
+            )
+            w = s.simulator.label_window_minutes
+            as_of = _ceil(end_a, w)  # the feature row of the window phase A ended in
+            cut = started.replace(second=0, microsecond=0) - timedelta(minutes=started.minute % w)
+            hours = (as_of - cut).total_seconds() / 3600
+            mon = monitor_flow(
+                hours=hours,
+                as_of=as_of.isoformat(),
+                label_delay_minutes=0,
+                override_minutes=60,
+                adapt_limits=True,
+                config_path=str(config) if config else None,
+                data_dir=str(s.data_dir.resolve()),
+            )
+            from gatewise.report import print_monitor
+
+            print_monitor(console, mon, "abuse")
+            time.sleep(max(2.0, 2 * g.policy_poll_s))  # the gateway's next policy poll
+    status = app.state.gateway.status()
+    sent_all = pd.concat(sent_parts, ignore_index=True)
+    rec = _recorded(s, run, started)
+    release_labels(s, events, rec, f"{run}-B")
+    static_policy = initial_policy(s)
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    bt = backtest(static_policy, s.telemetry_dir, start=started, end=end)
+    static = bt.decisions[bt.decisions["request_id"].str.startswith(f"{run}-")]
+    # phase B's offsets were re-based when sent; ``sim_offset`` keeps the recorded ones
+    out = outcome(events, sent_all, rec, static, half, s.monitoring.min_group_size)
+    v_b = PolicyStore(s.policy_dir).latest_version()
+    from gateway.policy import policy_diff
+
+    diff = policy_diff(store.get(v_a), store.get(v_b)) if v_b != v_a else []
+    result = {
+        "day": day_comparison(mon),
+        "run": run,
+        "at": datetime.now(UTC).isoformat(),
+        "minutes_per_phase": minutes,
+        "span": sp,
+        "policy_a": v_a,
+        "policy_b": v_b,
+        "policy_diff": diff,
+        "monitor": {
+            k: mon.get(k)
+            for k in (
+                "check_id",
+                "drift_share",
+                "drifted",
+                "score_drift",
+                "bias",
+                "policy",
+                "reports",
+            )
+        },
+        "gateway": {"decisions": status["decisions"], "telemetry": status["telemetry"]},
+        "outcome": out,
+    }
+    print_loop(console, result)
+    paths = save_loop_report(s, result)
+    result["report"] = str(paths["html"])
+    _log_to_mlflow(s, paths, out)
+    console.print(f"closed-loop report: {paths['html']}  (record: {paths['json']})")
+    return result
+
+
+def day_comparison(mon: dict[str, Any]) -> dict[str, Any] | None:
+    """The long span, in event time: the monitor's gate replayed the last recorded day under
+    the policy in force before it (static limits: the model had acted on nothing yet) and under
+    what it published; both outcomes, per request."""
+    stages = ((mon or {}).get("policy") or {}).get("stages") or []
+    if not stages or not stages[0].get("current"):
+        return None
+    last = stages[-1]
+    final = last["candidate"] if last["accepted"] else last["current"]
+    keep = (
+        "abusive_requests",
+        "abusive_stopped_share",
+        "legitimate_requests",
+        "legitimate_harmed_share",
+    )
+    return {
+        "before": {k: stages[0]["current"].get(k) for k in keep},
+        "after": {k: final.get(k) for k in keep},
+    }
+
+
+def diff_summary(diff: list[dict[str, Any]]) -> list[str]:
+    """The policy diff by kind: counts, and the non-per-client lines themselves."""
+    from collections import Counter
+
+    kinds = Counter(d["path"].split("[")[0].split(".")[0] for d in diff)
+    lines = [", ".join(f"{n} {k}" for k, n in kinds.most_common())] if diff else []
+    for d in diff:
+        head = d["path"].split("[")[0].split(".")[0]
+        if head in ("overrides", "allowances") or d["path"].endswith(".cost"):
+            continue
+        lines.append(f"{d['path']}: {d['old']} → {d['new']}")
+    return lines
+
+
+TARGETS = {"abusive_stopped_share": 0.95, "legitimate_harmed_share": 0.001, "fpr_ratio": 1.25}
+
+
+def verdicts(out: dict[str, Any]) -> list[dict[str, Any]]:
+    """Phase B (after the first detection window) against the issue's targets, next to static."""
+    g, st = out["B_gatewise"], out["B_static"]
+    rows = []
+    for key, goal, better in (
+        ("abusive_stopped_share", TARGETS["abusive_stopped_share"], "higher"),
+        ("legitimate_harmed_share", TARGETS["legitimate_harmed_share"], "lower"),
+        ("fpr_ratio", TARGETS["fpr_ratio"], "lower"),
+    ):
+        a, b = g.get(key), st.get(key)
+        met = a is not None and (a >= goal if better == "higher" else a <= goal)
+        beats = (
+            a is not None
+            and b is not None
+            and (a > b if better == "higher" else a < b or (a == b == 0))
+        )
+        rows.append(
+            {
+                "measure": key,
+                "gatewise": a,
+                "static": b,
+                "target": goal,
+                "met": met,
+                "beats_static": beats,
+            }
+        )
+    return rows
+
+
+def print_loop(console: Any, r: dict[str, Any]) -> None:
+    from gatewise.report import _table
+
+    o = r["outcome"]
+    rows = []
+    for ph in ("A", "B"):
+        for system in ("gatewise", "static"):
+            x = o[f"{ph}_{system}"]
+            rows.append(
+                {
+                    "phase": ph,
+                    "policy": f"gatewise v{r['policy_a' if ph == 'A' else 'policy_b']}"
+                    if system == "gatewise"
+                    else "static per-tier",
+                    "abusive": x["abusive"],
+                    "stopped": _pct(x["abusive_stopped_share"]),
+                    "legitimate": x["legitimate"],
+                    "harmed": _pct(x["legitimate_harmed_share"], 3),
+                    "FPR worst/best": "-" if x["fpr_ratio"] is None else f"{x['fpr_ratio']:.2f}",
+                }
+            )
+    console.print(
+        _table(
+            "closed loop: per request, same traffic (phase B = after the first detection window)",
+            rows,
+        )
+    )
+    det = o["detection_median_s"]
+    console.print(
+        "detection: "
+        + (
+            "no abusive client was stopped"
+            if det is None
+            else f"median {det:.0f}s from a client's first abusive request to its first stopped one"
+        )
+        + f"; {sum(1 for c in o['clients'] if c['detected_after_s'] is not None)} of {len(o['clients'])} abusive clients stopped"
+    )
+    v = verdicts(o)
+    console.print(
+        _table(
+            "targets (phase B)",
+            [
+                {
+                    "measure": x["measure"],
+                    "gatewise": _num(x["gatewise"]),
+                    "static": _num(x["static"]),
+                    "target": x["target"],
+                    "met": "yes" if x["met"] else "NO",
+                    "better than static": "yes" if x["beats_static"] else "no",
+                }
+                for x in v
+            ],
+        )
+    )
+    day = r.get("day")
+    if day:
+        b, a = day["before"], day["after"]
+        console.print(
+            f"the last recorded day, backtest in event time ({b['abusive_requests']:,} abusive, "
+            f"{b['legitimate_requests']:,} legitimate requests): static per-tier stops "
+            f"{_pct(b['abusive_stopped_share'])} of abuse and harms "
+            f"{_pct(b['legitimate_harmed_share'], 3)} of legitimate requests; gatewise "
+            f"v{r['policy_b']}: {_pct(a['abusive_stopped_share'])} and "
+            f"{_pct(a['legitimate_harmed_share'], 3)}"
+        )
+    lines = diff_summary(r["policy_diff"])
+    if lines:
+        console.print(f"policy v{r['policy_a']} → v{r['policy_b']}: {lines[0]}")
+        for line in lines[1:13]:
+            console.print(f"  {line}")
+        if len(lines) > 13:
+            console.print(f"  … {len(lines) - 13} more")
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}%}"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "inf" if math.isinf(x) else f"{x:.4g}"
+
+
+def save_loop_report(s: Settings, r: dict[str, Any]) -> dict[str, Path]:
+    """JSON record + a self-contained HTML report (Plotly inline) under ``<data_dir>/reports``."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    out_dir = s.data_dir / "reports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    jpath = out_dir / f"closed-loop-{stamp}.json"
+    jpath.write_text(json.dumps(r, indent=1, default=str))
+    o = r["outcome"]
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("abusive requests stopped", "legitimate requests harmed")
+    )
+    for system, color in (("gatewise", "#2a9d8f"), ("static", "#e76f51")):
+        xs = ["phase A", "phase B"]
+        fig.add_bar(
+            x=xs,
+            y=[o[f"{p}_{system}"]["abusive_stopped_share"] or 0 for p in "AB"],
+            name=f"{system}",
+            marker_color=color,
+            row=1,
+            col=1,
+        )
+        fig.add_bar(
+            x=xs,
+            y=[o[f"{p}_{system}"]["legitimate_harmed_share"] or 0 for p in "AB"],
+            name=f"{system}",
+            marker_color=color,
+            showlegend=False,
+            row=1,
+            col=2,
+        )
+    fig.update_yaxes(tickformat=".1%")
+    fig.update_layout(barmode="group", height=380, margin={"t": 40})
+    grp = pd.DataFrame(
+        [
+            {**g, "system": system}
+            for system in ("gatewise", "static")
+            for g in o[f"B_{system}"]["groups"]
+        ]
+    )
+    gfig = go.Figure()
+    if len(grp):
+        grp["group"] = grp["attribute"] + "=" + grp["value"]
+        for system, color in (("gatewise", "#2a9d8f"), ("static", "#e76f51")):
+            x = grp[grp["system"] == system]
+            gfig.add_bar(x=x["group"], y=x["harmed"], name=system, marker_color=color)
+    gfig.update_layout(
+        title="phase B: legitimate requests harmed, per group", barmode="group", height=380
+    )
+    gfig.update_yaxes(tickformat=".2%")
+    det = pd.DataFrame(o["clients"])
+    dfig = go.Figure()
+    if len(det) and det["detected_after_s"].notna().any():
+        d = det.dropna(subset=["detected_after_s"])
+        dfig.add_histogram(x=d["detected_after_s"], nbinsx=20, marker_color="#264653")
+    dfig.update_layout(
+        title="seconds from a client's first abusive request to its first stopped one",
+        height=320,
+    )
+
+    def table(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "<p>(none)</p>"
+        return pd.DataFrame(rows).to_html(index=False, border=0, classes="t", na_rep="-")
+
+    group_rows: list[dict[str, Any]] = (
+        grp.drop(columns=["group"], errors="ignore").to_dict("records") if len(grp) else []  # type: ignore[assignment]
+    )
+    day = r.get("day") or {}
+    day_rows = [
+        {"policy": "static per-tier" if k == "before" else f"gatewise v{r['policy_b']}", **v}
+        for k, v in day.items()
+    ]
+    mon = r["monitor"] or {}
+    pol = (mon.get("policy") or {}) if mon else {}
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>gatewise closed loop {r["run"]}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}} table.t{{border-collapse:collapse;font-size:13px}}
+table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}} .no{{color:#b00}} .yes{{color:#070}}</style></head><body>
+<h1>gatewise closed loop</h1>
+<p>{r["at"]} · run {r["run"]} · {r["minutes_per_phase"]:g} min per phase · policy v{r["policy_a"]} (phase A) → v{r["policy_b"]} (phase B)</p>
+<h2>Traffic</h2><p>{r["span"]["rule"]}: {r["span"]["requests"]:,} requests, {r["span"]["abusive_requests"]:,} abusive
+from {r["span"]["abusive_clients"]} clients {r["span"]["scenarios"]}. Drift: {r["span"]["drift"]}. Skew: {r["span"]["skew"]}.</p>
+<h2>Targets (phase B, after the first detection window)</h2>{table(verdicts(o))}
+<h2>The last recorded day, backtest in event time</h2>{table(day_rows)}
+{fig.to_html(full_html=False, include_plotlyjs=True)}
+{gfig.to_html(full_html=False, include_plotlyjs=False)}
+{dfig.to_html(full_html=False, include_plotlyjs=False)}
+<h2>Monitor findings</h2><p>drift share {mon.get("drift_share")}; drifted {mon.get("drifted")}; score drift {mon.get("score_drift")}; bias {mon.get("bias")}</p>
+<p>reports: {mon.get("reports")}</p>
+<h2>Policy changes</h2>{table(pol.get("changes") or [])}
+<p>gate: {(pol.get("verdict") or {}).get("reason")}</p>
+<h2>Policy diff v{r["policy_a"]} → v{r["policy_b"]}</h2>{table(r["policy_diff"])}
+<h2>Abusive clients</h2>{table(o["clients"])}
+<h2>Phase B per group</h2>{table(group_rows)}
+</body></html>"""
+    hpath = out_dir / f"closed-loop-{stamp}.html"
+    hpath.write_text(html)
+    return {"json": jpath, "html": hpath}
+
+
+def _log_to_mlflow(s: Settings, paths: dict[str, Path], out: dict[str, Any]) -> None:
+    from monitoring.record import champion_run_id
+
+    run_id = champion_run_id(s, "abuse")
+    if run_id is None:
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(s.mlflow_uri)
+    client = mlflow.MlflowClient()
+    for p in paths.values():
+        client.log_artifact(run_id, str(p), "closed_loop")
+    for key in ("abusive_stopped_share", "legitimate_harmed_share"):
+        v = out["B_gatewise"][key]
+        if v is not None:
+            client.log_metric(run_id, f"loop_{key}", v)
+    ratio = out["B_gatewise"]["fpr_ratio"]
+    if ratio is not None and not math.isinf(ratio):
+        client.log_metric(run_id, "loop_fpr_ratio", ratio)
