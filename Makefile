@@ -45,6 +45,7 @@ bench: env
 	$(VENV)/bin/python benchmarks/serving.py --loadgen both
 	$(VENV)/bin/python benchmarks/stream.py
 	$(VENV)/bin/python benchmarks/stream_detection.py
+	$(VENV)/bin/python benchmarks/monitor.py
 
 clean:
 	rm -rf .gatewise .pytest_cache .mypy_cache .ruff_cache

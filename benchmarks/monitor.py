@@ -3,7 +3,8 @@ the same Evidently ``DataDriftPreset`` run on every row (the baseline, in the sa
 
 Data: the abuse target's client-window features as the batch build computes them, from a
 simulated day (``--clients``), repeated with small seeded noise up to ``--rows`` rows per side;
-the current side has one column shifted (a drift the check must report). Both runs judge the
+the current side has one column shifted by half its standard deviation (a drift the
+check must report). Both runs judge the
 same columns; the sampled run must flag the shifted column, as the full run does.
 
 Usage: .venv/bin/python benchmarks/monitor.py [--rows 1000000] [--max-rows 50000]
@@ -57,7 +58,7 @@ def features(
 
     ref, cur = grow(rows), grow(rows)
     shifted = "request_count_5m" if "request_count_5m" in cols else cols[0]
-    cur[shifted] = cur[shifted] * 1.5 + 1.0
+    cur[shifted] = cur[shifted] + 0.5 * ref[shifted].std()  # half a standard deviation
     return ref, cur, shifted
 
 
