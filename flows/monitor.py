@@ -22,7 +22,9 @@ traffic has its own clock).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -168,6 +170,41 @@ def score_now_task(settings: Settings, target: str, as_of: datetime, windows: An
     ids = sorted(set(windows[key].astype(str)))
     scores, _ = score_entities_at(settings, target, ids, as_of)
     return scores
+
+
+def _retrain(
+    settings: Settings,
+    target: str,
+    config_path: str | None,
+    data_dir: str | None,
+    cooldown_h: float,
+) -> dict[str, Any] | str:
+    """Start a retraining (see ``monitor_flow``); what was done, or why not."""
+    import time as _time
+
+    import mlflow
+
+    log = logging.getLogger("gatewise.monitor")
+    client = mlflow.MlflowClient(settings.mlflow_uri)
+    name = settings.registered_model(target)
+    versions: list[Any] = []
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        versions = list(client.search_model_versions(f"name = '{name}'"))
+    newest = max((int(v.creation_timestamp) for v in versions), default=0) / 1000
+    if newest and _time.time() - newest < cooldown_h * 3600:
+        return f"skipped: {name} has a version from the last {cooldown_h:g} h"
+    try:
+        from prefect.deployments import run_deployment
+
+        fr: Any = run_deployment("train/nightly", parameters={"target": target}, timeout=0)
+        log.info("drift asks for a new model: started deployment train/nightly (%s)", fr.id)
+        return f"started deployment train/nightly, flow run {fr.id}"
+    except Exception as exc:  # no server, or no such deployment: train here
+        log.info("drift asks for a new model: training as a subflow (%s)", type(exc).__name__)
+    from flows.train import train_flow
+
+    t = cast(dict[str, Any], train_flow(target=target, config_path=config_path, data_dir=data_dir))
+    return {k: t.get(k) for k in ("version", "eligible", "holdout_score", "run_id")}
 
 
 def _scored_clients(settings: Settings, start: datetime, end: datetime) -> set[str]:
@@ -331,6 +368,7 @@ def monitor_flow(
     override_minutes: float | None = None,
     adapt_limits: bool | None = None,
     retrain: bool = False,
+    retrain_cooldown_h: float = 6.0,
     config_path: str | None = None,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
@@ -339,7 +377,10 @@ def monitor_flow(
     ``override_minutes``: how long score overrides last (default: the period's length);
     ``adapt_limits``: tier and route limits follow normal traffic (default:
     ``monitoring.policy.adapt_limits``); ``retrain``: when drift asks for a new model, run the
-    ``train`` flow now, as a subflow (``gatewise schedule`` serves it nightly as well)."""
+    ``train`` flow now: the ``train/nightly`` deployment when this runs on a Prefect server
+    that serves it (``gatewise schedule``; not waited for), else as a subflow — unless a model
+    version of the target was registered in the last ``retrain_cooldown_h`` hours (drift
+    persists over several checks; one retraining answers it)."""
     from monitoring.drift import save_report
     from monitoring.record import append_history, champion_run_id, log_to_run, new_check_id
     from telemetry.store import TelemetryStore, as_utc
@@ -393,13 +434,9 @@ def monitor_flow(
         hours,
     )
     if retrain and pol["retrain"]:
-        from flows.train import train_flow
-
-        log.info("drift asks for a new model: running the train flow for %s", target)
-        t = cast(
-            dict[str, Any], train_flow(target=target, config_path=config_path, data_dir=data_dir)
-        )
-        pol["trained"] = {k: t.get(k) for k in ("version", "eligible", "holdout_score", "run_id")}
+        pol["retrain_run"] = _retrain(settings, target, config_path, data_dir, retrain_cooldown_h)
+        if isinstance(pol["retrain_run"], dict):
+            pol["trained"] = pol.pop("retrain_run")
     pol["scored_clients"] = 0 if now_scores is None else int(now_scores["client_id"].nunique())
     findings["policy"] = pol
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -46,8 +46,9 @@ def deployments(settings: Settings, config_path: Path | None, target: str = "abu
         monitor_flow.to_deployment(
             name="every-15-min",
             interval=timedelta(minutes=15),
-            parameters={**common, "target": target},
-            description="drift and bias of the latest traffic → the gated next policy",
+            parameters={**common, "target": target, "retrain": True},
+            description="drift and bias of the latest traffic → the gated next policy; "
+            "drift starts train/nightly (at most every 6 h)",
             tags=["gatewise", "monitor", target],
         ),
         train_flow.to_deployment(

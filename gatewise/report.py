@@ -527,6 +527,8 @@ def print_monitor(console: Any, out: dict[str, Any], target: str) -> None:
         )
     if pol["published"]:
         console.print(f"  published policy v{pol['published']}")
-    if pol["retrain"]:
+    if pol.get("retrain_run"):
+        console.print(f"  retraining: {pol['retrain_run']}")
+    elif pol["retrain"] and not pol.get("trained"):
         console.print("  drift asks for a new model: `gatewise train --target " + target + "`")
     console.print(f"reports: {out['reports']}")

@@ -30,3 +30,32 @@ def test_deployments_register_with_their_schedules(settings, prefect_harness):
     assert got["nightly"].schedules[0].schedule.cron == "0 2 * * *"
     assert got["every-15-min"].parameters["data_dir"] == str(settings.data_dir.resolve())
     assert got["nightly"].parameters["target"] == "abuse"
+
+
+def test_drift_starts_the_served_train_deployment_and_not_again_while_fresh(
+    settings, prefect_harness, tmp_path
+):
+    import mlflow
+    from prefect.client.orchestration import get_client
+
+    from flows.monitor import _retrain
+    from flows.schedule import deployments
+
+    ids = {d.name: d.apply() for d in deployments(settings, None)}
+    out = _retrain(settings, "abuse", None, str(settings.data_dir), 6.0)
+    assert isinstance(out, str) and out.startswith("started deployment train/nightly")
+
+    async def runs():
+        async with get_client() as c:
+            return await c.read_flow_runs()
+
+    mine = [r for r in asyncio.run(runs()) if r.deployment_id == ids["nightly"]]
+    assert len(mine) == 1 and mine[0].parameters["target"] == "abuse"
+    # a version registered minutes ago: drift has had its answer, no second retraining
+    c = mlflow.MlflowClient(settings.mlflow_uri)
+    name = settings.registered_model("abuse")
+    c.create_registered_model(name)
+    c.create_model_version(name, source=str(tmp_path))
+    again = _retrain(settings, "abuse", None, str(settings.data_dir), 6.0)
+    assert isinstance(again, str) and again.startswith("skipped")
+    assert len([r for r in asyncio.run(runs()) if r.deployment_id == ids["nightly"]]) == 1
