@@ -159,10 +159,21 @@ def to_kong(
     deny, throttle = _overrides(policy, now)
     denied = {o.client_id for o in deny}
     throttled = {o.client_id: o.requests_per_minute or 1 for o in throttle}
+    at = time.time() if now is None else now
+    allowed = {cid: a.requests_per_minute for cid, a in policy.allowances.items() if a.active(at)}
     plugins = [limit(*default_limit)]
     kong_consumers: list[dict[str, Any]] = []
-    for cid in dict.fromkeys([*tiers, *denied, *throttled]):
+    for cid in dict.fromkeys([*tiers, *denied, *throttled, *allowed]):
         tl = policy.tiers[tiers[cid]] if cid in tiers else None
+        if cid in allowed:  # decision.py: an allowance raises the client's own limit
+            base = tl or policy.tiers[policy.default_tier]
+            if allowed[cid] > base.requests_per_minute:
+                tl = base.model_copy(
+                    update={
+                        "requests_per_minute": allowed[cid],
+                        "burst": max(base.capacity, allowed[cid]),
+                    }
+                )
         own: dict[str, Any] = {"username": cid, "tags": ["gatewise"]}
         if cid in tiers:
             own["tags"].append(f"tier-{_slug(tiers[cid])}")
@@ -172,7 +183,7 @@ def to_kong(
         elif cid in throttled:  # decision.py: a throttle only ever lowers the tier limit
             rpm = min(throttled[cid], tl.requests_per_minute) if tl else throttled[cid]
             rl = (rpm, min(rpm, tl.capacity) if tl else rpm)
-        elif tl is not None and tiers[cid] != policy.default_tier:
+        elif tl is not None and (cid in allowed or tiers.get(cid) != policy.default_tier):
             rl = (tl.requests_per_minute, tl.capacity)
         if rl is not None:
             own["plugins"] = [limit(*rl)]
@@ -229,6 +240,8 @@ def to_envoy_ratelimit(
         rpm = o.requests_per_minute or 1
         descriptors.append(per_client(rpm, rpm, o.client_id))
     notes = ["ratelimit windows are fixed: tier bursts are not exported; deny is a 429 here"]
+    if policy.allowances:
+        notes.append(f"{len(policy.allowances)} per-client allowances are not exported")
     for name, target in policy.targets.items():
         if target.mode == "off":
             continue
@@ -320,6 +333,8 @@ def to_nginx(
     if dry_run:
         location.append("limit_req_dry_run on;")
     notes = ["model bands are not exported: NGINX has no score"]
+    if policy.allowances:
+        notes.append(f"{len(policy.allowances)} per-client allowances are not exported")
     head = _header(policy, "NGINX http {}", [*deny, *throttle], notes)
     return {
         "http": head + "\n".join(http) + "\n",

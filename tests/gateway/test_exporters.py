@@ -630,3 +630,26 @@ def test_export_dispatches_and_names_the_choices(policy: Policy) -> None:
     assert parts["http"] in text and parts["location"] in text
     with pytest.raises(ValueError, match="kong, envoy, nginx"):
         export(policy, "haproxy")
+
+
+def test_kong_gives_a_client_with_an_allowance_its_own_limit(policy: Policy) -> None:
+    from gateway.policy import Allowance
+
+    later = datetime.now(UTC) + timedelta(days=1)
+    p = policy.model_copy(
+        update={
+            "allowances": {
+                "dana": Allowance(requests_per_minute=900, reason="heavy", expires_at=later),
+                "old": Allowance(
+                    requests_per_minute=900, reason="x", expires_at=later - timedelta(days=3)
+                ),
+            }
+        }
+    )
+    doc = check_kong(to_kong(p, consumers={"dana": "free"}, routes=[("POST", "/v1/orders", "o")]))
+    assert kong_config(doc, "rate-limiting", "dana", "o")["minute"] == 900  # not free's 60
+    assert kong_config(doc, "rate-limiting", "anon", "o")["minute"] == 60
+    assert "old" not in {c["username"] for c in doc["consumers"]}  # expired
+    # Envoy and NGINX say they leave allowances out
+    assert "allowances are not exported" in to_envoy_ratelimit(p)
+    assert "allowances are not exported" in to_nginx(p)["http"]
