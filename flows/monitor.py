@@ -185,7 +185,9 @@ def _retrain(
     import mlflow
 
     log = logging.getLogger("gatewise.monitor")
-    client = mlflow.MlflowClient(settings.mlflow_uri)
+    from models.registry import client as registry_client
+
+    client = registry_client(settings)
     name = settings.registered_model(target)
     versions: list[Any] = []
     with contextlib.suppress(mlflow.exceptions.MlflowException):

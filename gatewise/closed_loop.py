@@ -822,10 +822,9 @@ def _log_to_mlflow(s: Settings, paths: dict[str, Path], out: dict[str, Any]) -> 
     run_id = champion_run_id(s, "abuse")
     if run_id is None:
         return
-    import mlflow
+    from models.registry import client as registry_client
 
-    mlflow.set_tracking_uri(s.mlflow_uri)
-    client = mlflow.MlflowClient()
+    client = registry_client(s)
     for p in paths.values():
         client.log_artifact(run_id, str(p), "closed_loop")
     for key in ("abusive_stopped_share", "legitimate_harmed_share"):
