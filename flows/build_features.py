@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from features.build import BuildReport
-from gatewise.settings import Settings, load_settings
+from gatewise.settings import Settings, settings_for_flow
 
 __all__ = ["FeatureBuildSummary", "build_features_flow", "run_build_features"]
 
@@ -139,10 +139,7 @@ def build_features_flow(
     import time
 
     t0 = time.perf_counter()
-    settings = load_settings(
-        Path(config_path) if config_path else None,
-        **({"data_dir": Path(data_dir)} if data_dir else {}),
-    )
+    settings = settings_for_flow(config_path, data_dir)
     info = check_telemetry(settings)
     report = aggregate(settings, since, until, force)
     names = feast_apply(settings)

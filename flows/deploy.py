@@ -27,7 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from gatewise.settings import Settings, load_settings
+from gatewise.settings import Settings, settings_for_flow
 
 __all__ = ["DeployError", "DeployResult", "deploy", "deploy_flow"]
 
@@ -284,10 +284,7 @@ def deploy_flow(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Move an eligible challenger to champion behind the live service, or undo every step."""
-    settings = load_settings(
-        Path(config_path) if config_path else None,
-        **({"data_dir": Path(data_dir)} if data_dir else {}),
-    )
+    settings = settings_for_flow(config_path, data_dir)
     settings.target(target)
     return asdict(
         deploy(

@@ -32,7 +32,7 @@ from typing import Any, cast
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from gatewise.settings import Settings, load_settings
+from gatewise.settings import Settings, settings_for_flow
 
 __all__ = ["monitor_flow"]
 
@@ -387,10 +387,7 @@ def monitor_flow(
     from monitoring.record import append_history, champion_run_id, log_to_run, new_check_id
     from telemetry.store import TelemetryStore, as_utc
 
-    settings = load_settings(
-        Path(config_path) if config_path else None,
-        **({"data_dir": Path(data_dir)} if data_dir else {}),
-    )
+    settings = settings_for_flow(config_path, data_dir)
     if adapt_limits is not None:
         pol_rules = settings.monitoring.policy.model_copy(update={"adapt_limits": adapt_limits})
         settings = settings.model_copy(

@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from gatewise.settings import Settings, load_settings
+from gatewise.settings import Settings, settings_for_flow
 
 __all__ = ["train_flow"]
 
@@ -73,10 +73,7 @@ def train_flow(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Search, evaluate and register a challenger for ``target``."""
-    settings = load_settings(
-        Path(config_path) if config_path else None,
-        **({"data_dir": Path(data_dir)} if data_dir else {}),
-    )
+    settings = settings_for_flow(config_path, data_dir)
     settings.target(target)  # fail fast on an unknown target
     return automl(settings, target, budget, n_trials, workers, seed)
 

@@ -409,3 +409,12 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     finally:
         _YAML_PATH.reset(token)
+
+
+def settings_for_flow(config_path: str | None, data_dir: str | None) -> Settings:
+    """A flow's settings from its (JSON-friendly) parameters: the config file, if any, and a
+    data dir overriding the config's (flows run in other processes: paths come absolute)."""
+    return load_settings(
+        Path(config_path) if config_path else None,
+        **({"data_dir": Path(data_dir)} if data_dir else {}),
+    )
