@@ -76,6 +76,10 @@ def fresh_traffic(
     from gatewise.settings import DriftKnobs, SkewKnobs
     from telemetry.simulator import simulate
 
+    if not 0 < minutes <= 120:
+        raise ValueError(f"--minutes must be in (0, 120], not {minutes:g}")
+    if max_rps <= 0:
+        raise ValueError(f"--max-rps must be above 0, not {max_rps:g}")
     sim = s.simulator
     # the same clients as the recorded history (same seed), a new day of their traffic
     # (traffic_seed), starting where the history ends
@@ -353,7 +357,7 @@ def outcome(
     st = static.set_index("request_id")["action"]
     df["static"] = df["request_id"].map(st).isin(STOPPED)
     df["phase"] = np.where(df["sim_offset"] >= phase_b_from, "B", "A")
-    res: dict[str, Any] = {"unrecorded": int(df["ratelimit_decision"].isna().sum())}
+    res: dict[str, Any] = {"unrecorded": int((~df["request_id"].isin(rec["request_id"])).sum())}
     for ph in ("A", "B"):
         p = df[df["phase"] == ph]
         for system in ("gatewise", "static"):
@@ -523,7 +527,8 @@ def run_closed_loop(
     release_labels(s, events, rec, f"{run}-B")
     static_policy = initial_policy(s)
     end = datetime.now(UTC) + timedelta(seconds=1)
-    bt = backtest(static_policy, s.telemetry_dir, start=started, end=end)
+    ids = sorted(set(traffic.events["client_id"]))
+    bt = backtest(static_policy, s.telemetry_dir, start=started, end=end, clients=ids)
     static = bt.decisions[bt.decisions["request_id"].str.startswith(f"{run}-")]
     # phase B's offsets were re-based when sent; ``sim_offset`` keeps the recorded ones
     out = outcome(events, sent_all, rec, static, half, s.monitoring.min_group_size)
@@ -531,8 +536,16 @@ def run_closed_loop(
     from gateway.policy import policy_diff
 
     diff = policy_diff(store.get(v_a), store.get(v_b)) if v_b != v_a else []
+    before = store.get(v_a)
+    static_before = (
+        before.tiers == static_policy.tiers
+        and before.routes == static_policy.routes
+        and not before.overrides
+        and not before.allowances
+    )
     result = {
         "day": day_comparison(mon),
+        "before_label": f"v{v_a}" + (": static per-tier limits" if static_before else ""),
         "run": run,
         "at": datetime.now(UTC).isoformat(),
         "minutes_per_phase": minutes,
@@ -565,8 +578,8 @@ def run_closed_loop(
 
 def day_comparison(mon: dict[str, Any]) -> dict[str, Any] | None:
     """The long span, in event time: the monitor's gate replayed the last recorded day under
-    the policy in force before it (static limits: the model had acted on nothing yet) and under
-    what it published; both outcomes, per request."""
+    the policy in force before it (in the demo: the static limits, the model having acted on
+    nothing yet) and under what it published; both outcomes, per request."""
     stages = ((mon or {}).get("policy") or {}).get("stages") or []
     if not stages or not stages[0].get("current"):
         return None
@@ -657,6 +670,11 @@ def print_loop(console: Any, r: dict[str, Any]) -> None:
             rows,
         )
     )
+    if o["unrecorded"] or o["no_response"]:
+        console.print(
+            f"[yellow]{o['unrecorded']} sent request(s) missing from the gateway's telemetry, "
+            f"{o['no_response']} without a response: both count as not stopped above[/]"
+        )
     det = o["detection_median_s"]
     console.print(
         "detection: "
@@ -689,7 +707,8 @@ def print_loop(console: Any, r: dict[str, Any]) -> None:
         b, a = day["before"], day["after"]
         console.print(
             f"the last recorded day, backtest in event time ({b['abusive_requests']:,} abusive, "
-            f"{b['legitimate_requests']:,} legitimate requests): static per-tier stops "
+            f"{b['legitimate_requests']:,} legitimate requests): "
+            f"{r.get('before_label', 'before')} stops "
             f"{_pct(b['abusive_stopped_share'])} of abuse and harms "
             f"{_pct(b['legitimate_harmed_share'], 3)} of legitimate requests; gatewise "
             f"v{r['policy_b']}: {_pct(a['abusive_stopped_share'])} and "
@@ -786,7 +805,12 @@ def save_loop_report(s: Settings, r: dict[str, Any]) -> dict[str, Path]:
     )
     day = r.get("day") or {}
     day_rows = [
-        {"policy": "static per-tier" if k == "before" else f"gatewise v{r['policy_b']}", **v}
+        {
+            "policy": r.get("before_label", "before")
+            if k == "before"
+            else f"gatewise v{r['policy_b']}",
+            **v,
+        }
         for k, v in day.items()
     ]
     mon = r["monitor"] or {}

@@ -337,7 +337,7 @@ def adapt_limits(
 
         lab = LabelStore(labels).read(available_at=before).to_pandas()
         if len(lab):
-            lab = lab[(lab["label"] == 1) & (pd_ts(lab["event_timestamp"]) >= lo)]
+            lab = lab[(lab["label"] == 1) & (_utc(lab["event_timestamp"]) >= lo)]
             excluded |= set(lab["client_id"])
     con.register("excluded", _ids_table(excluded))
     costs = {k: r.cost for k, r in current.routes.items()}
@@ -455,7 +455,7 @@ def adapt_limits(
     return Proposal(policy, changes)
 
 
-def pd_ts(col: Any) -> Any:
+def _utc(col: Any) -> Any:
     import pandas as pd
 
     return pd.to_datetime(col, utc=True)

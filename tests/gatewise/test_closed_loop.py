@@ -40,6 +40,17 @@ def test_fresh_traffic_is_a_new_day_of_the_same_clients(settings):
     assert t.span["abusive_requests"] == int(ev["abusive"].sum())
 
 
+def test_a_span_that_cannot_exist_is_refused_by_name(settings):
+    from gatewise.closed_loop import fresh_traffic
+
+    with pytest.raises(ValueError, match="--minutes"):
+        fresh_traffic(settings, minutes=0)
+    with pytest.raises(ValueError, match="--max-rps"):
+        fresh_traffic(settings, minutes=1, max_rps=0)
+    with pytest.raises(ValueError, match=r"stays under 0\.001 rps"):
+        fresh_traffic(_small(settings), minutes=1, max_rps=0.001)
+
+
 def test_outcome_counts_each_request_once_per_phase_and_system():
     from gatewise.closed_loop import outcome, verdicts
 
@@ -71,6 +82,10 @@ def test_outcome_counts_each_request_once_per_phase_and_system():
     )
     static = pd.DataFrame({"request_id": rid, "action": ["allow"] * 7 + ["throttle"]})
     o = outcome(events, sent, recorded, static, phase_b_from=60, min_group=1)
+    assert o["unrecorded"] == 0 and o["no_response"] == 0
+    # a request the gateway never recorded is counted, and counted as not stopped
+    short = outcome(events, sent, recorded.iloc[:-1], static, phase_b_from=60, min_group=1)
+    assert short["unrecorded"] == 1 and short["B_gatewise"]["legitimate_harmed"] == 0
     a, b, bs = o["A_gatewise"], o["B_gatewise"], o["B_static"]
     assert (a["abusive"], a["abusive_stopped"], a["legitimate_harmed"]) == (2, 0, 0)
     assert (b["abusive_stopped_share"], b["legitimate_harmed_share"]) == (1.0, 0.5)
