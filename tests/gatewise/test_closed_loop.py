@@ -120,6 +120,16 @@ def test_replay_through_the_real_gateway_keeps_ids_statuses_and_rate(settings):
     keys = register_consumers(s, t.consumers)
     up, gw = _free_port(), _free_port()
     live = replay_settings(s, up)
+    # replay fidelity, not breakers (tested in tests/gateway): replayed 5xx runs would open a
+    # service's breaker and the gateway would answer 503 for the upstream
+    g = live.gateway
+    calm = {
+        n: sv.model_copy(
+            update={"breaker": sv.breaker.model_copy(update={"failure_threshold": 10_000})}
+        )
+        for n, sv in g.services.items()
+    }
+    live = live.model_copy(update={"gateway": g.model_copy(update={"services": calm})})
     app = create_app(live)
     started = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=5)
     with (
