@@ -374,6 +374,10 @@ from gatewise import cli_monitor  # noqa: E402
 
 cli_monitor.register(app)
 
+from gatewise import cli_analytics  # noqa: E402
+
+cli_analytics.register(app)
+
 
 def main() -> None:  # pragma: no cover
     app()

@@ -22,9 +22,11 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from analytics.config import AnalyticsSettings
 from gateway.config import GatewaySettings
 from monitoring.policy import MonitoringSettings
 from serving.config import ServingSettings
+from telemetry.simulator.lifecycle import LifecycleSettings
 from telemetry.stream import StreamSettings
 
 __all__ = [
@@ -290,6 +292,8 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
+    history: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
     @field_validator("static_limits_per_minute")
     @classmethod
@@ -336,6 +340,11 @@ class Settings(BaseSettings):
     @property
     def policy_dir(self) -> Path:
         return self.data_dir / "policy"
+
+    @property
+    def history_dir(self) -> Path:
+        """The simulated consumer history (``gatewise history``): a store of its own."""
+        return self.data_dir / "history"
 
     @property
     def gateway_consumers_path(self) -> Path:

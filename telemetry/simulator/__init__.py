@@ -7,11 +7,13 @@ labels table and the consumers table as Arrow tables.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from gatewise.settings import SimulatorSettings
+if TYPE_CHECKING:
+    from gatewise.settings import SimulatorSettings
 
 __all__ = ["SimulationResult", "simulate"]
 

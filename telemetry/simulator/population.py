@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gatewise.settings import SimulatorSettings
 from telemetry.simulator.surface import (
     DEVICE_TYPES,
     REGION_NAMES,
@@ -14,6 +14,9 @@ from telemetry.simulator.surface import (
     USER_AGENTS,
     region_blocks,
 )
+
+if TYPE_CHECKING:
+    from gatewise.settings import SimulatorSettings
 
 __all__ = ["ABUSE_SCENARIOS", "LEGIT_ROLES", "Population", "make_population"]
 

@@ -11,12 +11,12 @@ are assembled in Arrow, so there is no Python loop per event.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gatewise.settings import SimulatorSettings
 from telemetry.simulator.population import ROLE, UA_STRINGS, Population
 from telemetry.simulator.surface import (
     DEVICE_TYPES,
@@ -28,6 +28,9 @@ from telemetry.simulator.surface import (
     region_blocks,
     route_id,
 )
+
+if TYPE_CHECKING:
+    from gatewise.settings import SimulatorSettings
 
 __all__ = ["MODES", "Episodes", "expand_events", "plan_episodes"]
 
