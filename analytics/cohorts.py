@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analytics.config import FunnelStep
-from analytics.source import Filters, Source
+from analytics.source import Filters, Source, bucket_sql
 
 __all__ = [
     "MILESTONES",
@@ -43,8 +43,8 @@ def consumers(src: Source, f: Filters, churn_after_days: int = 14) -> pd.DataFra
     df = src.df(
         f""", c AS (SELECT client_id, min(timestamp) AS first_seen, max(timestamp) AS last_seen,
                arg_min(tier, timestamp) AS first_tier, arg_max(tier, timestamp) AS tier,
-               arg_min(region, timestamp) AS region, arg_min(device_type, timestamp) AS device_type,
-               count(*) AS requests, count(DISTINCT date_trunc('day', timestamp)) AS active_days,
+               any_value(region) AS region, any_value(device_type) AS device_type,
+               count(*) AS requests, count(DISTINCT epoch_us(timestamp) // 86400000000) AS active_days,
                avg((http_response_status_code >= 500)::DOUBLE) AS rate_5xx,
                avg(({_REFUSED})::DOUBLE) AS refused_share,
                min(timestamp) FILTER (WHERE {_REFUSED}) AS first_refused
@@ -70,7 +70,7 @@ def consumers(src: Source, f: Filters, churn_after_days: int = 14) -> pd.DataFra
 
 def _weekly_activity(src: Source, f: Filters) -> pd.DataFrame:
     return src.df(
-        """SELECT DISTINCT client_id, date_trunc('week', timestamp) AS week FROM ev""",
+        f"""SELECT DISTINCT client_id, {bucket_sql("week")} AS week FROM ev""",
         f.with_(start=None, end=None),
         time=False,
     )
@@ -104,13 +104,20 @@ def retention(
     elapsed = (end - people["first_week"]).dt.total_seconds() // (7 * 86400)
     people = people.assign(max_k=elapsed.astype(int) - 1)
     max_k = max(int(people["max_k"].max()), 0)
+    # count a consumer only in the weeks it can be observed in: activity in its partial
+    # last week would otherwise push retention (and the milestones) above 100 %
+    act = act.merge(people[["client_id", "max_k"]], on="client_id")
+    act = act[act["k"] <= act["max_k"]]
     active = act.groupby([by, "k"])["client_id"].nunique().unstack(fill_value=0)
-    active = active.reindex(columns=range(max_k + 1), fill_value=0)
+    active = active.reindex(
+        index=sorted(people[by].unique()), columns=range(max_k + 1), fill_value=0
+    )
     eligible = pd.DataFrame(
         {k: people[people["max_k"] >= k].groupby(by).size() for k in range(max_k + 1)}
     ).reindex(active.index)
     table = (active / eligible).where(eligible > 0)
     sizes = people.groupby(by).size()
+    labels = {i: str(i.date()) if hasattr(i, "date") else str(i) for i in table.index}
     milestones: dict[str, dict[str, float | None]] = {}
     for name, k in MILESTONES.items():
         if k > max_k:
@@ -119,9 +126,9 @@ def retention(
         col = table[k]
         elig = eligible[k]
         overall = float(active[k].sum() / elig.sum()) if elig.sum() else None
-        milestones[name] = {"all": overall, **{str(i): _num(v) for i, v in col.items()}}
-    table.index = [str(i.date()) if hasattr(i, "date") else str(i) for i in table.index]
-    sizes.index = table.index
+        milestones[name] = {"all": overall, **{labels[i]: _num(v) for i, v in col.items()}}
+    table.index = [labels[i] for i in table.index]
+    sizes.index = [labels[i] for i in sizes.index]
     return {"table": table, "sizes": sizes, "milestones": milestones, "by": by}
 
 

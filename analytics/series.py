@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.source import Filters, Source
+from analytics.source import Filters, Source, bucket_sql
 from analytics.usage import _dim
 
 __all__ = ["anomalies", "fit_forecast", "forecast", "robust_baseline"]
@@ -75,7 +75,7 @@ def forecast(
     daily = src.df(
         f""", top_keys AS (SELECT {key} AS k FROM ev GROUP BY 1 ORDER BY count(*) DESC
                             LIMIT {int(top)})
-        SELECT {key} AS key, date_trunc('day', timestamp) AS day, count(*) AS requests
+        SELECT {key} AS key, {bucket_sql("day")} AS day, count(*) AS requests
         FROM ev WHERE {key} IN (SELECT k FROM top_keys) GROUP BY 1, 2 ORDER BY 1, 2""",
         f,
     )
@@ -144,7 +144,7 @@ def anomalies(
     hourly = src.df(
         f""", top_keys AS (SELECT {key} AS k FROM ev GROUP BY 1 ORDER BY count(*) DESC
                             LIMIT {int(top)})
-        SELECT {key} AS key, date_trunc('hour', timestamp) AS hour, count(*) AS requests,
+        SELECT {key} AS key, {bucket_sql("hour")} AS hour, count(*) AS requests,
                avg((http_response_status_code >= 500)::DOUBLE) AS error_rate,
                quantile_cont(duration_ms, 0.95) AS p95_ms
         FROM ev WHERE {key} IN (SELECT k FROM top_keys) GROUP BY 1, 2 ORDER BY 1, 2""",

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -176,46 +176,53 @@ def policy_cohort(
     outcome_days: int = 14,
     pre_days: int = 28,
 ) -> pd.DataFrame:
-    """One row per consumer active in the 14 days before ``change_at``: behaviour in the
-    ``pre_days`` before it (covariates), whether it was refused (throttled/blocked/
-    challenged) in the ``treatment_days`` after it (treated), and whether it was active
-    in the outcome window (retained)."""
+    """One row per consumer active in the 14 days before ``change_at`` and again in the
+    week after the treatment window (a landmark: nobody is a control merely for having
+    left before a throttle could reach it): behaviour in the ``pre_days`` before the
+    change (covariates), whether it was refused (throttled/blocked/challenged) in the
+    ``treatment_days`` after it (treated), and whether it was active in the outcome
+    window (retained). Windows are whole UTC days from the day of the change."""
     p = pd.Timestamp(change_at)
-    args = [
-        p - timedelta(days=pre_days),
-        p,
-        p - timedelta(days=14),
-        p + timedelta(days=treatment_days),
-        p + timedelta(days=2 * treatment_days),
-        p + timedelta(days=outcome_after_days),
-        p + timedelta(days=outcome_after_days + outcome_days),
-    ]
+    p_day = int(p.value // 86_400_000_000_000)  # windows are whole UTC days from the change's
+    pre0, e0, t1, t2 = (
+        p_day - pre_days,
+        p_day - 14,
+        p_day + treatment_days,
+        p_day + 2 * treatment_days,
+    )
+    o0, o1 = p_day + outcome_after_days, p_day + outcome_after_days + outcome_days
+    pre = f"day >= {pre0} AND day < {p_day}"
+    # consumer-days first (one row per client and active day), then one row per client
     return src.df(
-        f""", w AS (SELECT ?::TIMESTAMPTZ AS pre0, ?::TIMESTAMPTZ AS p, ?::TIMESTAMPTZ AS e0,
-                    ?::TIMESTAMPTZ AS t1, ?::TIMESTAMPTZ AS t2, ?::TIMESTAMPTZ AS o0,
-                    ?::TIMESTAMPTZ AS o1)
-        SELECT client_id,
-          count_if(timestamp >= w.pre0 AND timestamp < w.p) AS pre_requests,
-          count(DISTINCT date_trunc('day', timestamp))
-              FILTER (WHERE timestamp >= w.pre0 AND timestamp < w.p) AS pre_active_days,
-          avg((http_response_status_code BETWEEN 400 AND 499)::DOUBLE)
-              FILTER (WHERE timestamp >= w.pre0 AND timestamp < w.p) AS pre_rate_4xx,
-          avg((http_response_status_code >= 500)::DOUBLE)
-              FILTER (WHERE timestamp >= w.pre0 AND timestamp < w.p) AS pre_rate_5xx,
-          epoch(any_value(w.p) - min(timestamp)) / 86400.0 AS tenure_days,
-          arg_max(tier, timestamp) FILTER (WHERE timestamp < w.p) AS tier,
-          arg_min(region, timestamp) AS region, arg_min(device_type, timestamp) AS device_type,
-          count(DISTINCT date_trunc('day', timestamp))
-              FILTER (WHERE timestamp >= w.p AND timestamp < w.t1) AS window_active_days,
-          count_if(timestamp >= w.p AND timestamp < w.t1 AND {_REFUSED}) > 0 AS treated,
-          count_if(timestamp >= w.o0 AND timestamp < w.o1) > 0 AS retained
-        FROM ev, w GROUP BY client_id
-        HAVING count_if(timestamp >= w.e0 AND timestamp < w.p) > 0
-           AND count_if(timestamp >= w.t1 AND timestamp < w.t2) > 0
-        ORDER BY client_id""",
+        f""", f AS (SELECT client_id, min(timestamp) AS first_seen FROM ev GROUP BY 1)
+        , d AS (SELECT client_id, epoch_us(timestamp) // 86400000000 AS day, count(*) AS n,
+                   count_if(http_response_status_code BETWEEN 400 AND 499) AS n4,
+                   count_if(http_response_status_code >= 500) AS n5,
+                   count_if({_REFUSED}) AS nr, arg_max(tier, timestamp) AS tier,
+                   any_value(region) AS region, any_value(device_type) AS device_type
+                FROM ev WHERE timestamp >= ? AND timestamp < ? GROUP BY 1, 2)
+        , a AS (SELECT client_id,
+          sum(n) FILTER (WHERE {pre}) AS pre_requests,
+          count(*) FILTER (WHERE {pre}) AS pre_active_days,
+          sum(n4) FILTER (WHERE {pre}) / sum(n) FILTER (WHERE {pre}) AS pre_rate_4xx,
+          sum(n5) FILTER (WHERE {pre}) / sum(n) FILTER (WHERE {pre}) AS pre_rate_5xx,
+          arg_max(tier, day) FILTER (WHERE day < {p_day}) AS tier,
+          any_value(region) AS region, any_value(device_type) AS device_type,
+          count(*) FILTER (WHERE day >= {p_day} AND day < {t1}) AS window_active_days,
+          coalesce(sum(nr) FILTER (WHERE day >= {p_day} AND day < {t1}), 0) > 0 AS treated,
+          count(*) FILTER (WHERE day >= {o0} AND day < {o1}) > 0 AS retained
+        FROM d GROUP BY client_id
+        HAVING count(*) FILTER (WHERE day >= {e0} AND day < {p_day}) > 0
+           AND count(*) FILTER (WHERE day >= {t1} AND day < {t2}) > 0)
+        SELECT a.*, epoch(?::TIMESTAMPTZ - f.first_seen) / 86400.0 AS tenure_days
+        FROM a JOIN f USING (client_id) ORDER BY client_id""",
         Filters(),
         time=False,
-        params=args,
+        params=[
+            pd.Timestamp(pre0 * 86_400_000_000, unit="us", tz="UTC"),
+            pd.Timestamp(o1 * 86_400_000_000, unit="us", tz="UTC"),
+            p,
+        ],
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analytics.config import CostModel, SloSettings, TierPrice
-from analytics.source import Filters, Source, bucket_sql
+from analytics.source import GRANULARITIES, Filters, Source, bucket_sql
 
 __all__ = [
     "DIMENSIONS",
@@ -101,9 +101,7 @@ def traffic(
     f = src.resolve(f)
     gran = auto_granularity(f) if granularity == "auto" else granularity
     bucket = bucket_sql(gran)
-    seconds = pd.Timedelta(
-        {"minute": "1min", "5min": "5min", "hour": "1h", "day": "1D", "week": "7D"}[gran]
-    ).total_seconds()
+    seconds = GRANULARITIES[gran] / 1e6
     key_sel = key_group = ""
     top_cte = ""
     if by:
@@ -121,9 +119,9 @@ def traffic(
     query = f"""{top_cte}
         , b AS (SELECT {bucket} AS bucket, {key_sel}
                count(*) AS requests,
-               count_if(http_response_status_code BETWEEN 400 AND 499) AS errors_4xx,
-               count_if(http_response_status_code >= 500) AS errors_5xx,
-               count_if(ratelimit_decision IN ('throttle', 'block', 'challenge')) AS refused,
+               count_if(http_response_status_code BETWEEN 400 AND 499)::BIGINT AS errors_4xx,
+               count_if(http_response_status_code >= 500)::BIGINT AS errors_5xx,
+               count_if(ratelimit_decision IN ('throttle', 'block', 'challenge'))::BIGINT AS refused,
                quantile_cont(duration_ms, [0.5, 0.95, 0.99]) AS q
              FROM ev GROUP BY ALL)
         SELECT *, requests / {seconds} AS rps FROM b ORDER BY bucket{key_group}"""
@@ -178,12 +176,12 @@ def slo(src: Source, f: Filters, settings: SloSettings) -> pd.DataFrame:
                any_value(latency_ms) AS latency_ms,
                any_value(latency_objective) AS latency_objective,
                count(*) AS requests,
-               count_if(http_response_status_code >= 500) AS bad,
-               count_if(duration_ms > latency_ms) AS slow,
-               count_if(timestamp >= w.h1) AS requests_1h,
-               count_if(timestamp >= w.h1 AND http_response_status_code >= 500) AS bad_1h,
-               count_if(timestamp >= w.h6) AS requests_6h,
-               count_if(timestamp >= w.h6 AND http_response_status_code >= 500) AS bad_6h,
+               count_if(http_response_status_code >= 500)::BIGINT AS bad,
+               count_if(duration_ms > latency_ms)::BIGINT AS slow,
+               count_if(timestamp >= w.h1)::BIGINT AS requests_1h,
+               count_if(timestamp >= w.h1 AND http_response_status_code >= 500)::BIGINT AS bad_1h,
+               count_if(timestamp >= w.h6)::BIGINT AS requests_6h,
+               count_if(timestamp >= w.h6 AND http_response_status_code >= 500)::BIGINT AS bad_6h,
                quantile_cont(duration_ms, 0.95) AS p95_ms
         FROM ev JOIN t USING (http_route), w GROUP BY ev.http_route ORDER BY requests DESC""",
         f,
@@ -213,11 +211,15 @@ def slo(src: Source, f: Filters, settings: SloSettings) -> pd.DataFrame:
 
 def top_consumers(src: Source, f: Filters, n: int = 20) -> pd.DataFrame:
     """The ``n`` consumers with most requests, with their attributes and experience."""
+    # two passes: the cheap count finds the top clients, the measures touch only their rows
     df = src.df(
-        f"""SELECT client_id, arg_max(tier, timestamp) AS tier, arg_max(region, timestamp) AS region,
+        f""", top AS (SELECT client_id FROM ev GROUP BY 1 ORDER BY count(*) DESC, client_id
+                     LIMIT {int(n)})
+        SELECT client_id, arg_max(tier, timestamp) AS tier, arg_max(region, timestamp) AS region,
                arg_max(device_type, timestamp) AS device_type, {_MEASURES},
                count(DISTINCT http_route) AS routes, min(timestamp) AS first, max(timestamp) AS last
-            FROM ev GROUP BY client_id ORDER BY requests DESC LIMIT {int(n)}""",
+        FROM ev WHERE client_id IN (SELECT client_id FROM top)
+        GROUP BY client_id ORDER BY requests DESC, client_id""",
         f,
     )
     df = _unpack_q(df)

@@ -435,6 +435,12 @@ def demo(console: Console, s: Settings, config: Path | None = None) -> None:
     from gatewise.closed_loop import run_closed_loop
 
     loop = run_closed_loop(console, s, config, minutes=1.5)
+    console.rule(
+        "[bold]analytics[/]: which routes break SLO, which consumers we lost, was it our policy?"
+    )
+    from gatewise.demo_analytics import analytics_demo
+
+    analytics_demo(console, s)
     console.rule("done")
     console.print(
         f"data under {s.data_dir}/ ; try `.venv/bin/gatewise telemetry summary` or `.venv/bin/gatewise ingest --help`"

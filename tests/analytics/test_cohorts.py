@@ -198,3 +198,15 @@ def test_smd_by_hand() -> None:
     t = pd.DataFrame({"x": [1.0, 2.0, 3.0]})
     c = pd.DataFrame({"x": [2.0, 3.0, 4.0]})
     assert smd(t, c)["x"] == pytest.approx(-1.0)  # means 2 vs 3, both sd 1
+
+
+def test_retention_by_attribute_never_above_one(cohort_src) -> None:
+    from analytics.cohorts import retention
+
+    # mixed first weeks in one group: only weeks each consumer can be seen in count
+    r = retention(cohort_src, Filters(), by="first_tier")
+    t = r["table"]
+    assert (t.fillna(0) <= 1).all().all()
+    # free: a, b (weeks 0-3 observable) and d (weeks 0-2): week 1 = a and d of 3
+    assert t.loc["free", 1] == pytest.approx(2 / 3)
+    assert t.loc["free", 3] == pytest.approx(1 / 2)  # only a and b reach week 3; a is active
