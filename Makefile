@@ -46,6 +46,7 @@ bench: env
 	$(VENV)/bin/python benchmarks/stream.py
 	$(VENV)/bin/python benchmarks/stream_detection.py
 	$(VENV)/bin/python benchmarks/monitor.py
+	$(VENV)/bin/python benchmarks/analytics.py
 
 clean:
 	rm -rf .gatewise .pytest_cache .mypy_cache .ruff_cache

@@ -526,8 +526,16 @@ def history(
     from telemetry.simulator.lifecycle import write_lifecycle
 
     s = _settings(config)
+    from pydantic import ValidationError
+
+    from telemetry.simulator.lifecycle import LifecycleSettings
+
     upd = {k: v for k, v in {"consumers": consumers, "weeks": weeks, "seed": seed}.items() if v}
-    cfg = s.history.model_copy(update=upd)
+    try:
+        cfg = LifecycleSettings.model_validate({**s.history.model_dump(), **upd})
+    except ValidationError as exc:
+        _fail("; ".join(f"history: {e['msg']}" for e in exc.errors()))
+        return
     with _console().status("simulating consumer history ..."):
         res = write_lifecycle(cfg, s.history_dir)
     t = res.truth
