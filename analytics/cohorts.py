@@ -23,6 +23,7 @@ __all__ = [
     "MILESTONES",
     "consumers",
     "cox",
+    "exposure_hazard",
     "funnel",
     "kaplan_meier",
     "retention",
@@ -263,3 +264,49 @@ def funnel(src: Source, f: Filters, steps: list[FunnelStep]) -> pd.DataFrame:
     df["from_previous"] = df["consumers"] / df["consumers"].shift(1)
     df["from_first"] = df["consumers"] / first if first else np.nan
     return df
+
+
+def exposure_hazard(
+    people: pd.DataFrame,
+    exposure: str = "first_refused",
+    covariates: list[str] | None = None,
+    penalizer: float = 0.01,
+) -> dict[str, Any]:
+    """Churn hazard ratio after a time-varying exposure (default: a consumer's first
+    refused request), adjusted for attributes: Cox regression on (start, stop]
+    intervals (lifelines' CoxTimeVaryingFitter). Each consumer is unexposed from its
+    first request to the exposure and exposed afterwards, so consumers who left before
+    any policy could reach them are not counted as "never throttled" survivors."""
+    from lifelines import CoxTimeVaryingFitter
+
+    covariates = covariates or ["first_tier", "region", "device_type", "requests_per_active_day"]
+    x = cox_frame(people, covariates)
+    dur = x.pop("duration_days").to_numpy()
+    event = x.pop("churned").to_numpy()
+    at = ((people[exposure] - people["first_seen"]).dt.total_seconds() / 86400).to_numpy()
+    exposed = ~np.isnan(at) & (at < dur)
+    at = np.where(exposed, np.maximum(at, 1e-3), np.nan)
+    x["id"] = np.arange(len(x))
+    before = x.assign(
+        start=0.0, stop=np.where(exposed, at, dur), event=np.where(exposed, 0, event), exposed=0.0
+    )
+    after = x[exposed].assign(
+        start=at[exposed], stop=dur[exposed], event=event[exposed], exposed=1.0
+    )
+    long = pd.concat([before, after], ignore_index=True)
+    if after.empty:
+        raise ValueError(f"no consumer has {exposure!r} before its last request")
+    fit = CoxTimeVaryingFitter(penalizer=penalizer).fit(
+        long, id_col="id", start_col="start", stop_col="stop", event_col="event"
+    )
+    row = fit.summary.loc["exposed"]
+    return {
+        "hazard_ratio": float(row["exp(coef)"]),
+        "lower_95": float(row["exp(coef) lower 95%"]),
+        "upper_95": float(row["exp(coef) upper 95%"]),
+        "p_value": float(row["p"]),
+        "exposed": int(exposed.sum()),
+        "n": len(people),
+        "events": int(event.sum()),
+        "table": fit.summary.reset_index(),
+    }

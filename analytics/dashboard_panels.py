@@ -322,6 +322,17 @@ def _policy_effect(c: PanelContext) -> Panel:
     balance = res.pop("balance")
     meta.update(res)
     meta["sentence"] = _effect_sentence(policy, at, res)
+    try:  # the same question over every consumer's whole life: a time-varying Cox model
+        hz = cohorts.exposure_hazard(c.people())
+        hz.pop("table")
+        meta["throttle_hazard"] = hz
+        meta["sentence"] += (
+            f" Over all consumers, the churn hazard after a first refusal is "
+            f"x{hz['hazard_ratio']:.2f} (95 % CI {hz['lower_95']:.2f} to {hz['upper_95']:.2f}; "
+            f"time-varying Cox, {hz['exposed']:,} exposed)."
+        )
+    except (ValueError, ArithmeticError, KeyError) as exc:
+        meta["throttle_hazard"] = {"error": str(exc)}
     return balance, meta
 
 

@@ -88,6 +88,13 @@ def answers(src: Source, cfg: AnalyticsSettings, f: Filters) -> dict[str, Any]:
         if len(lost)
         else [],
     }
+    try:
+        hz = cohorts.exposure_hazard(people) if len(people) else None
+    except (ValueError, ArithmeticError) as exc:  # nobody refused, or a fit that fails
+        hz = {"error": str(exc)}
+    if hz is not None:
+        hz.pop("table", None)
+    out["throttle_hazard"] = hz
     change = default_policy_change(src)
     if change is None:
         out["policy_effect"] = {"error": "fewer than two policy versions in the telemetry"}
@@ -214,6 +221,13 @@ def write_report(
         if "att" in pe
         else pe.get("error", "")
     )
+    hz = ans.get("throttle_hazard") or {}
+    if "hazard_ratio" in hz:
+        q3 += (
+            f". Over all consumers, churn hazard after a first refusal x{hz['hazard_ratio']:.2f} "
+            f"(95% CI {hz['lower_95']:.2f} to {hz['upper_95']:.2f}; time-varying Cox, "
+            f"{hz['exposed']:,} exposed)"
+        )
     qa = (
         "<h2>The three questions</h2><ol>"
         f"<li><b>Which routes are breaking SLO?</b> {html.escape(q1)}</li>"

@@ -93,8 +93,12 @@ def _show(df: pd.DataFrame, title: str, as_json: bool, limit: int = 60) -> None:
     from rich.table import Table
 
     t = Table(title=title)
-    for c in df.columns:
-        t.add_column(str(c), justify="right" if df[c].dtype.kind in "iuf" else "left")
+    for i, c in enumerate(df.columns):
+        t.add_column(
+            str(c),
+            justify="right" if df[c].dtype.kind in "iuf" else "left",
+            no_wrap=i == 0,  # the row's key stays readable when the table is wide
+        )
     for row in df.head(limit).itertuples(index=False):
         cells = []
         for v in row:

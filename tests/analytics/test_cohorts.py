@@ -210,3 +210,33 @@ def test_retention_by_attribute_never_above_one(cohort_src) -> None:
     # free: a, b (weeks 0-3 observable) and d (weeks 0-2): week 1 = a and d of 3
     assert t.loc["free", 1] == pytest.approx(2 / 3)
     assert t.loc["free", 3] == pytest.approx(1 / 2)  # only a and b reach week 3; a is active
+
+
+def test_exposure_hazard_splits_each_consumer_at_its_exposure() -> None:
+    from lifelines import CoxTimeVaryingFitter
+
+    from analytics.cohorts import exposure_hazard
+
+    people = _people(400, seed=9)
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    rng = np.random.default_rng(2)
+    people["first_seen"] = t0
+    at = rng.uniform(0, 60, len(people))
+    at[rng.random(len(people)) < 0.5] = np.nan
+    people["first_refused"] = t0 + pd.to_timedelta(at, unit="D")
+    res = exposure_hazard(people, covariates=["first_tier"], penalizer=0.0)
+    # the same intervals built by hand
+    rows = []
+    for i, r in enumerate(people.itertuples()):
+        base = {"id": i, "pro": float(r.first_tier == "pro"), "free": float(r.first_tier == "free")}
+        a = at[i]
+        if np.isnan(a) or a >= r.duration_days:
+            rows.append({**base, "start": 0, "stop": r.duration_days, "e": int(r.churned), "x": 0})
+        else:
+            rows.append({**base, "start": 0, "stop": a, "e": 0, "x": 0})
+            rows.append({**base, "start": a, "stop": r.duration_days, "e": int(r.churned), "x": 1})
+    ref = CoxTimeVaryingFitter().fit(
+        pd.DataFrame(rows), id_col="id", start_col="start", stop_col="stop", event_col="e"
+    )
+    assert res["hazard_ratio"] == pytest.approx(float(ref.summary.loc["x", "exp(coef)"]), rel=1e-4)
+    assert res["exposed"] == int(((~np.isnan(at)) & (at < people["duration_days"])).sum())

@@ -110,3 +110,12 @@ def test_weekly_report_logged_to_mlflow(history, settings, tmp_path: Path) -> No
     assert run.data.metrics["consumers_lost"] == summary["answers"]["lost"]
     arts = {a.path for a in client(settings).list_artifacts(run_id, "report")}
     assert "report/review.html" in arts and "report/answers.json" in arts
+
+
+def test_throttle_hazard_ratio_recovers_the_planted_one(history) -> None:
+    from analytics.cohorts import consumers, exposure_hazard
+
+    src, truth, _ = history
+    res = exposure_hazard(consumers(src, Filters()))
+    assert res["lower_95"] < truth["throttle_hazard_ratio"] < res["upper_95"]
+    assert res["lower_95"] > 1.2  # clearly harmful
