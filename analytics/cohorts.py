@@ -294,8 +294,11 @@ def exposure_hazard(
         start=at[exposed], stop=dur[exposed], event=event[exposed], exposed=1.0
     )
     long = pd.concat([before, after], ignore_index=True)
-    if after.empty:
-        raise ValueError(f"no consumer has {exposure!r} before its last request")
+    if len(after) < 5 or event.sum() < 5:
+        raise ValueError(
+            f"too little to fit: {len(after)} consumer(s) exposed ({exposure}) before their "
+            f"last request, {int(event.sum())} churned"
+        )
     fit = CoxTimeVaryingFitter(penalizer=penalizer).fit(
         long, id_col="id", start_col="start", stop_col="stop", event_col="event"
     )

@@ -102,6 +102,11 @@ def answers(src: Source, cfg: AnalyticsSettings, f: Filters) -> dict[str, Any]:
     version, at = change
     try:
         frame = stats.policy_cohort(src, at)
+        if frame.empty:
+            raise ValueError(
+                "no consumer is in the data both in the 14 days before the change and "
+                "7-14 days after it (the analysis also needs 56 days after it)"
+            )
         psm = stats.propensity_match(frame)
     except ValueError as exc:
         out["policy_effect"] = {"policy_version": version, "at": str(at), "error": str(exc)}

@@ -46,6 +46,14 @@ def _answers_table(title: str, ans: dict[str, Any], churn_days: int) -> Table:
         if "att" in pe
         else f"not measurable here: {pe.get('error', '')}",
     )
+    hz = ans.get("throttle_hazard") or {}
+    if "hazard_ratio" in hz:
+        t.add_row(
+            "... over every consumer's life",
+            f"churn hazard after a first refusal x{hz['hazard_ratio']:.2f} (95% CI "
+            f"{hz['lower_95']:.2f} to {hz['upper_95']:.2f}, p={hz['p_value']:.2g}; time-varying "
+            f"Cox adjusted for tier, region, device, volume; {hz['exposed']:,} consumers refused)",
+        )
     return t
 
 
@@ -70,7 +78,7 @@ def analytics_demo(console: Console, s: Settings) -> dict[str, Any]:
             f"-> {s.history_dir} (planted: {res.truth['slo_breach_route']} slow in the last week, "
             f"a stricter free-tier policy from {res.truth['policy_start'][:10]} that doubles "
             f"the churn hazard of those it throttles: true effect on retention "
-            f"{res.truth['psm_truth']['att']:+.3f})"
+            f"{res.truth['psm_truth']['att']:+.3f}; .gatewise/history/truth.json)"
         )
     out: dict[str, Any] = {}
     for name, roots, period in (
