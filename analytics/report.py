@@ -32,7 +32,8 @@ def period_filters(src: Source, period: str, until: Any = None) -> Filters:
         _, last = src.span()
         if last is None:
             return Filters()
-        until = last + timedelta(microseconds=1)
+        # just after the newest event, rounded up to the hour: a readable review window
+        until = pd.Timestamp(last + timedelta(microseconds=1)).ceil("h").to_pydatetime()
     end = Filters(end=until).end
     assert end is not None
     return Filters(start=end - span, end=end)

@@ -106,6 +106,38 @@ def forecast(
     return pd.DataFrame(out)
 
 
+def _z_scores(
+    metric: str, x: np.ndarray, med: np.ndarray, mad: np.ndarray, n: np.ndarray
+) -> np.ndarray:
+    """How unusual each point is, as the smaller of two z-scores: the robust one (distance
+    from the seasonal median in MADs, at least 5 % of the median) and the sampling one
+    (exact Poisson tails of the count, or of the error count given the hour's requests
+    and the usual rate), so neither a small route's noise nor a noisy baseline flags."""
+    from scipy.stats import norm, poisson
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.maximum(1.4826 * mad, np.maximum(0.05 * np.abs(med), 1e-9))
+        z_rob = (x - med) / spread
+        if metric == "requests":
+            lam = np.maximum(np.nan_to_num(med), 0.5)
+            up = norm.isf(np.clip(poisson.sf(x - 1, lam), 1e-300, 1.0))
+            down = -norm.isf(np.clip(poisson.cdf(x, lam), 1e-300, 1.0))
+            z_pois = np.where(x >= lam, np.maximum(up, 0), np.minimum(down, 0))
+        elif metric == "error_rate":
+            usual = np.nansum(x * n) / max(np.nansum(np.where(np.isnan(x), 0, n)), 1)
+            rate = np.maximum(np.nan_to_num(med), max(usual, 1e-4))
+            k = np.round(np.nan_to_num(x) * n)
+            lam = rate * np.maximum(n, 1)
+            up = norm.isf(np.clip(poisson.sf(k - 1, lam), 1e-300, 1.0))
+            z_pois = np.where(k > lam, np.maximum(up, 0), 0.0)  # fewer errors: no alarm
+        else:
+            # an hour's p95 over a few dozen requests is noisy: judge only hours with 20+
+            # requests, and only moves of more than a quarter of the baseline per z unit
+            z_lat = (x - med) / np.maximum(1.4826 * mad, 0.25 * np.abs(med))
+            return np.where(n >= 20, z_lat, 0.0)
+    return np.where(np.abs(z_rob) < np.abs(z_pois), z_rob, z_pois)
+
+
 def robust_baseline(values: np.ndarray, period: int, lags: int) -> tuple[np.ndarray, np.ndarray]:
     """Median and MAD of each point's seasonal predecessors (``lags`` points at
     ``period`` steps back); NaN where fewer than 3 predecessors exist."""
@@ -134,12 +166,19 @@ def anomalies(
     top: int = 10,
     every: bool = False,
 ) -> pd.DataFrame:
-    """Hourly points of ``metric`` (requests | error_rate | p95_ms) per key whose robust
-    z-score against the seasonal baseline exceeds ``threshold``; ``every=True`` returns
-    every point with its baseline (for plots)."""
+    """Hourly points of ``metric`` (requests | error_rate | p95_ms) per key in the range
+    whose robust z-score against the seasonal baseline (built from up to four weeks
+    before each point, also before the range) exceeds ``threshold``; ``every=True``
+    returns every point of the range with its baseline (for plots)."""
     if metric not in ("requests", "error_rate", "p95_ms"):
         raise ValueError(f"metric {metric!r}: expected requests, error_rate or p95_ms")
     f = src.resolve(f)
+    if f.start is None or f.end is None:  # an empty store
+        return pd.DataFrame(columns=["key", "hour", "value", "baseline", "mad", "z", "anomaly"])
+    # the baseline looks back before the range: four weeks when the data has them
+    first, _ = src.span(f.with_(start=None, end=None))
+    look = max(f.start - pd.Timedelta(days=28), first or f.start)
+    wide = f.with_(start=pd.Timestamp(look).floor("h").to_pydatetime())
     key = f"CAST({_dim(by)} AS VARCHAR)" if by else "'all'"
     hourly = src.df(
         f""", top_keys AS (SELECT {key} AS k FROM ev GROUP BY 1 ORDER BY count(*) DESC
@@ -148,31 +187,35 @@ def anomalies(
                avg((http_response_status_code >= 500)::DOUBLE) AS error_rate,
                quantile_cont(duration_ms, 0.95) AS p95_ms
         FROM ev WHERE {key} IN (SELECT k FROM top_keys) GROUP BY 1, 2 ORDER BY 1, 2""",
-        f,
+        wide,
     )
     cols = ["key", "hour", "value", "baseline", "mad", "z", "anomaly"]
     if hourly.empty:
         return pd.DataFrame(columns=cols)
-    start = pd.Timestamp(f.start).floor("h") if f.start else hourly["hour"].min()
-    end = pd.Timestamp(f.end) - pd.Timedelta(microseconds=1) if f.end else hourly["hour"].max()
-    grid = pd.date_range(start, pd.Timestamp(end).floor("h"), freq="h", tz="UTC")
-    weekly = len(grid) >= 24 * 7 * 4
+    start = pd.Timestamp(wide.start).floor("h")
+    end = pd.Timestamp(f.end) - pd.Timedelta(microseconds=1)
+    grid = pd.date_range(start, end.floor("h"), freq="h", tz="UTC")
+    # hour-of-week baselines once four weeks precede the points, else hour-of-day
+    weekly = len(grid) >= 24 * 7 * 5
     period, lags = (24 * 7, 4) if weekly else (24, 7)
     frames = []
     for k, g in hourly.groupby("key", sort=False):
-        s = g.set_index(pd.to_datetime(g["hour"], utc=True))[metric]
-        s = s.reindex(grid, fill_value=0) if metric == "requests" else s.reindex(grid)
+        g = g.set_index(pd.to_datetime(g["hour"], utc=True))
+        s = (
+            g[metric].reindex(grid, fill_value=0)
+            if metric == "requests"
+            else g[metric].reindex(grid)
+        )
+        n = g["requests"].reindex(grid, fill_value=0).to_numpy()
         med, mad = robust_baseline(s.to_numpy(), period, lags)
-        # a floor on the spread: a perfectly flat baseline must not flag tiny wobbles
-        floor = np.maximum(0.05 * np.abs(med), 1.0 if metric == "requests" else 1e-3)
-        scale = np.maximum(1.4826 * mad, floor)
-        z = (s.to_numpy() - med) / scale
+        z = _z_scores(metric, s.to_numpy(), med, mad, n)
         frames.append(
             pd.DataFrame(
                 {"key": k, "hour": grid, "value": s.to_numpy(), "baseline": med, "mad": mad, "z": z}
             )
         )
     df = pd.concat(frames, ignore_index=True)
+    df = df[df["hour"] >= pd.Timestamp(f.start).floor("h")].reset_index(drop=True)
     df["anomaly"] = np.abs(df["z"]) > threshold
     df.attrs["seasonality"] = "hour of week" if weekly else "hour of day"
     return df if every else df[df["anomaly"]].reset_index(drop=True)

@@ -82,6 +82,15 @@ def test_incident_days_flagged_as_anomalies(history) -> None:
     flagged = anomalies(src, Filters(routes=(truth["incident_route"],)), metric="error_rate")
     days = {str(pd.Timestamp(h).date()) for h in flagged["hour"]}
     assert set(truth["incident_days"]) <= days
+    # ... and nothing else: sampling noise of small routes is not an anomaly
+    assert days <= set(truth["incident_days"])
+    # the latency regression of the last week: its hours, and (almost) nothing else
+    end = pd.Timestamp(truth["end"])
+    two_weeks = Filters(start=end - pd.Timedelta(days=14), end=end)
+    slow = anomalies(src, two_weeks, metric="p95_ms")
+    on_route = slow[slow["key"] == truth["slo_breach_route"]]
+    assert (pd.to_datetime(on_route["hour"]) >= pd.Timestamp(truth["breach_start"])).all()
+    assert len(on_route) >= 0.9 * 7 * 24 and len(slow) - len(on_route) <= 5
 
 
 def test_new_route_adoption(history) -> None:
