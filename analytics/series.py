@@ -192,6 +192,7 @@ def anomalies(
     cols = ["key", "hour", "value", "baseline", "mad", "z", "anomaly"]
     if hourly.empty:
         return pd.DataFrame(columns=cols)
+    assert wide.start is not None
     start = pd.Timestamp(wide.start).floor("h")
     end = pd.Timestamp(f.end) - pd.Timedelta(microseconds=1)
     grid = pd.date_range(start, end.floor("h"), freq="h", tz="UTC")
