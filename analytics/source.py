@@ -144,6 +144,9 @@ class Source:
     _loaded: set[str] = field(default_factory=set, init=False, repr=False)
     _checked: float = field(default=-1e18, init=False, repr=False)
     stamp: int = field(default=0, init=False)  # bumps whenever new events were loaded
+    _spans: dict[Any, tuple[datetime | None, datetime | None]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def files(self) -> list[str]:
         return sorted(str(f) for r in self.roots for f in Path(r).glob("hour=*/*.parquet"))
@@ -252,9 +255,21 @@ class Source:
             return list(self.connection().execute(text, args).fetchall())
 
     def span(self, filters: Filters | None = None) -> tuple[datetime | None, datetime | None]:
-        """First and last event time in the stores (within ``filters`` if given)."""
-        row = self.rows("SELECT min(timestamp), max(timestamp) FROM ev", filters or Filters())[0]
-        return _aware(row[0]), _aware(row[1])
+        """First and last event time in the stores (within ``filters`` if given); kept
+        until new events load (every panel asks it to close an open range)."""
+        f = filters or Filters()
+        if self.cache:
+            self.refresh()  # load what landed first: the stamp must describe the table
+        key = (f, self.stamp) if self.cache else None
+        if key is not None and key in self._spans:
+            return self._spans[key]
+        row = self.rows("SELECT min(timestamp), max(timestamp) FROM ev", f)[0]
+        out = _aware(row[0]), _aware(row[1])
+        if key is not None:
+            if len(self._spans) > 256:
+                self._spans.clear()
+            self._spans[key] = out
+        return out
 
     def resolve(self, filters: Filters) -> Filters:
         """``filters`` with an open range closed by the data's own span (end exclusive)."""
