@@ -246,17 +246,7 @@ def write_report(
         "<h2>SLOs</h2>"
         + _table(
             slo,
-            [
-                "route",
-                "requests",
-                "availability",
-                "availability_objective",
-                "latency_good",
-                "latency_objective",
-                "budget_consumed",
-                "burn_rate_1h",
-                "status",
-            ],
+            usage.SLO_COLUMNS,
         )
         + "<h2>Consumers lost (busiest first)</h2>"
         + _table(

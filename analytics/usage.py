@@ -17,6 +17,7 @@ from analytics.source import GRANULARITIES, Filters, Source, bucket_sql
 
 __all__ = [
     "DIMENSIONS",
+    "SLO_COLUMNS",
     "adoption",
     "auto_granularity",
     "breakdown",
@@ -26,6 +27,21 @@ __all__ = [
     "slo",
     "top_consumers",
     "traffic",
+]
+
+# the SLO table's columns worth showing, in order (the CLI and the review)
+SLO_COLUMNS = [
+    "route",
+    "requests",
+    "availability",
+    "availability_objective",
+    "latency_good",
+    "latency_objective",
+    "budget_consumed",
+    "latency_budget_consumed",
+    "burn_rate_1h",
+    "p95_ms",
+    "status",
 ]
 
 # user-facing dimension -> column

@@ -186,25 +186,13 @@ def slo_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """SLO compliance and error-budget burn per route (targets: analytics.slo)."""
-    from analytics.usage import slo
+    from analytics.usage import SLO_COLUMNS, slo
 
     s = _settings(config)
     src = source_for(s, dataset, store)
     f = _filters(src, since, until, period, tier, region, route)
     df = _run(lambda: slo(src, f, s.analytics.slo))
-    cols = [
-        "route",
-        "requests",
-        "availability",
-        "availability_objective",
-        "latency_good",
-        "latency_objective",
-        "budget_consumed",
-        "latency_budget_consumed",
-        "burn_rate_1h",
-        "p95_ms",
-        "status",
-    ]
+    cols = SLO_COLUMNS
     _show(df[[c for c in cols if c in df]] if not as_json else df, "SLOs", as_json)
 
 
