@@ -57,12 +57,15 @@ def default_policy_change(src: Source, follow_days: int = 56) -> tuple[str, Any]
     return str(version), pd.Timestamp(first).tz_convert("UTC").to_pydatetime()
 
 
-def answers(src: Source, cfg: AnalyticsSettings, f: Filters) -> dict[str, Any]:
+def answers(
+    src: Source, cfg: AnalyticsSettings, f: Filters, people: pd.DataFrame | None = None
+) -> dict[str, Any]:
     """Routes breaking their SLO in ``f``; consumers lost (churned, first seen any
     time); the matched effect of the newest policy change on retention."""
     slo = usage.slo(src, f, cfg.slo)
     breaking = slo[slo["status"] == "breaching"] if not slo.empty else slo
-    people = cohorts.consumers(src, Filters(), cfg.churn_after_days)
+    if people is None:
+        people = cohorts.consumers(src, Filters(), cfg.churn_after_days)
     lost = people[people["churned"]] if not people.empty else people
     out: dict[str, Any] = {
         "range": [str(f.start), str(f.end)],
@@ -146,12 +149,12 @@ def write_report(
     if src.is_empty():
         raise ValueError("the telemetry store is empty: nothing to report")
     ov = usage.overview(src, f).iloc[0]
-    ans = answers(src, cfg, f)
+    people = cohorts.consumers(src, Filters(), cfg.churn_after_days)
+    ans = answers(src, cfg, f, people)
     tr = usage.traffic(src, f, "auto", by="route", top=6)
     slo = usage.slo(src, f, cfg.slo)
     fc = series.forecast(src, Filters(), by=None, horizons=cfg.forecast_horizons)
     an = series.anomalies(src, f, threshold=cfg.anomaly_threshold)
-    people = cohorts.consumers(src, Filters(), cfg.churn_after_days)
     ret = cohorts.retention(src, Filters(), people=people)
     km = cohorts.kaplan_meier(people, by="first_tier") if len(people) else {"groups": {}}
     fun = cohorts.funnel(src, Filters(), cfg.funnel)
