@@ -312,10 +312,13 @@ def _policy_effect(c: PanelContext) -> Panel:
     frame = stats.policy_cohort(c.src, at.to_pydatetime())
     try:
         if frame.empty:
-            raise ValueError(f"no consumer was active in the 14 days before {policy}")
+            raise ValueError(
+                "no consumer is in the data both in the 14 days before it took effect and "
+                "7-14 days after (the estimate also needs 56 days after it)"
+            )
         res = stats.propensity_match(frame)
     except ValueError as exc:
-        meta["error"] = f"cannot estimate the effect of {policy}: {exc}"
+        meta["error"] = f"cannot estimate the effect of policy version {policy}: {exc}"
         return pd.DataFrame(), meta
     for k in ("scores", "matched"):
         res.pop(k)
