@@ -6,6 +6,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -31,3 +32,14 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def save_result(name: str, record: dict[str, Any]) -> Path:
+    """Append ``record`` as one JSON line to ``benchmarks/results/<name>.jsonl``."""
+    import json
+
+    out = Path(__file__).parent / "results" / f"{name}.jsonl"
+    out.parent.mkdir(exist_ok=True)
+    with out.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return out

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine
+from benchmarks._common import machine, save_result
 
 # panel -> extra query parameters (the page's own defaults)
 PANELS: dict[str, dict[str, str]] = {
@@ -248,10 +248,7 @@ def main() -> None:
     )
     print(f"machine: {summary['machine']}")
     if not args.no_save:
-        out = Path(__file__).parent / "results" / "analytics.jsonl"
-        out.parent.mkdir(exist_ok=True)
-        with out.open("a") as fh:
-            fh.write(json.dumps(summary) + "\n")
+        save_result("analytics", summary)
 
 
 if __name__ == "__main__":

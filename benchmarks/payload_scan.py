@@ -17,7 +17,6 @@ Results are appended as one JSON line to benchmarks/results/payload_scan.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine
+from benchmarks._common import machine, save_result
 
 CLASSES = ["norm", "sqli", "xss", "path-traversal", "cmdi"]
 # the signature baseline: one URL decode and lower case, as a simple WAF rule set does
@@ -198,8 +197,6 @@ def main() -> None:
     )
     print(f"machine: {machine()}")
     if not args.no_save:
-        out = Path(__file__).parent / "results" / "payload_scan.jsonl"
-        out.parent.mkdir(exist_ok=True)
         rec = {
             "benchmark": "payload_scan",
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -214,8 +211,7 @@ def main() -> None:
                 "p99": float(np.quantile(lat_ms, 0.99)),
             },
         }
-        with out.open("a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        save_result("payload_scan", rec)
 
 
 if __name__ == "__main__":
