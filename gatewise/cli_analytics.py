@@ -49,6 +49,9 @@ def source_for(s: Settings, dataset: str = "gateway", stores: list[Path] | None 
     from analytics.source import Source
 
     if stores:
+        missing = [str(p) for p in stores if not Path(p).is_dir()]
+        if missing:
+            _fail(f"--store {', '.join(missing)}: no such folder")
         return Source(list(stores))
     roots = {"gateway": s.telemetry_dir, "history": s.history_dir / "telemetry"}
     if dataset not in roots:
@@ -522,7 +525,8 @@ def history(
 
     from telemetry.simulator.lifecycle import LifecycleSettings
 
-    upd = {k: v for k, v in {"consumers": consumers, "weeks": weeks, "seed": seed}.items() if v}
+    given = {"consumers": consumers, "weeks": weeks, "seed": seed}
+    upd = {k: v for k, v in given.items() if v is not None}  # --seed 0 is a seed
     try:
         cfg = LifecycleSettings.model_validate({**s.history.model_dump(), **upd})
     except ValidationError as exc:

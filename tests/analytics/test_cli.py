@@ -32,6 +32,8 @@ def test_bad_options_are_named(tmp_path, env) -> None:
     assert res.exit_code == 2 and "dimension 'colour'" in res.output
     res = runner.invoke(app, ["analytics", "slo", "--store", str(root), "--period", "7x"])
     assert res.exit_code == 2 and "period '7x'" in res.output
+    res = runner.invoke(app, ["analytics", "usage", "--store", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "no such folder" in res.output
     res = runner.invoke(app, ["analytics", "policy-effect", "--store", str(root)])
     assert res.exit_code == 2 and "fewer than two policy versions" in res.output
 
@@ -50,8 +52,10 @@ def test_report_without_mlflow(tmp_path, env) -> None:
 def test_history_writes_its_own_store(tmp_path, env) -> None:
     res = runner.invoke(app, ["history", "--consumers", "40", "--weeks", "6"])
     assert res.exit_code == 2 and "policy_week must be in [1, weeks)" in res.output
-    res = runner.invoke(app, ["history", "--consumers", "40"])
+    res = runner.invoke(app, ["history", "--consumers", "40", "--seed", "0"])
     assert res.exit_code == 0, res.output
+    truth = json.loads((env / "history" / "truth.json").read_text())
+    assert truth["seed"] == 0  # a zero is a value, not "not given"
     res = runner.invoke(app, ["analytics", "consumers", "--dataset", "history", "--json"])
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.output)) == 20  # the top 20 of 40
