@@ -5,7 +5,7 @@ tabs for spaces), so everything is first brought to one canonical form: URL and 
 decoding repeated until stable (double encoding), Unicode NFKC (full-width letters),
 lower case, SQL comments and ``\\xNN`` escapes resolved, whitespace collapsed. The
 model then sees hashed character n-grams of that form plus a few statistics
-(length, entropy, symbol shares) that stay meaningful for short values.
+(length, entropy, symbol shares of the normal form) that stay meaningful for short values.
 
 ``shape`` maps near-duplicates (the same injection with other numbers) to one key so
 that a split can keep them on one side: the data's 10,852 SQL injections are mostly a
@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 
 __all__ = ["N_FEATURES", "STAT_NAMES", "featurize", "normalise", "shape", "stats"]
 
@@ -41,9 +42,6 @@ STAT_NAMES = [
     "alpha_share",
     "space_share",
     "symbol_share",
-    "upper_share_raw",
-    "percent_share_raw",
-    "decode_rounds",
     *[f"count_{ord(c):02x}" for c in _SYMBOLS],
 ]
 
@@ -81,10 +79,23 @@ def _entropy(s: str) -> float:
 
 def stats(value: str) -> list[float]:
     """The statistics of ``STAT_NAMES`` for one raw value."""
-    norm = normalise(value)
-    _, rounds = _decode(value, 4)
+    norm, rounds = _normal_and_rounds(value)
+    return _stats(value, norm, rounds)
+
+
+def _normal_and_rounds(value: str) -> tuple[str, int]:
+    s, rounds = _decode(value, 4)
+    s = unicodedata.normalize("NFKC", s).replace("\x00", "").lower()
+    s = _HEX_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), s)
+    s = _SQL_BLOCK_COMMENT.sub(" ", s)
+    return _SPACE.sub(" ", s).strip(), rounds
+
+
+def _stats(value: str, norm: str, rounds: int) -> list[float]:
+    # only statistics of the normal form: how a value was encoded (case, %-escapes, decoding
+    # rounds) is left out on purpose — the sample holds no double-encoded attacks, so a
+    # model would learn "encoded = benign" and double encoding would evade it
     n = max(len(norm), 1)
-    raw_n = max(len(value), 1)
     return [
         float(len(norm)),
         math.log1p(len(norm)),
@@ -93,27 +104,111 @@ def stats(value: str) -> list[float]:
         sum(ch.isalpha() for ch in norm) / n,
         norm.count(" ") / n,
         sum(ch in _SYMBOLS for ch in norm) / n,
-        sum(ch.isupper() for ch in value) / raw_n,
-        value.count("%") / raw_n,
-        float(rounds),
         *[float(norm.count(c)) for c in _SYMBOLS],
     ]
+
+
+def _hasher() -> Any:
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(
+        analyzer="char", ngram_range=(1, 4), n_features=N_FEATURES, alternate_sign=False
+    )
+
+
+class _LazyHasher:
+    _h: Any = None
+
+    def transform(self, docs: list[str]) -> Any:
+        if self._h is None:
+            self._h = _hasher()
+        return self._h.transform(docs)
+
+
+_HASHER = _LazyHasher()
 
 
 def featurize(values: Iterable[str]) -> Any:
     """Sparse matrix: hashed character 1-4-grams of the normal form with digit runs
     collapsed (l2-normalised, ``N_FEATURES`` columns) followed by the scaled statistics."""
     from scipy import sparse
-    from sklearn.feature_extraction.text import HashingVectorizer
 
-    values = list(values)
+    values = [v if isinstance(v, str) else ("" if v is None else str(v)) for v in values]
+    normal = [_normal_and_rounds(v) for v in values]
     # digit runs collapsed: which digits a value holds says nothing about an attack, and
     # left in, the model learned that benign numbers full of 3s looked like injections
-    norms = [_DIGITS.sub("0", normalise(v)) for v in values]
-    grams = HashingVectorizer(
-        analyzer="char", ngram_range=(1, 4), n_features=N_FEATURES, alternate_sign=False
-    ).transform(norms)
-    st = np.array([stats(v) for v in values], dtype=np.float64)
+    norms = [_DIGITS.sub("0", n) for n, _ in normal]
+    grams = _HASHER.transform(norms)
+    st = np.array(
+        [_stats(v, n, r) for v, (n, r) in zip(values, normal, strict=True)], dtype=np.float64
+    ).reshape(len(values), len(STAT_NAMES))
     # counts and lengths on a log scale: one long value must not dominate the n-grams
     st = np.sign(st) * np.log1p(np.abs(st))
     return sparse.hstack([grams, sparse.csr_matrix(st)], format="csr")
+
+
+# --- the model's first step -----------------------------------------------------------
+
+TEXT_COLUMN = "payload"
+
+
+class _Memo:
+    """Rows of ``featurize`` by value, kept for the process: an AutoML search featurizes the
+    same values once, not once per trial and fold (featurize is a pure function)."""
+
+    def __init__(self, limit: int = 400_000) -> None:
+        import threading
+
+        self.limit = limit
+        self.index: dict[str, int] = {}
+        self.blocks: list[Any] = []
+        self.mat: Any = None
+        self.lock = threading.Lock()
+
+    def rows(self, values: list[str]) -> Any:
+        from scipy import sparse
+
+        with self.lock:
+            missing = [v for v in dict.fromkeys(values) if v not in self.index]
+            if len(self.index) + len(missing) > self.limit:
+                self.index, self.blocks, self.mat = {}, [], None
+                missing = list(dict.fromkeys(values))
+            if missing:
+                n = len(self.index)
+                self.blocks.append(featurize(missing))
+                self.index.update((v, n + i) for i, v in enumerate(missing))
+                self.mat = None
+            if self.mat is None:
+                self.mat = sparse.vstack(self.blocks, format="csr")
+                self.blocks = [self.mat]
+            return self.mat[[self.index[v] for v in values]]
+
+
+_MEMO = _Memo()
+
+
+def as_values(X: Any) -> list[str]:
+    """Values from a frame (its ``payload`` column), a series, an array or a list."""
+    if hasattr(X, "columns"):
+        if TEXT_COLUMN not in X.columns:
+            raise ValueError(f"expected a {TEXT_COLUMN!r} column, got {list(X.columns)}")
+        X = X[TEXT_COLUMN]
+    if hasattr(X, "ndim") and getattr(X, "ndim", 1) == 2:
+        X = X[:, 0]
+    return [v if isinstance(v, str) else ("" if v is None else str(v)) for v in list(X)]
+
+
+class PayloadVectorizer(TransformerMixin, BaseEstimator):
+    """Stateless: raw values (a ``payload`` column) → ``featurize`` rows (memoised)."""
+
+    def fit(self, X: Any, y: Any = None) -> PayloadVectorizer:
+        return self
+
+    def transform(self, X: Any) -> Any:
+        return _MEMO.rows(as_values(X))
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.requires_fit = False
+        return tags

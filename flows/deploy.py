@@ -92,7 +92,7 @@ def deploy(
     import httpx
 
     from gateway.policy import PolicyStore, active_or_initial, initial_policy
-    from models.registry import CHALLENGER, CHAMPION, _version_by_alias, client
+    from models.registry import CHALLENGER, CHAMPION, _version_by_alias, champion_moved, client
     from serving.process import ensure_service, stop_service
     from serving.runtime import Runtime
 
@@ -152,6 +152,19 @@ def deploy(
         raise DeployError("stage", f"the service did not load v{mv.version} as challenger: {body}")
 
     def smoke() -> None:
+        if settings.target(target).label_source == "payloads":
+            probe = ["1' or '1'='1", "<script>alert(1)</script>", "O'Brien", "42"]
+            r = httpx.post(
+                res.url + "/scan",
+                json={"target": target, "values": probe, "alias": CHALLENGER},
+                timeout=30,
+            )
+            if r.status_code != 200:
+                raise DeployError("smoke", f"/scan answered {r.status_code}: {r.text[:300]}")
+            rows = r.json()["results"]
+            if r.json().get("model_version") != str(mv.version) or len(rows) != len(probe):
+                raise DeployError("smoke", f"/scan did not answer from v{mv.version}: {rows}")
+            return
         ids = _smoke_ids(settings, target, settings.serving.smoke_ids)
         r = httpx.post(
             res.url + "/score", json={"target": target, "ids": ids, "alias": CHALLENGER}, timeout=30
@@ -167,12 +180,14 @@ def deploy(
 
     def promote() -> None:
         c.set_registered_model_alias(name, CHAMPION, mv.version)
+        champion_moved(settings, target)
 
     def unpromote() -> None:
         if cur is not None:
             c.set_registered_model_alias(name, CHAMPION, cur.version)
         else:
             c.delete_registered_model_alias(name, CHAMPION)
+        champion_moved(settings, target)
 
     def swap() -> None:
         end = time.monotonic() + wait_s

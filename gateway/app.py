@@ -34,6 +34,7 @@ from gateway.decision import DecisionCore
 from gateway.policy import PolicyError, PolicyStore, initial_policy
 from gateway.ratelimit import MemoryLimiter, RedisLimiter
 from gateway.routing import Router, Upstream
+from gateway.scan import LocalScanner, RemoteScanner, ScanResult, request_values
 from gateway.scoring import Score, ScoringClient
 from gateway.sink import TelemetrySink
 from gatewise.settings import Settings
@@ -123,6 +124,13 @@ class Gateway:
         self._scoring_transport = scoring_transport
         self.http: Any = None
         self.scorer: ScoringClient | None = None
+        # the payload scanner (gateway/scan.py): the compact champion in process, or serving
+        self.local_scanner: LocalScanner | None = None
+        self.remote_scanner: RemoteScanner | None = None
+        if g.scanning.enabled and g.scanning.mode == "local":
+            from models.payload import scanner_path
+
+            self.local_scanner = LocalScanner(scanner_path(settings, g.scanning.target))
         self.counts: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -144,6 +152,16 @@ class Gateway:
                     timeout=self.cfg.scoring.timeout_ms / 1000,
                 )
             self.scorer = ScoringClient(self.cfg.scoring, client, self.monotonic)
+        sc = self.cfg.scanning
+        if sc.enabled and sc.mode == "remote":
+            client = None
+            if self._scoring_transport is not None:
+                client = httpx.AsyncClient(
+                    transport=self._scoring_transport,
+                    base_url=sc.url,
+                    timeout=sc.timeout_ms / 1000,
+                )
+            self.remote_scanner = RemoteScanner(sc, client, self.monotonic)
         await self.sink.start()
         if self.stream is not None:
             await self.stream.start()
@@ -151,6 +169,8 @@ class Gateway:
             asyncio.create_task(self._watch_policy(), name="policy-watch"),
             asyncio.create_task(self._health_checks(), name="health-checks"),
         ]
+        if self.local_scanner is not None:
+            self._tasks.append(asyncio.create_task(self._watch_scanner(), name="scanner-watch"))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -163,6 +183,8 @@ class Gateway:
             await self.http.aclose()
         if self.scorer is not None:
             await self.scorer.aclose()
+        if self.remote_scanner is not None:
+            await self.remote_scanner.aclose()
         if isinstance(self.core.limiter, RedisLimiter):
             await self.core.limiter.aclose()
 
@@ -195,6 +217,12 @@ class Gateway:
         while True:
             await asyncio.sleep(self.cfg.policy_poll_s)
             await asyncio.to_thread(self.reload_policy)
+
+    async def _watch_scanner(self) -> None:
+        assert self.local_scanner is not None
+        while True:
+            await asyncio.sleep(self.cfg.scanning.poll_s)
+            await asyncio.to_thread(self.local_scanner.reload)
 
     async def _health_checks(self) -> None:
         while True:
@@ -281,6 +309,9 @@ class Gateway:
         if a.reason != "anonymous" and not self.rbac.allowed(p.roles, method, route):
             ev["auth_result"] = "forbidden"
             return _error(403, "forbidden")
+        refused = await self._scan(request, method, route, ev)
+        if refused is not None:
+            return refused
         score = _NO_SCORE
         target = self.core.policy.targets.get(self.core.target)
         if self.scorer is not None and target is not None and target.mode != "off":
@@ -298,6 +329,55 @@ class Gateway:
         for k, v in d.headers.items():
             resp.headers[k] = v
         return resp
+
+    async def _scan(
+        self, request: Request, method: str, route: str, ev: dict[str, Any]
+    ) -> Response | None:
+        """Scan the request's values; a refusal when an enforced band says so."""
+        scanner = self.local_scanner or self.remote_scanner
+        if scanner is None:
+            return None
+        sc = self.cfg.scanning
+        body = b""
+        if request.method not in ("GET", "HEAD", "OPTIONS", "DELETE") or request.headers.get(
+            "content-length"
+        ):
+            body = await request.body()  # cached by Starlette: forwarding reads it again
+        values = request_values(
+            request.url.path, request.url.query, body, request.headers.get("content-type"), sc
+        )
+        if not values:
+            return None
+        if isinstance(scanner, LocalScanner):
+            res: ScanResult = scanner.scan(values)
+        else:
+            res = await scanner.scan(values)
+        ev["scan_label"] = res.label
+        ev["scan_score"] = res.score
+        if not res.available:
+            self._count(f"scan_{res.reason}")
+            if sc.failure_mode == "closed":
+                ev["ratelimit_decision"] = "scanning_unavailable"
+                return _error(503, "scanning_unavailable", {"retry-after": "1"})
+            return None
+        if res.score is None:
+            return None
+        target = self.core.policy.targets.get(sc.target)
+        if target is None:
+            return None
+        mode, band = target.route_band(method, route, res.score)
+        if mode == "off" or band is None or band.action == "allow":
+            return None
+        reason = f"payload scan: {res.label} score {res.score:.3f} >= {band.min_score}"
+        if band.action == "log" or mode == "shadow":
+            ev["scan_action"] = band.action if band.action == "log" else f"shadow_{band.action}"
+            if band.action != "log":
+                self._count(f"shadow_scan_{band.action}")
+            return None
+        action = "block" if band.action == "block" else "challenge"
+        ev["scan_action"] = action
+        ev["ratelimit_decision"] = f"scan_{action}"
+        return _error(403, f"scan_{action}", None, reason)
 
     async def _forward(
         self,
@@ -486,6 +566,9 @@ class Gateway:
                 ]
                 for n, u in self.upstreams.items()
             },
+            "scanning": None
+            if (self.local_scanner or self.remote_scanner) is None
+            else (self.local_scanner or self.remote_scanner).status(),  # type: ignore[union-attr]
             "scoring": None
             if self.scorer is None
             else {

@@ -20,6 +20,7 @@ __all__ = [
     "BreakerSettings",
     "GatewaySettings",
     "RouteSettings",
+    "ScanningSettings",
     "ScoringSettings",
     "ServiceSettings",
 ]
@@ -82,6 +83,31 @@ class ScoringSettings(_Strict):
     failure_mode: Literal["open", "closed"] = Field(
         "open", description="open: no score, limits still apply; closed: refuse with 503"
     )
+    breaker: BreakerSettings = BreakerSettings(failure_threshold=3, reset_timeout_s=5.0)
+
+
+class ScanningSettings(_Strict):
+    """Payload scanning of every request with parameters or a body (gateway/scan.py)."""
+
+    enabled: bool = True
+    target: str = "payload"
+    mode: Literal["local", "remote"] = Field(
+        "local",
+        description="local: the champion's compact export in process; remote: POST /scan on"
+        " the serving service (champions that are not linear)",
+    )
+    url: str = "http://127.0.0.1:3000"
+    alias: str = "champion"
+    timeout_ms: float = Field(20.0, gt=0, description="remote: the most a scan may add")
+    failure_mode: Literal["open", "closed"] = Field(
+        "open",
+        description="remote scanner down, slow or open: open = pass with scan_label"
+        " 'unavailable'; closed = refuse with 503",
+    )
+    max_values: int = Field(64, ge=1, description="values scanned per request")
+    max_value_bytes: int = Field(4096, ge=16, description="longer values are cut to this")
+    max_body_bytes: int = Field(65536, ge=0, description="body bytes looked at")
+    poll_s: float = Field(2.0, gt=0, description="local: how often the export is checked")
     breaker: BreakerSettings = BreakerSettings(failure_threshold=3, reset_timeout_s=5.0)
 
 
@@ -152,6 +178,15 @@ class GatewaySettings(_Strict):
     services: dict[str, ServiceSettings] = Field(default_factory=_default_services)
     routes: list[RouteSettings] = Field(default_factory=_default_routes)
     scoring: ScoringSettings = ScoringSettings()
+    scanning: ScanningSettings = ScanningSettings()
+    scan_bands: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"min_score": 0.5, "action": "log"},
+            {"min_score": 0.9, "action": "challenge"},
+            {"min_score": 0.99, "action": "block"},
+        ],
+        description="initial policy: score bands of the payload target (shadow mode)",
+    )
     cache: CacheSettings = CacheSettings()
     compression_min_bytes: int = Field(1024, ge=0)
     telemetry: TelemetrySink = TelemetrySink()

@@ -94,7 +94,7 @@ class DecisionCore:
         t = pol.targets.get(self.target)
         if t is not None and t.mode != "off" and score is not None:
             band = t.band(score)
-            if band is not None and band.action != "allow":
+            if band is not None and band.action not in ("allow", "log"):
                 exempt = pol.exempt(self.target, p.attrs(), now)
                 if exempt is not None:
                     reason = f"exempt from model action: {exempt.reason}"

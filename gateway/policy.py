@@ -33,6 +33,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PolicyStore",
+    "RouteBands",
     "RouteRule",
     "TargetPolicy",
     "TierLimit",
@@ -43,8 +44,8 @@ __all__ = [
     "policy_diff",
 ]
 
-Action = Literal["allow", "throttle", "challenge", "block"]
-ACTIONS: tuple[str, ...] = ("allow", "throttle", "challenge", "block")
+Action = Literal["allow", "log", "throttle", "challenge", "block"]
+ACTIONS: tuple[str, ...] = ("allow", "log", "throttle", "challenge", "block")
 Mode = Literal["enforce", "shadow", "off"]
 _ROUTE_KEY = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|\*) /\S*$")
 
@@ -122,6 +123,35 @@ class Band(_Strict):
     )
 
 
+def _check_bands(bands: list[Band]) -> None:
+    cuts = [b.min_score for b in bands]
+    if cuts != sorted(cuts) or len(set(cuts)) != len(cuts):
+        raise ValueError("bands must have strictly increasing min_score")
+
+
+def _band(bands: list[Band], score: float | None) -> Band | None:
+    if score is None:
+        return None
+    hit = None
+    for b in bands:
+        if score >= b.min_score:
+            hit = b
+    return hit
+
+
+class RouteBands(_Strict):
+    """A route's own mode and/or bands for a target (e.g. enforce the payload scanner on
+    login first, keep it in shadow elsewhere); unset fields fall back to the target's."""
+
+    mode: Mode | None = None
+    bands: list[Band] | None = None
+
+    @model_validator(mode="after")
+    def _bands_ascending(self) -> RouteBands:
+        _check_bands(self.bands or [])
+        return self
+
+
 class TargetPolicy(_Strict):
     """How a model target acts on requests: which version, which bands, which mode."""
 
@@ -132,22 +162,33 @@ class TargetPolicy(_Strict):
     raised: bool = Field(
         False, description="bands raised by monitoring after drift (not raised twice)"
     )
+    routes: dict[str, RouteBands] = Field(
+        default_factory=dict, description="'METHOD /template' (or '* /template') -> its own"
+    )
 
     @model_validator(mode="after")
     def _bands_ascending(self) -> TargetPolicy:
-        cuts = [b.min_score for b in self.bands]
-        if cuts != sorted(cuts) or len(set(cuts)) != len(cuts):
-            raise ValueError("bands must have strictly increasing min_score")
+        _check_bands(self.bands)
+        for key in self.routes:
+            if not _ROUTE_KEY.match(key):
+                raise ValueError(f"routes: {key!r} is not 'METHOD /path/{{param}}'")
         return self
 
     def band(self, score: float | None) -> Band | None:
-        if score is None:
-            return None
-        hit = None
-        for b in self.bands:
-            if score >= b.min_score:
-                hit = b
-        return hit
+        return _band(self.bands, score)
+
+    def for_route(self, method: str, template: str) -> tuple[Mode, list[Band]]:
+        """The mode and bands in force on one route."""
+        r = self.routes.get(f"{method} {template}") or self.routes.get(f"* {template}")
+        if r is None:
+            return self.mode, self.bands
+        return r.mode or self.mode, self.bands if r.bands is None else r.bands
+
+    def route_band(
+        self, method: str, template: str, score: float | None
+    ) -> tuple[Mode, Band | None]:
+        mode, bands = self.for_route(method, template)
+        return mode, _band(bands, score)
 
 
 class Exemption(_Strict):
@@ -276,8 +317,10 @@ def default_policy(
     static_limits_per_minute: dict[str, int],
     route_costs: dict[str, int] | None = None,
     bands: list[dict[str, Any]] | None = None,
+    scan_bands: list[dict[str, Any]] | None = None,
 ) -> Policy:
-    """Version 0: the static per-tier limits, route costs and the abuse target in shadow."""
+    """Version 0: the static per-tier limits, route costs, and the abuse and payload
+    targets in shadow."""
     tiers = {t: TierLimit(requests_per_minute=n) for t, n in static_limits_per_minute.items()}
     default_tier = "free" if "free" in tiers else next(iter(tiers))
     routes = {k: RouteRule(cost=c) for k, c in (route_costs or {}).items()}
@@ -286,14 +329,21 @@ def default_policy(
         default_tier=default_tier,
         tiers=tiers,
         routes=routes,
-        targets={"abuse": TargetPolicy(mode="shadow", bands=b)},
+        targets={
+            "abuse": TargetPolicy(mode="shadow", bands=b),
+            "payload": TargetPolicy(
+                mode="shadow", bands=[Band.model_validate(x) for x in (scan_bands or [])]
+            ),
+        },
     )
 
 
 def initial_policy(settings: Any) -> Policy:
     """Version 0 as ``gatewise.yaml`` describes it (``settings``: ``gatewise.settings.Settings``)."""
     g = settings.gateway
-    return default_policy(settings.static_limits_per_minute, g.route_costs, g.score_bands)
+    return default_policy(
+        settings.static_limits_per_minute, g.route_costs, g.score_bands, g.scan_bands
+    )
 
 
 def active_or_initial(settings: Any) -> Policy:

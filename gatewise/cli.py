@@ -379,5 +379,10 @@ from gatewise import cli_analytics  # noqa: E402
 cli_analytics.register(app)
 
 
+from gatewise import cli_scan  # noqa: E402
+
+cli_scan.register(app)
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -182,7 +182,9 @@ class Costs(_Strict):
     false_negative: float = Field(1.0, gt=0, description="missing an abusive window")
 
 
-Family = Literal["linear", "random_forest", "extra_trees", "hist_gradient_boosting", "xgboost"]
+Family = Literal[
+    "linear", "random_forest", "extra_trees", "hist_gradient_boosting", "xgboost", "naive_bayes"
+]
 ALL_FAMILIES: tuple[Family, ...] = (
     "linear",
     "random_forest",
@@ -190,6 +192,8 @@ ALL_FAMILIES: tuple[Family, ...] = (
     "hist_gradient_boosting",
     "xgboost",
 )
+# families that take sparse hashed text features (the payload target)
+TEXT_FAMILIES: tuple[Family, ...] = ("linear", "naive_bayes", "xgboost")
 
 
 def _all_families() -> list[Family]:
@@ -200,11 +204,23 @@ class TargetSettings(_Strict):
     """One prediction target: what to learn, from which features, judged how."""
 
     task: Literal["binary", "regression"]
-    entity: Literal["client", "route"]
+    entity: Literal["client", "route", "request"]
     feature_service: str
-    label_source: Literal["labels", "next_window_requests"] = Field(
+    label_source: Literal["labels", "next_window_requests", "payloads"] = Field(
         "labels",
-        description="labels: the labels table; next_window_requests: the route's next 5-minute request count",
+        description="labels: the labels table; next_window_requests: the route's next 5-minute"
+        " request count; payloads: labelled request content (``data``), attack vs benign",
+    )
+    data: Path | None = Field(
+        None,
+        description="payloads: a CSV of payload,attack_type (default: the bundled real sample)",
+    )
+    max_false_positive_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="binary: the threshold flags at most this share of negatives (out of fold),"
+        " and a challenger whose holdout rate exceeds it is not eligible",
     )
     metric: Literal["average_precision", "roc_auc", "f1", "log_loss", "mae", "rmse", "r2"]
     sensitive_features: list[str] = Field(default_factory=list)
@@ -232,6 +248,18 @@ class TargetSettings(_Strict):
             raise ValueError(f"metric {self.metric!r} does not fit task {self.task!r}")
         if self.entity == "route" and self.label_source == "labels":
             raise ValueError("route targets take label_source next_window_requests")
+        if (self.entity == "request") != (self.label_source == "payloads"):
+            raise ValueError("label_source payloads goes with entity request (and only with it)")
+        if self.label_source == "payloads":
+            if self.task != "binary":
+                raise ValueError("payload targets are binary (attack vs benign)")
+            other = sorted(set(self.families) - set(TEXT_FAMILIES))
+            if other:
+                raise ValueError(
+                    f"families {other} do not take sparse text features; use {list(TEXT_FAMILIES)}"
+                )
+        elif "naive_bayes" in self.families:
+            raise ValueError("naive_bayes is for payload (text) targets")
         return self
 
 
@@ -253,6 +281,16 @@ def _default_targets() -> dict[str, TargetSettings]:
             metric="mae",
             time_budget_s=60.0,
             families=["linear", "hist_gradient_boosting", "xgboost"],
+        ),
+        "payload": TargetSettings(
+            task="binary",
+            entity="request",
+            feature_service="",
+            label_source="payloads",
+            metric="average_precision",
+            time_budget_s=90.0,
+            max_false_positive_rate=0.001,
+            families=list(TEXT_FAMILIES),
         ),
     }
 

@@ -43,6 +43,8 @@ class Dataset:
     groups: pd.Series | None = None
     sensitive: pd.DataFrame = field(default_factory=pd.DataFrame)
     name: str = "table"
+    # a finer label for reporting (payloads: the attack class); never a feature
+    detail: pd.Series | None = None
 
     def fingerprint(self) -> str:
         """Content hash of the training data (features, label, time), for lineage."""
@@ -66,6 +68,7 @@ class Dataset:
             if len(self.sensitive.columns)
             else self.sensitive,
             name=self.name,
+            detail=None if self.detail is None else self.detail.iloc[idx].reset_index(drop=True),
         )
 
 
@@ -127,9 +130,11 @@ def _attach_sensitive(df: pd.DataFrame, settings: Settings, cols: list[str]) -> 
 
 
 def target_dataset(settings: Settings, name: str, target: TargetSettings) -> Dataset:
-    """The training set of a configured target, through Feast."""
+    """The training set of a configured target, through Feast (payloads: from their table)."""
     from features.training import training_frame
 
+    if target.label_source == "payloads":
+        return payload_dataset(target.data, name)
     label: pd.Series
     if target.label_source == "labels":
         df = training_frame(settings, target.feature_service)
@@ -158,6 +163,58 @@ def target_dataset(settings: Settings, name: str, target: TargetSettings) -> Dat
         groups=df[group_col].astype(str),
         sensitive=sensitive.reset_index(drop=True),
         name=name,
+    )
+
+
+BUNDLED_PAYLOADS = Path(__file__).parent / "payloads" / "http_params_payloads.csv.gz"
+BENIGN = "norm"
+
+
+def read_payloads(path: Path | None = None) -> pd.DataFrame:
+    """A labelled payload table: ``payload`` and ``attack_type`` (``norm`` = benign), read
+    as text (a value like ``007`` stays ``007``); the bundled real sample by default."""
+    path = Path(path) if path is not None else BUNDLED_PAYLOADS
+    if not path.exists():
+        raise DataQualityError(f"payload table {path} does not exist")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("payload", "attack_type") if c not in df.columns]
+    if missing:
+        raise DataQualityError(
+            f"payload table {path} lacks column(s) {missing} (has {list(df.columns)})"
+        )
+    return df[["payload", "attack_type"]]
+
+
+def payload_dataset(
+    path: Path | None = None, name: str = "payload", synthetic_benign: int = 3000
+) -> Dataset:
+    """Attack (1) vs benign (0) over raw values, deduplicated on the normal form, grouped by
+    ``shape`` (digits collapsed) so near-duplicate templates never straddle a split.
+
+    ``synthetic_benign`` benign values with apostrophes, brackets and arithmetic
+    (``models/payloads/benign.py``) are added: the real benign sample has almost none,
+    and without them ``O'Brien`` and ``2 < 3`` look like attacks. Values whose normal
+    forms agree but whose labels disagree are dropped."""
+    from features.payload import TEXT_COLUMN, normalise, shape
+    from models.payloads.benign import synthetic_benign as benign_values
+
+    df = read_payloads(path)
+    if synthetic_benign:
+        extra = pd.DataFrame({"payload": benign_values(synthetic_benign), "attack_type": BENIGN})
+        df = pd.concat([df, extra], ignore_index=True)
+    df = df[df["payload"].str.len() > 0]
+    norm = df["payload"].map(normalise)
+    labels_per_form = df.groupby(norm)["attack_type"].nunique()
+    conflicting = set(labels_per_form[labels_per_form > 1].index)
+    keep = ~norm.isin(conflicting) & ~norm.duplicated()
+    df = df[keep.to_numpy()].reset_index(drop=True)
+    return Dataset(
+        X=pd.DataFrame({TEXT_COLUMN: df["payload"]}),
+        y=(df["attack_type"] != BENIGN).astype(int),
+        task="binary",
+        groups=df["payload"].map(shape),
+        name=name,
+        detail=df["attack_type"],
     )
 
 

@@ -42,6 +42,36 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, costs: Costs) -> tuple[fl
     return float(s[best]), float(cost[best] / len(y))
 
 
+def threshold_at_fpr(y: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
+    """The lowest threshold that flags at most ``max_fpr`` of these rows' negatives
+    (ties flagged together): the most recall the false-positive budget allows."""
+    neg = np.sort(score[np.asarray(y).astype(int) == 0])[::-1]
+    allowed = int(np.floor(max_fpr * len(neg)))
+    if len(neg) == 0:
+        return float(np.min(score))
+    if allowed >= len(neg):
+        return float(np.min(score))
+    # flag strictly above the (allowed+1)-th highest negative score
+    return float(np.nextafter(neg[allowed], np.inf))
+
+
+def rate_upper_bound(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """A rate ``k / n`` and its one-sided upper (Clopper–Pearson) bound."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return float("nan"), 1.0
+    upper = 1.0 if k >= n else float(beta.ppf(confidence, k + 1, n - k))
+    return k / n, upper
+
+
+def rate_lower_bound(k: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided lower (Clopper–Pearson) bound of a rate ``k / n``."""
+    from scipy.stats import beta
+
+    return 0.0 if k == 0 else float(beta.ppf(1 - confidence, k, n - k + 1))
+
+
 def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
     from sklearn import metrics as m
 

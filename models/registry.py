@@ -168,6 +168,7 @@ def promote(
     if current is not None:
         history.append(str(current.version))
     c.set_registered_model_alias(name, CHAMPION, version)
+    champion_moved(settings, target)
     c.set_registered_model_tag(name, _STACK_TAG, json.dumps(history[-50:]))
     c.set_model_version_tag(
         name, version, "gatewise.promoted", "forced" if force and not eligible else "gated"
@@ -190,6 +191,7 @@ def rollback(settings: Settings, target: str) -> dict[str, Any]:
     previous = history.pop()
     current = _version_by_alias(c, name, CHAMPION)
     c.set_registered_model_alias(name, CHAMPION, previous)
+    champion_moved(settings, target)
     c.set_registered_model_tag(name, _STACK_TAG, json.dumps(history))
     if current is not None:
         c.set_model_version_tag(name, str(current.version), "gatewise.rolled_back", "true")
@@ -198,6 +200,17 @@ def rollback(settings: Settings, target: str) -> dict[str, Any]:
         "champion": previous,
         "replaced": None if current is None else str(current.version),
     }
+
+
+def champion_moved(settings: Settings, target: str) -> dict[str, Any] | None:
+    """What follows a champion move besides serving's own alias refresh: a payload
+    target's compact scanner is re-exported for the gateway (``models.payload``)."""
+    t = settings.targets.get(target)
+    if t is None or t.label_source != "payloads":
+        return None
+    from models.payload import export_champion
+
+    return export_champion(settings, target)
 
 
 def load_alias(settings: Settings, target: str, alias: str) -> tuple[Any, Any] | None:
@@ -209,7 +222,7 @@ def load_alias(settings: Settings, target: str, alias: str) -> tuple[Any, Any] |
     mv = _version_by_alias(c, name, alias)
     if mv is None:
         return None
-    return mlflow.sklearn.load_model(f"models:/{name}@{alias}"), mv
+    return mlflow.sklearn.load_model(f"models:/{name}/{mv.version}"), mv
 
 
 def write_json(path: Path, obj: Any) -> Path:

@@ -174,23 +174,42 @@ def selections(n_features: int, budget_s: float | None) -> tuple[str, ...]:
     return SELECTIONS
 
 
+def is_text(X: pd.DataFrame) -> bool:
+    """A payload frame: one column of raw request content (features come from the text)."""
+    from features.payload import TEXT_COLUMN
+
+    return list(X.columns) == [TEXT_COLUMN]
+
+
 def suggest(
     trial: Any,
     task: str,
     families: Sequence[str],
     n_features: int,
     selection_choices: Sequence[str] = SELECTIONS,
+    text: bool = False,
 ) -> dict[str, Any]:
-    """The search space: family, its hyperparameters, preprocessing and selection."""
+    """The search space: family, its hyperparameters, preprocessing and selection.
+
+    ``text``: features are hashed n-grams (``features.payload``): no log transform or
+    column selection (the hashing already bounds the width)."""
     p: dict[str, Any] = {"family": trial.suggest_categorical("family", families)}
-    p["log_transform"] = trial.suggest_categorical("log_transform", [False, True])
-    p["selection"] = trial.suggest_categorical("selection", list(selection_choices))
+    if text:
+        p.update(log_transform=False, selection="none", text=True)
+    else:
+        p["log_transform"] = trial.suggest_categorical("log_transform", [False, True])
+        p["selection"] = trial.suggest_categorical("selection", list(selection_choices))
     if p["selection"] != "none":
         p["keep_fraction"] = trial.suggest_float("keep_fraction", 0.3, 1.0)
     if task == "binary":
         p["class_weight"] = trial.suggest_categorical("class_weight", ["none", "balanced"])
     f = p["family"]
-    if f == "linear":
+    if f == "naive_bayes":
+        p["alpha"] = trial.suggest_float("alpha", 1e-3, 10.0, log=True)
+        p["norm"] = trial.suggest_categorical("norm", [False, True])
+    elif f == "linear" and text:
+        p["C"] = trial.suggest_float("C", 1e-1, 1e3, log=True)
+    elif f == "linear":
         p["scale"] = True
         p["C" if task == "binary" else "alpha"] = trial.suggest_float(
             "C" if task == "binary" else "alpha", 1e-3, 1e2, log=True
@@ -207,6 +226,10 @@ def suggest(
         p["min_samples_leaf"] = trial.suggest_int("min_samples_leaf", 5, 200, log=True)
         p["l2_regularization"] = trial.suggest_float("l2_regularization", 1e-6, 10.0, log=True)
     elif f == "xgboost":
+        if text:
+            # a fixed number of rounds: early stopping's evaluation matrix over 2^18 sparse
+            # columns is pathologically slow to build in XGBoost 3.2 (minutes for 9k rows)
+            p["n_rounds"] = trial.suggest_int("n_rounds", 30, 300, log=True)
         p["max_depth"] = trial.suggest_int("max_depth", 2, 10)
         p["learning_rate"] = trial.suggest_float("learning_rate", 0.01, 0.3, log=True)
         p["subsample"] = trial.suggest_float("subsample", 0.5, 1.0)
@@ -216,11 +239,26 @@ def suggest(
     return p
 
 
-def default_configs(task: str, families: Sequence[str]) -> list[dict[str, Any]]:
+def default_configs(task: str, families: Sequence[str], text: bool = False) -> list[dict[str, Any]]:
     """Library defaults per family, tried first (cheap, robust starting points for TPE)."""
-    base: dict[str, Any] = {"log_transform": False, "selection": "none"}
+    base: dict[str, Any] = {} if text else {"log_transform": False, "selection": "none"}
     if task == "binary":
         base["class_weight"] = "none"
+    if text:  # cheapest first: a slow family must not eat the budget before the fast ones ran
+        text_defaults: dict[str, dict[str, Any]] = {
+            "naive_bayes": {"alpha": 0.1, "norm": False},
+            "linear": {"C": 20.0, "class_weight": "balanced"},
+            "xgboost": {
+                "max_depth": 6,
+                "learning_rate": 0.3,
+                "subsample": 1.0,
+                "colsample_bytree": 0.5,
+                "min_child_weight": 1.0,
+                "reg_lambda": 1.0,
+                "n_rounds": 100,
+            },
+        }
+        return [{"family": f, **base, **text_defaults[f]} for f in text_defaults if f in families]
     by_family: dict[str, dict[str, Any]] = {
         "hist_gradient_boosting": {
             "learning_rate": 0.1,
@@ -292,6 +330,8 @@ def build_model(
     from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+    if is_text(X):
+        return _build_text_model(p, task, X, y, X_val, y_val, seed, n_jobs)
     num = [c for c in X.columns if pd.api.types.is_numeric_dtype(X[c])]
     cat = [c for c in X.columns if c not in num]
     num_steps: list[Any] = [SimpleImputer(strategy="median", keep_empty_features=True)]
@@ -360,6 +400,36 @@ def build_model(
     return Pipeline([*prep.steps, ("model", est)])
 
 
+def _build_text_model(
+    p: dict[str, Any],
+    task: str,
+    X: pd.DataFrame,
+    y: pd.Series,
+    X_val: pd.DataFrame | None,
+    y_val: pd.Series | None,
+    seed: int,
+    n_jobs: int,
+) -> Any:
+    """Raw request content → ``PayloadVectorizer`` (sparse n-grams + statistics) → model."""
+    from sklearn.pipeline import Pipeline
+
+    from features.payload import PayloadVectorizer
+
+    vec = PayloadVectorizer()
+    cw = "balanced" if p.get("class_weight") == "balanced" else None
+    est = _estimator(p, task, cw, y, seed, n_jobs)
+    Xt = vec.transform(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if p["family"] == "naive_bayes" and cw == "balanced":
+            counts = np.bincount(np.asarray(y, dtype=int), minlength=2).astype(float)
+            weight = (len(y) / (2 * np.maximum(counts, 1)))[np.asarray(y, dtype=int)]
+            est.fit(Xt, y, sample_weight=weight)
+        else:
+            est.fit(Xt, y)
+    return Pipeline([("features", vec), ("model", est)])
+
+
 class EmptySelectionError(ValueError):
     """Feature selection removed every column (a configuration, not a data, failure)."""
 
@@ -369,11 +439,17 @@ def _estimator(
 ) -> Any:
     binary = task == "binary"
     f = p["family"]
+    if f == "naive_bayes":
+        if not p.get("text"):
+            raise ValueError("naive_bayes takes text (payload) features only")
+        from sklearn.naive_bayes import ComplementNB
+
+        return ComplementNB(alpha=p["alpha"], norm=bool(p.get("norm", False)))
     if f == "linear":
         from sklearn.linear_model import LogisticRegression, Ridge
 
         return (
-            LogisticRegression(C=p["C"], class_weight=cw, max_iter=500)
+            LogisticRegression(C=p["C"], class_weight=cw, max_iter=1000 if p.get("text") else 500)
             if binary
             else Ridge(alpha=p["alpha"])
         )
@@ -461,7 +537,11 @@ def evaluate_params(
         preds.append(pred)
         rows.append(va)
         est = model.steps[-1][1]
-        if p["family"] == "xgboost" and getattr(est, "best_iteration", None) is not None:
+        if (
+            p["family"] == "xgboost"
+            and not p.get("text")
+            and getattr(est, "best_iteration", None) is not None
+        ):
             rounds.append((est.best_iteration + 1) * len(splits.fit) / max(len(tr), 1))
         if report is not None:
             report(float(np.mean(values)), i + 1)
@@ -497,8 +577,10 @@ def objective(
     Xtr, ytr = ds.X.iloc[splits.train], ds.y.iloc[splits.train]
     Xva, yva = ds.X.iloc[splits.val], ds.y.iloc[splits.val]
 
+    text = is_text(ds.X)
+
     def run(trial: optuna.Trial) -> float:
-        p = suggest(trial, ds.task, families, ds.X.shape[1], selection_choices)
+        p = suggest(trial, ds.task, families, ds.X.shape[1], selection_choices, text=text)
         t0 = time.perf_counter()
         if len(splits.folds) == 1 and len(Xtr) > 20_000:
             sub = np.random.default_rng(trial.number).choice(len(Xtr), len(Xtr) // 4, replace=False)

@@ -27,6 +27,7 @@ from models.search import (
     build_model,
     default_configs,
     evaluate_params,
+    is_text,
     make_splits,
     objective,
     predict,
@@ -122,7 +123,7 @@ def _search(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
     )
     # library defaults first: cheap, robust configurations TPE then improves on
-    for cfg in default_configs(ds.task, families):
+    for cfg in default_configs(ds.task, families, text=is_text(ds.X)):
         study.enqueue_trial(cfg, skip_if_exists=True)
     choices = selections(ds.X.shape[1], budget if n_trials is None else None)
     procs: list[Any] = []
@@ -220,11 +221,24 @@ def run_automl(
             val_pred, val_rows = keep["val_pred"], keep["val_rows"]
         else:
             _, val_pred, val_rows, _ = evaluate_params(params, ds, splits, metric, seed)
-        threshold, _ = ev.choose_threshold(ds.y.to_numpy()[val_rows], val_pred, target.costs)
+        if target.max_false_positive_rate is not None:
+            threshold = ev.threshold_at_fpr(
+                ds.y.to_numpy()[val_rows], val_pred, target.max_false_positive_rate
+            )
+        else:
+            threshold, _ = ev.choose_threshold(ds.y.to_numpy()[val_rows], val_pred, target.costs)
     # the final model sees everything but the holdout; no early stopping on rows it trains
     # on (XGBoost gets the rounds the search found instead)
     model = build_model(params, ds.task, ds.X.iloc[splits.fit], ds.y.iloc[splits.fit], seed=seed)
     Xh, yh = ds.X.iloc[splits.holdout], ds.y.iloc[splits.holdout].to_numpy()
+    payload = None
+    if ds.detail is not None and threshold is not None:  # payloads: name the attack class too
+        from models.payload import holdout_report, with_class_head
+
+        model = with_class_head(
+            model, ds.X.iloc[splits.fit], ds.detail.iloc[splits.fit], threshold, seed
+        )
+        payload = holdout_report(model, Xh, ds.detail.iloc[splits.holdout])
     ph = predict(model, ds.task, Xh)
     holdout_score = score(metric, yh, ph)
 
@@ -253,6 +267,16 @@ def run_automl(
                 reasons.append(
                     f"{metric} {holdout_score:.4f} does not beat champion v{champ_version} ({champ_score:.4f}) by {target.promotion_margin}"
                 )
+    if target.max_false_positive_rate is not None and threshold is not None:
+        # refused only when the holdout shows the rate above the bound with 95 % confidence
+        # (a few hundred benign rows cannot show 0.1 % either way; the bound says how sure)
+        neg = yh == 0
+        fp = int((ph[neg] >= threshold).sum())
+        if ev.rate_lower_bound(fp, int(neg.sum())) > target.max_false_positive_rate:
+            reasons.append(
+                f"holdout false-positive rate {fp}/{int(neg.sum())} is above the bound"
+                f" {target.max_false_positive_rate} with 95 % confidence"
+            )
     fairness = None
     if ds.task == "binary" and len(ds.sensitive.columns):
         fairness = ev.fairness_report(
@@ -303,7 +327,22 @@ def run_automl(
         if champ_score is not None:
             mlflow.log_metric(f"champion_holdout_{metric}", champ_score)
         art = Path(tempfile.mkdtemp())
-        importance = _importance(model, ds.task, Xh, yh, metric)
+        importance = (
+            pd.Series(dtype=float) if is_text(ds.X) else _importance(model, ds.task, Xh, yh, metric)
+        )
+        if payload is not None:
+            p_metrics, per_class, errors = payload
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in p_metrics.items() if v == v})
+            (art / "findings").mkdir()
+            per_class.to_csv(art / "findings" / "per_class.csv", index=False)
+            errors.to_csv(art / "findings" / "holdout_errors.csv", index=False)
+            (art / "findings" / "findings.html").write_text(
+                "<h2>Detection by class (holdout, at the threshold)</h2>"
+                + per_class.to_html(index=False, float_format=lambda v: f"{v:.4f}")
+                + "<h2>False positives and missed attacks</h2>"
+                + errors.to_html(index=False, float_format=lambda v: f"{v:.4f}")
+            )
+            mlflow.log_artifacts(str(art / "findings"), "findings")
         if threshold is not None:
             cls_metrics = ev.classification_metrics(yh, ph, threshold)
             mlflow.log_metrics({f"holdout_{k}": v for k, v in cls_metrics.items()})

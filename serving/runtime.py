@@ -272,6 +272,23 @@ class Runtime:
             "results": results,
         }
 
+    def scan(self, target: str, values: list[str], alias: str = "champion") -> dict[str, Any]:
+        """Payload targets: ``(label, score)`` per raw value (``models.payload``)."""
+        m = self.ensure(target, alias)
+        scan = getattr(m.model, "scan", None)
+        if scan is None:
+            raise InputError(f"target {target!r} is not a payload scanner", "target")
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise InputError("values: a list of strings", "values")
+        results = [{"label": lab, "score": sc} for lab, sc in scan(values)] if values else []
+        return {
+            "target": target,
+            "alias": alias,
+            "model_version": m.version,
+            "threshold": m.threshold,
+            "results": results,
+        }
+
     def predict(
         self, target: str, rows: list[dict[str, Any]], alias: str = "champion"
     ) -> dict[str, Any]:

@@ -8,6 +8,8 @@ Endpoints (JSON in, JSON out):
   model version, feature freshness; unknown ids get ``known: false``;
 - ``POST /predict`` ``{"target": "abuse", "rows": [{feature: value, ...}]}`` →
   predictions; a missing or non-numeric feature is a 400 naming it;
+- ``POST /scan`` ``{"target": "payload", "values": ["1' or '1'='1"]}`` → ``label`` (benign or
+  the attack class) and ``score`` per value, from the payload champion;
 - ``POST /metadata`` ``{"target": "abuse", "alias": "champion"}`` → model name,
   version, alias, training metrics, feature service, swap errors;
 - BentoML's own ``/healthz``, ``/livez`` and ``/readyz`` (ready once every
@@ -84,6 +86,21 @@ class Scorer:
             raise InvalidArgument("ids: a list of at most 10,000 entity ids")
         try:
             return self.runtime.score(target, [str(i) for i in ids], alias)
+        except NoModelError as exc:
+            raise NotFound(str(exc)) from None
+
+    @bentoml.api(route="/scan")
+    def scan(
+        self, values: list[str], target: str = "payload", alias: str = "champion"
+    ) -> dict[str, Any]:
+        from serving.runtime import InputError, NoModelError
+
+        if not isinstance(values, list) or len(values) > 10_000:
+            raise InvalidArgument("values: a list of at most 10,000 strings")
+        try:
+            return self.runtime.scan(target, [str(v) for v in values], alias)
+        except InputError as exc:
+            raise InvalidArgument(f"{exc.field}: {exc}") from None
         except NoModelError as exc:
             raise NotFound(str(exc)) from None
 

@@ -90,6 +90,27 @@ _FIELDS: list[tuple[str, pa.DataType, bool, str | None, str]] = [
     ("tier", pa.string(), True, None, "client tier: free | pro | enterprise"),
     ("region", pa.string(), True, None, "client region"),
     ("device_type", pa.string(), True, None, "server | mobile | browser | iot | bot | other"),
+    (
+        "scan_score",
+        pa.float32(),
+        True,
+        None,
+        "payload scanner: attack probability of the request's most suspicious value",
+    ),
+    (
+        "scan_label",
+        pa.string(),
+        True,
+        None,
+        "payload scanner: benign | sqli | xss | path-traversal | cmdi | unavailable",
+    ),
+    (
+        "scan_action",
+        pa.string(),
+        True,
+        None,
+        "payload policy band: log | challenge | block | shadow_challenge | shadow_block",
+    ),
 ]
 
 EVENT_SCHEMA = pa.schema(
@@ -162,6 +183,9 @@ class TelemetryEvent(BaseModel):
     tier: str | None = None
     region: str | None = None
     device_type: str | None = None
+    scan_score: float | None = Field(default=None, ge=0, le=1)
+    scan_label: str | None = None
+    scan_action: str | None = None
 
     @field_validator("timestamp")
     @classmethod

@@ -82,4 +82,5 @@ def test_featurize_shape_and_invariance() -> None:
     # numbers differ only in digits: the same n-grams, so digits cannot carry a signal
     y = featurize(["33734", "10000"])[:, :N_FEATURES].toarray()
     assert np.allclose(y[0], y[1])
-    assert stats("%3Cb%3E")[STAT_NAMES.index("decode_rounds")] == 1.0
+    # statistics describe the normal form only: every dressing gives the same numbers
+    assert all(np.allclose(stats(w), stats(v)) for w in _variants(v, rng).values())

@@ -1,0 +1,1 @@
+"""Bundled payload data: the real labelled sample and the benign-augmentation templates."""
