@@ -12,6 +12,13 @@ a fixed ``{"ok":true}``, one worker, so the upstream is never the bottleneck;
   gateway+score the same, plus the abuse score from a fake scorer (``POST /score``),
                 cached per client (``cache_ttl_s: 60``), so the steady state is
                 a cache hit
+  gateway+scan  the gateway, plus the payload scanner in process (a compact linear
+                champion fitted on the real payloads at start): every request's
+                query value scanned, verdicts recorded (shadow)
+
+Every request carries a query value (``--query-values`` N, default 200): wrk rotates
+through N real parameter values from the labelled payload sample (one in ten an
+attack), URL-encoded, for every case, so scanning on vs off differs only in the scan.
 
 Each is measured at 64 connections (throughput) and 8 connections (latency),
 with NGINX and the gateway running the same number of worker processes (each
@@ -74,7 +81,7 @@ GATEWISE = str(Path(PY).with_name("gatewise"))
 RESULTS = REPO / "benchmarks" / "results" / "gateway.jsonl"
 PATH = "/bench"
 BODY = b'{"ok":true}'
-CASES = ("direct", "nginx", "gateway", "gateway+score")
+CASES = ("direct", "nginx", "gateway", "gateway+score", "gateway+scan")
 
 # wrk reports its own numbers through done(): exact percentiles in microseconds
 WRK_LUA = r"""
@@ -280,7 +287,9 @@ def serve_upstream(port: int) -> None:
 
 
 # the gateway -------------------------------------------------------------
-def gateway_config(root: Path, upstream_port: int, scorer_port: int | None) -> Path:
+def gateway_config(
+    root: Path, upstream_port: int, scorer_port: int | None, scanner: Path | None = None
+) -> Path:
     import yaml
 
     cfg = yaml.safe_load((REPO / "gatewise.yaml").read_text())
@@ -303,7 +312,11 @@ def gateway_config(root: Path, upstream_port: int, scorer_port: int | None) -> P
             "url": f"http://127.0.0.1:{scorer_port or 3000}",
             "cache_ttl_s": 60,
         },
+        "scanning": {"enabled": scanner is not None},
     }
+    if scanner is not None:  # where the gateway looks for the champion's compact export
+        (root / "data" / "scanner").mkdir(parents=True, exist_ok=True)
+        shutil.copy(scanner, root / "data" / "scanner" / "payload.npz")
     path = root / "gatewise.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -349,9 +362,39 @@ def telemetry_summary(data_dir: Path) -> dict[str, Any]:
     return {
         "telemetry_events": t.num_rows,
         "telemetry_scored": t.num_rows - t.column("model_score").null_count,
+        "telemetry_scanned": t.num_rows - t.column("scan_label").null_count
+        if "scan_label" in t.column_names
+        else 0,
         "telemetry_allowed": sum(d == "allow" for d in dec),
         "telemetry_files": sum(1 for _ in (data_dir / "telemetry").rglob("*.parquet")),
     }
+
+
+def build_scanner(root: Path) -> Path:
+    """The compact payload scanner the gateway+scan case loads: a linear detector and
+    class head fitted on the real payloads (what AutoML's default text config gives)."""
+    from models.payload import CompactScanner, fit_default
+
+    return CompactScanner.from_model(fit_default(), "bench").save(root / "payload.npz")
+
+
+def query_lua(n: int, seed: int = 0) -> str:
+    """A wrk ``request()`` rotating through ``n`` real parameter values (1 in 10 an attack)."""
+    import random
+    from urllib.parse import quote_plus
+
+    from models.data import BENIGN, read_payloads
+
+    df = read_payloads()
+    rng = random.Random(seed)
+    benign = df.loc[df["attack_type"] == BENIGN, "payload"].tolist()
+    attacks = df.loc[df["attack_type"] != BENIGN, "payload"].tolist()
+    values = [rng.choice(attacks) if i % 10 == 9 else rng.choice(benign) for i in range(n)]
+    paths = ",\n".join(f'"{PATH}?q={quote_plus(v)}"' for v in values)
+    return (
+        f"local paths = {{\n{paths}\n}}\nlocal i = 0\n"
+        "request = function()\n  i = i % #paths + 1\n  return wrk.format(nil, paths[i])\nend\n"
+    )
 
 
 # wrk ---------------------------------------------------------------------
@@ -639,6 +682,9 @@ def main() -> None:
     ap.add_argument("--profile-connections", type=int, default=64)
     ap.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks here")
     ap.add_argument("--no-save", action="store_true", help="do not append to the results file")
+    ap.add_argument(
+        "--query-values", type=int, default=200, help="real values rotated as ?q= (0: none)"
+    )
     ap.add_argument("--serve-scorer", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -659,7 +705,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gatewise-gwbench-"))
     os.chmod(root, 0o755)
     lua = root / "report.lua"
-    lua.write_text(WRK_LUA)
+    lua.write_text((query_lua(a.query_values) if a.query_values else "") + WRK_LUA)
+    scanner = build_scanner(root) if "gateway+scan" in a.cases else None
     profile_text = ""
     try:
         # the upstream and the fake scorer stay up for the whole run
@@ -696,7 +743,10 @@ def main() -> None:
                     groot = root / f"{case.replace('+', '-')}-{workers}"
                     groot.mkdir()
                     cfg = gateway_config(
-                        groot, up_port, sc_port if case == "gateway+score" else None
+                        groot,
+                        up_port,
+                        sc_port if case == "gateway+score" else None,
+                        scanner if case == "gateway+scan" else None,
                     )
                     key = add_consumer(cfg)
                     headers = {"x-api-key": key}
@@ -737,6 +787,7 @@ def main() -> None:
                         f"  telemetry: {tel.get('telemetry_events', 0)} events "
                         f"(wrk counted {sent} in the measured runs, plus warm-ups), "
                         f"{tel.get('telemetry_scored', 0)} scored, "
+                        f"{tel.get('telemetry_scanned', 0)} scanned, "
                         f"{tel.get('telemetry_allowed', 0)} allowed, "
                         f"{tel.get('telemetry_files', 0)} Parquet files",
                         flush=True,

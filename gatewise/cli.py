@@ -307,6 +307,13 @@ def promote(
         f"{out['model']}: champion is now version {out['champion']}"
         + (f" (was {out['previous']})" if out["previous"] else "")
     )
+    sc = out.get("scanner")
+    if sc:
+        typer.echo(
+            f"payload scanner for the gateway: {sc['path']}"
+            if "path" in sc
+            else f"payload scanner: {sc.get('remote') or sc.get('none')} (gateway: scanning.mode remote)"
+        )
 
 
 @app.command()

@@ -96,6 +96,7 @@ def _consumers(s: Settings) -> dict[str, tuple[str, str]]:
         ("partner", "enterprise", ["consumer"], False),
         ("admin", "enterprise", ["consumer", "admin"], False),
         ("former", "pro", ["consumer"], True),
+        ("injector", "pro", ["consumer"], False),
     ):
         cid, tier, region, device = sim.get(
             role, (f"demo-{role}", default_tier, "eu-west", "server")
@@ -122,11 +123,23 @@ def _consumers(s: Settings) -> dict[str, tuple[str, str]]:
 
 
 async def _drive(
-    base: str, keys: dict[str, tuple[str, str]], seconds: float
+    base: str,
+    keys: dict[str, tuple[str, str]],
+    seconds: float,
+    injected: list[tuple[str, str]] | None = None,
 ) -> Counter[tuple[str, int]]:
     import httpx
 
     out: Counter[tuple[str, int]] = Counter()
+
+    async def injector() -> None:
+        """Held-out real attacks and benign look-alikes in a search box (the scanner's act)."""
+        cid, key = keys["injector"]
+        async with httpx.AsyncClient(base_url=base, timeout=5) as c:
+            for value, _ in injected or []:
+                r = await c.get("/v1/search", params={"q": value}, headers={"x-api-key": key})
+                out[(f"injector ({cid}) search", r.status_code)] += 1
+                await asyncio.sleep(seconds / max(len(injected or []), 1) / 2)
 
     async def client(role: str, rate: float, path: str, with_key: bool = True) -> None:
         cid, key = keys.get(role, ("anonymous", ""))
@@ -146,6 +159,7 @@ async def _drive(
         client("partner", 2, "/v1/reports/export"),
         client("former", 1, "/v1/orders/1"),
         client("anonymous probe", 1, "/v1/users/1", with_key=False),
+        injector(),
     )
     return out
 
@@ -242,6 +256,18 @@ def gateway_demo(
         + (f", scored by the champion at {scoring_url}" if scoring_url else "")
     )
     keys = _consumers(s)
+    injected: list[tuple[str, str]] = []
+    from models.payload import scanner_path
+
+    if g.scanning.enabled and scanner_path(s).exists():
+        from gatewise.demo_payload import demo_requests
+
+        injected = demo_requests()
+        console.print(
+            f"payload scanner: the champion's compact form scans every request in process; "
+            f"an injector sends {len(injected)} search queries (held-out real attacks and benign "
+            "values with quotes and brackets)"
+        )
     up_port, gw_port = _free_port(), _free_port()
     services = {
         n: sv.model_copy(update={"instances": [f"http://127.0.0.1:{up_port}"]})
@@ -262,7 +288,7 @@ def gateway_demo(
         worker.start()
     try:
         with _Server(upstream_app(latency_scale=0.05), up_port), _Server(app, gw_port):
-            counts = asyncio.run(_drive(f"http://127.0.0.1:{gw_port}", keys, seconds))
+            counts = asyncio.run(_drive(f"http://127.0.0.1:{gw_port}", keys, seconds, injected))
     finally:
         if svc is not None and worker is not None:
             time.sleep(svc.settings.stream.publish_interval_s * 2)  # the last publish
@@ -285,6 +311,20 @@ def gateway_demo(
                 .to_dict("records")
             )
             console.print(_table("scored by the champion (shadow: recorded, not enforced)", rows))
+    if injected:
+        from gatewise.demo_payload import scan_summary
+        from telemetry.store import TelemetryStore
+
+        ev = TelemetryStore(s.telemetry_dir).read().to_pandas()
+        ev = ev[ev["client_id"] == keys["injector"][0]]
+        rows = scan_summary(ev, dict(injected))
+        console.print(
+            _table(
+                f"payload scanner v{status['scanning']['version']} in the gateway (policy: shadow "
+                "bands log 0.5 / challenge 0.9 / block 0.99 — recorded, not enforced)",
+                rows,
+            )
+        )
     rows = [{"client": k[0], "status": k[1], "requests": v} for k, v in sorted(counts.items())]
     console.print(_table("responses by client (429 = throttled, 401 = refused credentials)", rows))
     t = status["telemetry"]

@@ -416,6 +416,10 @@ def demo(console: Console, s: Settings, config: Path | None = None) -> None:
         console.print(
             "the gate refused this challenger (see above); `gatewise promote --force` overrides it"
         )
+    console.rule("payload scanning: AutoML on real attack payloads → gate → compact champion")
+    from gatewise.demo_payload import payload_demo
+
+    payload_demo(console, s, config)
     console.rule("deploy: Prefect flow deploy → BentoML service → champion → gateway policy")
     scoring_url = deploy_demo(console, s, config, r)
     console.rule("gateway: backtest policies, then real HTTP through the gateway")

@@ -372,3 +372,24 @@ def holdout_report(
     errors["confidence"] = np.abs(errors["score"] - model.threshold)
     errors = errors.sort_values("confidence", ascending=False).head(max_errors)
     return metrics, per_class, errors.drop(columns="confidence")
+
+
+def fit_default(
+    ds: Any = None, max_fpr: float = 0.001, train_on: str = "train", seed: int = 0
+) -> PayloadModel:
+    """The search's default linear configuration on the payload data's own split, without
+    a search: fitted on ``train_on`` rows (``train`` or ``fit`` = train + validation), the
+    threshold flagging at most ``max_fpr`` of benign validation values. For tests,
+    benchmarks and a gateway that needs a scanner before any training ran."""
+    from models.data import payload_dataset
+    from models.evaluate import threshold_at_fpr
+    from models.search import build_model, make_splits
+
+    ds = ds if ds is not None else payload_dataset()
+    sp = make_splits(ds, 0.2)
+    rows = sp.fit if train_on == "fit" else sp.train
+    p = {"family": "linear", "text": True, "C": 20.0, "class_weight": "balanced"}
+    det = build_model(p, "binary", ds.X.iloc[rows], ds.y.iloc[rows], seed=seed)
+    val = det.predict_proba(ds.X.iloc[sp.val])[:, 1]
+    thr = threshold_at_fpr(ds.y.to_numpy()[sp.val], val, max_fpr)
+    return with_class_head(det, ds.X.iloc[rows], ds.detail.iloc[rows], thr, seed)

@@ -168,7 +168,7 @@ def promote(
     if current is not None:
         history.append(str(current.version))
     c.set_registered_model_alias(name, CHAMPION, version)
-    champion_moved(settings, target)
+    moved = champion_moved(settings, target)
     c.set_registered_model_tag(name, _STACK_TAG, json.dumps(history[-50:]))
     c.set_model_version_tag(
         name, version, "gatewise.promoted", "forced" if force and not eligible else "gated"
@@ -178,6 +178,7 @@ def promote(
         "champion": version,
         "previous": None if current is None else str(current.version),
         "changed": True,
+        **({"scanner": moved} if moved is not None else {}),
     }
 
 

@@ -59,12 +59,17 @@ class Scorer:
             except Exception as exc:  # not ready until a champion exists; /readyz says so
                 self.runtime.errors[(t, "champion")] = f"{type(exc).__name__}: {exc}"[:500]
                 log.error("no champion for %s yet: %s", t, exc)
-        for t in self.preload:  # warm Feast's registry and online store before the first request
+        # warm Feast's registry and online store before the first request, champion or not
+        # (a first deploy stages a challenger into a service that has no champion yet, and
+        # its smoke request must not pay Feast's start-up inside the request timeout)
+        for t in self.preload:
+            target = self.settings.targets.get(t)
+            if target is None or not target.feature_service:
+                continue
             try:
-                m = self.runtime.ensure(t, "champion")
-                self.runtime.online(m.feature_service, ["__warmup__"])
-            except Exception:
-                pass
+                self.runtime.online(target.feature_service, ["__warmup__"])
+            except Exception as exc:
+                log.warning("could not warm the online store for %s: %s", t, exc)
         self.runtime.start_refresher(float(os.environ.get("GATEWISE_SERVE_REFRESH_S", "2")))
 
     def __is_ready__(self) -> bool:

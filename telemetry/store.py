@@ -30,6 +30,16 @@ import pyarrow.parquet as pq
 
 from telemetry.schema import EVENT_SCHEMA, conform
 
+# Arrow types of the contract → DuckDB, for columns a part file does not have
+_DUCK = {
+    "float": "FLOAT",
+    "double": "DOUBLE",
+    "string": "VARCHAR",
+    "int16": "SMALLINT",
+    "int64": "BIGINT",
+    "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
+}
+
 __all__ = ["AppendResult", "TelemetryStore"]
 
 HOUR_FMT = "%Y-%m-%dT%H"
@@ -182,11 +192,35 @@ class TelemetryStore:
             conds.append(f"hour <= '{end.strftime(HOUR_FMT)}'")
             conds.append(f"timestamp < TIMESTAMPTZ '{end.isoformat()}'")
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        cols = ", ".join(EVENT_SCHEMA.names)
+        have = self._stored_columns()
+        cols = ", ".join(
+            f.name
+            if f.name in have
+            else f"CAST(NULL AS {_DUCK.get(str(f.type), 'VARCHAR')}) AS {f.name}"
+            for f in EVENT_SCHEMA
+        )
         return (
             f"SELECT {cols} FROM read_parquet('{self.glob()}', hive_partitioning = true, "
             f"hive_types = {{'hour': VARCHAR}}, union_by_name = true){where}"
         )
+
+    def _stored_columns(self) -> set[str]:
+        """Contract columns found in the part files: a store written before a column joined
+        the contract (``scan_*``) reads it as nulls instead of failing. Newest files first;
+        stops as soon as every column is found (the usual case: the newest part has all)."""
+        want = set(EVENT_SCHEMA.names)
+        found: set[str] = set()
+        files = sorted(
+            self.root.glob("hour=*/*.parquet"), key=lambda p: p.parent.name, reverse=True
+        )
+        for f in files:
+            try:
+                found |= set(pq.read_schema(f).names)
+            except (OSError, pa.ArrowInvalid):
+                continue
+            if want <= found:
+                break
+        return found
 
     def connect(self) -> Any:
         """A DuckDB connection with the view ``events`` over the whole store."""

@@ -18,17 +18,11 @@ from models.evaluate import rate_lower_bound, rate_upper_bound, threshold_at_fpr
 @pytest.fixture(scope="module")
 def trained():
     """A linear detector + class head fitted on the shape-grouped training groups."""
-    from models.payload import with_class_head
-    from models.search import build_model, make_splits
+    from models.payload import fit_default
+    from models.search import make_splits
 
     ds = payload_dataset()
-    sp = make_splits(ds, 0.2)
-    p = {"family": "linear", "text": True, "C": 20.0, "class_weight": "balanced"}
-    det = build_model(p, "binary", ds.X.iloc[sp.train], ds.y.iloc[sp.train])
-    val = det.predict_proba(ds.X.iloc[sp.val])[:, 1]
-    thr = threshold_at_fpr(ds.y.to_numpy()[sp.val], val, 0.001)
-    model = with_class_head(det, ds.X.iloc[sp.train], ds.detail.iloc[sp.train], thr)
-    return ds, sp, model
+    return ds, make_splits(ds, 0.2), fit_default(ds)
 
 
 def test_split_keeps_templates_on_one_side_and_adds_benign_symbols():

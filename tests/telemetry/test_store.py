@@ -113,3 +113,41 @@ def test_empty_store_reads_empty(tmp_path: Path):
     store = TelemetryStore(tmp_path / "none")
     assert store.read().num_rows == 0
     assert store.connect().execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+def test_a_store_written_before_the_scan_columns_reads_them_as_nulls(tmp_path):
+    """Parts written before ``scan_*`` joined the contract stay readable (nulls), alone and
+    beside new parts."""
+    from datetime import UTC, datetime
+
+    import pyarrow.parquet as pq
+
+    from telemetry.schema import TelemetryEvent, events_to_table
+    from telemetry.store import TelemetryStore
+
+    def event(rid: str, hour: int, **kw):
+        return TelemetryEvent(
+            timestamp=datetime(2026, 11, 2, hour, tzinfo=UTC),
+            request_id=rid,
+            client_id="c1",
+            http_request_method="GET",
+            url_path="/x",
+            http_route="/x",
+            http_response_status_code=200,
+            **kw,
+        )
+
+    store = TelemetryStore(tmp_path / "t")
+    old = events_to_table([event("r1", 1)]).drop_columns(
+        ["scan_score", "scan_label", "scan_action"]
+    )
+    part = tmp_path / "t" / "hour=2026-11-02T01" / "part-old.parquet"
+    part.parent.mkdir(parents=True)
+    pq.write_table(old, part)
+    assert store.read().column("scan_label").to_pylist() == [None]
+    store.append(events_to_table([event("r2", 2, scan_score=0.97, scan_label="sqli")]))
+    rows = sorted(store.read().select(["request_id", "scan_label"]).to_pylist(), key=str)
+    assert rows == [
+        {"request_id": "r1", "scan_label": None},
+        {"request_id": "r2", "scan_label": "sqli"},
+    ]
