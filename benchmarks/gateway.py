@@ -740,7 +740,7 @@ def main() -> None:
                         procs, nginx, root / f"proxy-{workers}", workers, port, up_port
                     )
                 else:
-                    groot = root / f"{case.replace('+', '-')}-{workers}"
+                    groot = root / f"{case.replace('+', '-')}-{workers}-{len(rows)}"
                     groot.mkdir()
                     cfg = gateway_config(
                         groot,

@@ -378,8 +378,9 @@ def fit_default(
     ds: Any = None, max_fpr: float = 0.001, train_on: str = "train", seed: int = 0
 ) -> PayloadModel:
     """The search's default linear configuration on the payload data's own split, without
-    a search: fitted on ``train_on`` rows (``train`` or ``fit`` = train + validation), the
-    threshold flagging at most ``max_fpr`` of benign validation values. For tests,
+    a search: fitted on ``train_on`` rows (``train``, threshold from the validation rows; or
+    ``fit`` = train + validation, threshold from 5-fold out-of-fold scores, as AutoML does),
+    flagging at most ``max_fpr`` of benign values. For tests,
     benchmarks and a gateway that needs a scanner before any training ran."""
     from models.data import payload_dataset
     from models.evaluate import threshold_at_fpr
@@ -390,6 +391,12 @@ def fit_default(
     rows = sp.fit if train_on == "fit" else sp.train
     p = {"family": "linear", "text": True, "C": 20.0, "class_weight": "balanced"}
     det = build_model(p, "binary", ds.X.iloc[rows], ds.y.iloc[rows], seed=seed)
-    val = det.predict_proba(ds.X.iloc[sp.val])[:, 1]
-    thr = threshold_at_fpr(ds.y.to_numpy()[sp.val], val, max_fpr)
+    if train_on == "fit":  # as run_automl does: out-of-fold scores over every fitted row
+        from models.search import evaluate_params, oof_splits
+
+        _, val, val_rows, _ = evaluate_params(p, ds, oof_splits(ds, sp), "average_precision")
+        thr = threshold_at_fpr(ds.y.to_numpy()[val_rows], val, max_fpr)
+    else:
+        val = det.predict_proba(ds.X.iloc[sp.val])[:, 1]
+        thr = threshold_at_fpr(ds.y.to_numpy()[sp.val], val, max_fpr)
     return with_class_head(det, ds.X.iloc[rows], ds.detail.iloc[rows], thr, seed)

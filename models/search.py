@@ -29,6 +29,7 @@ __all__ = [
     "evaluate_params",
     "make_splits",
     "objective",
+    "oof_splits",
     "score",
     "suggest",
 ]
@@ -140,6 +141,23 @@ def make_splits(
         if any(len(v) == 0 or len(t) == 0 for t, v in folds):
             folds = []
     return Splits(train, val, hold, folds)
+
+
+def oof_splits(ds: Dataset, splits: Splits, k: int = 5) -> Splits:
+    """``splits`` with ``k`` folds over all non-holdout rows (groups kept whole): for
+    out-of-fold predictions on every row a final model trains on, e.g. a threshold at a
+    small false-positive budget that one validation split holds too few negatives for."""
+    fit = splits.fit
+    if ds.groups is not None:
+        b = _group_bucket(ds.groups, salt="oof")[fit]
+    else:
+        b = np.random.default_rng(0).random(len(fit))
+    key = pd.Series(b).rank(method="dense", pct=True).to_numpy()
+    fold = np.minimum((key * k).astype(int), k - 1)
+    folds = [(fit[fold != i], fit[fold == i]) for i in range(k)]
+    if any(len(v) == 0 or len(t) == 0 for t, v in folds):
+        return splits
+    return Splits(splits.train, splits.val, splits.holdout, folds)
 
 
 def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:

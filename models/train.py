@@ -30,6 +30,7 @@ from models.search import (
     is_text,
     make_splits,
     objective,
+    oof_splits,
     predict,
     score,
     selections,
@@ -222,6 +223,12 @@ def run_automl(
         else:
             _, val_pred, val_rows, _ = evaluate_params(params, ds, splits, metric, seed)
         if target.max_false_positive_rate is not None:
+            if ds.time is None and len(splits.folds) == 1:
+                # a budget of 0.1 % is a handful of the validation split's negatives: take
+                # the threshold from out-of-fold scores over every non-holdout row instead
+                _, val_pred, val_rows, _ = evaluate_params(
+                    params, ds, oof_splits(ds, splits), metric, seed
+                )
             threshold = ev.threshold_at_fpr(
                 ds.y.to_numpy()[val_rows], val_pred, target.max_false_positive_rate
             )
