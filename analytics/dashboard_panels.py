@@ -184,6 +184,17 @@ def _security_models(c: PanelContext) -> Panel:
     return df, {"threshold": security.FLAG_SCORE, "clients": clients}
 
 
+def _security_scan(c: PanelContext) -> Panel:
+    df = security.scan_verdicts(c.src, c.filters)
+    note = (
+        None
+        if len(df)
+        else "no scanned requests in this range (no payload champion exported yet, or"
+        " gateway.scanning off)"
+    )
+    return df, {"note": note, "clients": security.scan_clients(c.src, c.filters)}
+
+
 def _security_refused(c: PanelContext) -> Panel:
     return security.refused_by_tier_region(c.src, c.filters), {}
 
@@ -413,6 +424,7 @@ PANELS: dict[str, PanelSpec] = {
     "security_decisions": PanelSpec(_security_decisions),
     "security_models": PanelSpec(_security_models),
     "security_refused": PanelSpec(_security_refused),
+    "security_scan": PanelSpec(_security_scan),
     "policies": PanelSpec(_policies, external=True),
     "models": PanelSpec(_models, filtered=False, external=True),
     "retention": PanelSpec(_retention),

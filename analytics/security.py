@@ -35,6 +35,8 @@ __all__ = [
     "policy_history",
     "policy_versions_seen",
     "refused_by_tier_region",
+    "scan_clients",
+    "scan_verdicts",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,35 @@ def flagged_clients(
             ORDER BY flagged_requests DESC, client_id LIMIT {int(n)}""",
         f,
         params=[threshold, threshold],
+    )
+
+
+def scan_verdicts(src: Source, f: Filters) -> pd.DataFrame:
+    """The payload scanner's verdicts (``docs/scanning.md``): requests per label and band
+    action, with the clients and routes they came from and their scores."""
+    return src.df(
+        """SELECT * FROM (
+              SELECT scan_label AS label, coalesce(scan_action, 'none') AS action,
+                 count(*) AS requests, count(DISTINCT client_id) AS clients,
+                 count(DISTINCT http_route) AS routes, max(scan_score) AS max_score,
+                 avg(scan_score) AS mean_score, max(timestamp) AS last
+              FROM ev WHERE scan_label IS NOT NULL GROUP BY ALL)
+            ORDER BY label = 'benign', requests DESC, label, action""",
+        f,
+    )
+
+
+def scan_clients(src: Source, f: Filters, n: int = 20) -> pd.DataFrame:
+    """The ``n`` clients with most requests the scanner called attacks, and which kinds."""
+    return src.df(
+        f"""SELECT client_id, arg_max(tier, timestamp) AS tier,
+               count(*) AS attack_requests, string_agg(DISTINCT scan_label, ', ') AS classes,
+               max(scan_score) AS max_score,
+               count_if(ratelimit_decision IN ('scan_block', 'scan_challenge'))::BIGINT AS refused,
+               max(timestamp) AS last
+            FROM ev WHERE scan_label NOT IN ('benign', 'unavailable') GROUP BY client_id
+            ORDER BY attack_requests DESC, client_id LIMIT {int(n)}""",
+        f,
     )
 
 

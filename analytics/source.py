@@ -180,7 +180,16 @@ class Source:
             self.refresh()
             return "SELECT * FROM events_cache" if self._loaded else self._empty_relation()
         globs = self.globs()
-        return self._read(globs) if globs else self._empty_relation()
+        if not globs:
+            return self._empty_relation()
+        read = self._read(globs)
+        have = {r[0] for r in self.connection().execute(f"DESCRIBE {read}").fetchall()}
+        extra = [
+            f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}"
+            for f in EVENT_SCHEMA
+            if f.name not in have
+        ]
+        return f"SELECT *, {', '.join(extra)} FROM ({read})" if extra else read
 
     def refresh(self, force: bool = False) -> int:
         """Load part files that appeared since the last look; returns events added."""
@@ -204,6 +213,13 @@ class Source:
                 con.execute(f"INSERT INTO events_cache BY NAME {self._read(new)}")
             else:
                 con.execute(f"CREATE TABLE events_cache AS {self._read(new)} ORDER BY timestamp")
+                # parts written before a column joined the contract (scan_*) lack it: the
+                # table gets every contract column, so old and new parts insert by name
+                for fld in EVENT_SCHEMA:
+                    con.execute(
+                        f"ALTER TABLE events_cache ADD COLUMN IF NOT EXISTS {fld.name} "
+                        f"{_duck_type(fld.type)}"
+                    )
             self._loaded.update(new)
             self.stamp += 1
             return self._count() - before

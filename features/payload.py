@@ -185,6 +185,7 @@ class _Memo:
 
 
 _MEMO = _Memo()
+_MEMO_MIN_BATCH = 256  # training and evaluation pass thousands of values; requests pass few
 
 
 def as_values(X: Any) -> list[str]:
@@ -205,7 +206,10 @@ class PayloadVectorizer(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: Any) -> Any:
-        return _MEMO.rows(as_values(X))
+        values = as_values(X)
+        if len(values) < _MEMO_MIN_BATCH:  # serving a request: nothing to reuse, keep no state
+            return featurize(values)
+        return _MEMO.rows(values)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

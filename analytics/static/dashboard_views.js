@@ -184,6 +184,15 @@
       rowClass: (r) => (r.flagged ? 'status-breaching' : '') });
   }
 
+  function scanVerdicts(d, card) {
+    card.summary.innerHTML = d.meta.note ? `<p class="note">${GW.esc(d.meta.note)}</p>` : '';
+    const t = card.table;
+    t.innerHTML = '<div class="verdicts"></div><h4>Clients sending attacks</h4><div class="clients"></div>';
+    GW.table($('.verdicts', t), d, { empty: 'No scanned requests.',
+      rowClass: (r) => (r.label !== 'benign' && r.label !== 'unavailable' ? 'status-breaching' : '') });
+    GW.table($('.clients', t), d.meta.clients, { link: { client_id: 'client' }, empty: 'No attack verdicts.' });
+  }
+
   // ---------- Cohorts ----------
   function lost(d, card) {
     const m = d.meta;
@@ -262,6 +271,7 @@
       { id: 'decisions', panel: 'security_decisions', title: 'Rate-limit decisions by policy version', render: decisions, wide: true },
       { id: 'refused', panel: 'security_refused', title: 'Refused requests by tier and region', render: refused },
       { id: 'flagged', panel: 'security_models', title: 'Model-flagged clients', render: modelsFlagged },
+      { id: 'scanner', panel: 'security_scan', title: 'Payload scanner verdicts', render: scanVerdicts },
     ],
     models: [
       { id: 'policy-effect', panel: 'policy_effect', title: 'Was it our policy? (propensity-matched effect on retention)', render: policyEffect, wide: true,

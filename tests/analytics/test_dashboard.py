@@ -41,11 +41,12 @@ def _security_events() -> list[Any]:
         event("c4", 120, "/v1/orders", 429, 20, policy_version="2", tier="free", region="ap-south"),
         event("c4", 121, "/v1/orders", 403, 20, policy_version="2", ratelimit_decision="block",
               tier="free", region="ap-south",
-              model_version="m1", model_score=0.9),
+              model_version="m1", model_score=0.9,
+              scan_label="sqli", scan_score=0.999, scan_action="shadow_block"),
         event("c5", 122, "/v1/search", 200, 20, policy_version="2", model_version="m1",
-              model_score=0.2),
+              model_score=0.2, scan_label="benign", scan_score=0.01),
         event("c5", 123, "/v1/search", 200, 20, policy_version="2", model_version="m1",
-              model_score=0.7),
+              model_score=0.7, scan_label="xss", scan_score=0.95, scan_action="shadow_challenge"),
     ]  # fmt: skip
     return out
 
@@ -240,6 +241,20 @@ def test_security_panels(app, stores) -> None:
         _get(app, "/api/panel/security_refused", dataset="sec").json())}  # fmt: skip
     assert refused["free", "ap-south"]["refused"] == 2
     assert refused["pro", "us-east"]["refused_share"] == pytest.approx(1 / 3)
+
+
+def test_payload_scanner_panel(app) -> None:
+    scan = _get(app, "/api/panel/security_scan", dataset="sec").json()
+    rows = {(r["label"], r["action"]): r for r in _records(scan)}
+    assert set(rows) == {("sqli", "shadow_block"), ("xss", "shadow_challenge"), ("benign", "none")}
+    assert rows["sqli", "shadow_block"]["requests"] == 1
+    assert rows["xss", "shadow_challenge"]["max_score"] == pytest.approx(0.95)
+    assert [r["label"] for r in _records(scan)][-1] == "benign"  # attacks first
+    clients = {r[0]: r for r in scan["meta"]["clients"]["rows"]}
+    assert set(clients) == {"c4", "c5"} and scan["meta"]["note"] is None
+    # a dataset without scanned requests says why
+    empty = _get(app, "/api/panel/security_scan", dataset="small").json()
+    assert empty["rows"] == [] and "no scanned requests" in empty["meta"]["note"]
 
 
 def test_policies_and_models_without_stores(app) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from analytics.config import CostModel, SloSettings, SloTarget, TierPrice
 from analytics.source import Filters, parse_period
-from tests.analytics.conftest import T0
+from tests.analytics.conftest import T0, event
 
 
 def test_breakdown_by_route_hand_computed(small) -> None:
@@ -136,3 +136,33 @@ def test_empty_store_answers_empty(tmp_path) -> None:
     src = Source([tmp_path / "none"])
     assert overview(src, Filters())["requests"].iloc[0] == 0
     assert breakdown(src, Filters(), "route").empty
+
+
+def test_source_reads_parts_from_before_the_scan_columns(tmp_path) -> None:
+    """A store whose older parts lack ``scan_*`` (written before they joined the contract):
+    the cached table and the direct Parquet path both see them as nulls beside new parts."""
+    import pyarrow.parquet as pq
+
+    from analytics.source import Filters, Source
+    from telemetry.schema import events_to_table
+    from telemetry.store import TelemetryStore
+
+    root = tmp_path / "t"
+    old = events_to_table([event("c1", 0, "/v1/search", 200, 10)])
+    old = old.drop_columns(["scan_score", "scan_label", "scan_action"])
+    part = root / "hour=2026-01-05T10" / "part-old.parquet"
+    part.parent.mkdir(parents=True)
+    pq.write_table(old, part)
+    for cache in (True, False):
+        src = Source([root], cache=cache)
+        assert src.df("SELECT count(scan_label) AS n FROM ev", Filters())["n"].iloc[0] == 0
+        src.close()
+    src = Source([root], cache=True, refresh_s=0)
+    assert src.df("SELECT count(*) AS n FROM ev", Filters())["n"].iloc[0] == 1
+    TelemetryStore(root).append(
+        events_to_table([event("c2", 5, "/v1/search", 200, 10, scan_label="xss", scan_score=0.9)])
+    )
+    src.refresh(force=True)
+    got = src.df("SELECT client_id, scan_label FROM ev ORDER BY client_id", Filters())
+    assert got["scan_label"].tolist()[1] == "xss" and got["scan_label"].isna().tolist()[0]
+    src.close()
