@@ -155,7 +155,10 @@ def test_policy_diff_names_what_changed(settings):
     b = a.model_copy(
         update={
             "overrides": [o],
-            "targets": {"abuse": a.targets["abuse"].model_copy(update={"mode": "enforce"})},
+            "targets": {
+                **a.targets,
+                "abuse": a.targets["abuse"].model_copy(update={"mode": "enforce"}),
+            },
             "version": 9,
             "reason": "other",
         }
