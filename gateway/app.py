@@ -338,6 +338,9 @@ class Gateway:
         if scanner is None:
             return None
         sc = self.cfg.scanning
+        target = self.core.policy.targets.get(sc.target)
+        if target is not None and target.for_route(method, route)[0] == "off":
+            return None  # switched off for this route: no scanning cost, no verdict recorded
         body = b""
         if request.method not in ("GET", "HEAD", "OPTIONS", "DELETE") or request.headers.get(
             "content-length"
@@ -360,13 +363,10 @@ class Gateway:
                 ev["ratelimit_decision"] = "scanning_unavailable"
                 return _error(503, "scanning_unavailable", {"retry-after": "1"})
             return None
-        if res.score is None:
-            return None
-        target = self.core.policy.targets.get(sc.target)
-        if target is None:
+        if res.score is None or target is None:
             return None
         mode, band = target.route_band(method, route, res.score)
-        if mode == "off" or band is None or band.action == "allow":
+        if band is None or band.action == "allow":
             return None
         reason = f"payload scan: {res.label} score {res.score:.3f} >= {band.min_score}"
         if band.action == "log" or mode == "shadow":

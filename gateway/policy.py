@@ -47,6 +47,9 @@ __all__ = [
 Action = Literal["allow", "log", "throttle", "challenge", "block"]
 ACTIONS: tuple[str, ...] = ("allow", "log", "throttle", "challenge", "block")
 Mode = Literal["enforce", "shadow", "off"]
+# the payload scanner's target (gateway.scanning.target) acts per request, not per client
+SCAN_TARGET = "payload"
+SCAN_ACTIONS: tuple[str, ...] = ("allow", "log", "challenge", "block")
 _ROUTE_KEY = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|\*) /\S*$")
 
 
@@ -236,6 +239,17 @@ class Policy(_Strict):
                     f"routes.{key}.cost {rule.cost} exceeds the smallest tier burst ({smallest}):"
                     " no request could ever pass"
                 )
+        scan = self.targets.get(SCAN_TARGET)
+        if scan is not None:
+            for where, bands in [("bands", scan.bands)] + [
+                (f"routes.{k}.bands", r.bands or []) for k, r in scan.routes.items()
+            ]:
+                for b in bands:
+                    if b.action not in SCAN_ACTIONS:
+                        raise ValueError(
+                            f"targets.{SCAN_TARGET}.{where}: action {b.action!r} does not apply"
+                            f" to request content (use one of {list(SCAN_ACTIONS)})"
+                        )
         for e in self.exemptions:
             if e.target not in self.targets:
                 raise ValueError(f"exemptions: target {e.target!r} is not one of targets")

@@ -261,9 +261,13 @@ def load_scanner(settings: Any, target: str = "payload", alias: str = "champion"
         raise LookupError(f"{name} has no {alias!r} version: train and promote target {target!r}")
     path = scanner_path(settings, target)
     if alias == reg.CHAMPION and path.exists():
-        compact = CompactScanner.load(path)
-        if compact.version == str(mv.version):
-            return compact
+        try:
+            compact = CompactScanner.load(path)
+        except Exception as exc:  # a broken export: the registry still has the model
+            log.warning("compact scanner %s unreadable (%s): using the registered model", path, exc)
+        else:
+            if compact.version == str(mv.version):
+                return compact
     import mlflow.sklearn
 
     model = mlflow.sklearn.load_model(f"models:/{name}/{mv.version}")

@@ -296,9 +296,9 @@ def export_champion(settings: Settings, target: str = "payload") -> dict[str, An
     if loaded is None:
         return {"none": f"no {CHAMPION} for {target}"}
     model, mv = loaded
-    if not isinstance(model, PayloadModel):
-        raise NotCompactError(f"{target} v{mv.version} is not a payload model")
     try:
+        if not isinstance(model, PayloadModel):
+            raise NotCompactError(f"{type(model).__name__} is not a payload model")
         compact = CompactScanner.from_model(model, str(mv.version))
     except NotCompactError as exc:
         path.unlink(missing_ok=True)

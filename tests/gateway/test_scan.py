@@ -287,3 +287,46 @@ def test_remote_scanner_up_enforces_its_verdict(gw_settings):
     ok, bad = asyncio.run(main())
     assert ok.status_code == 200 and bad.status_code == 403
     assert bad.json()["error"] == "scan_block"
+
+
+def test_throttle_band_on_the_payload_target_is_refused_by_name():
+    base = {"tiers": {"free": {"requests_per_minute": 60}}}
+    bad = {"min_score": 0.9, "action": "throttle"}
+    with pytest.raises(PolicyError, match=r"targets\.payload\.bands: action 'throttle'"):
+        parse_policy({**base, "targets": {"payload": {"bands": [bad]}}})
+    with pytest.raises(PolicyError, match=r"routes\.GET /v1/search\.bands: action 'throttle'"):
+        parse_policy(
+            {**base, "targets": {"payload": {"routes": {"GET /v1/search": {"bands": [bad]}}}}}
+        )
+    # the abuse target keeps throttle bands
+    parse_policy({**base, "targets": {"abuse": {"bands": [bad]}}})
+
+
+def test_a_route_switched_off_is_not_scanned(gw_settings, compact):
+    from models.payload import scanner_path
+
+    s, keys = gw_settings
+    compact.save(scanner_path(s))
+    store = PolicyStore(s.policy_dir)
+    from gateway.policy import initial_policy
+
+    pol = initial_policy(s)
+    t = pol.targets["payload"].model_validate(
+        {**pol.targets["payload"].model_dump(), "routes": {"GET /v1/search": {"mode": "off"}}}
+    )
+    store.publish(
+        pol.model_copy(update={"targets": {**pol.targets, "payload": t}}), author="t", reason="t"
+    )
+
+    async def main():
+        async with running(s, Clock()) as (_, c):
+            h = key_headers(keys["alice"])
+            off = await c.get("/v1/search", params={"q": XSS}, headers=h)
+            on = await c.get("/v1/products", params={"q": XSS}, headers=h)
+            return off, on
+
+    off, on = asyncio.run(main())
+    assert off.status_code == on.status_code == 200
+    ev = _events(s)
+    assert ev.loc[ev["url_path"] == "/v1/search", "scan_label"].isna().all()
+    assert ev.loc[ev["url_path"] == "/v1/products", "scan_label"].tolist() == ["xss"]
