@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv from the lock file if needed, run the end-to-end demo
-#   make test   - the same environment, then lint, type-check and the whole test suite
+#   make test   - the same environment, then lint, type-check, the import contracts and the
+#                 whole test suite
 PY ?= python3
 UV_VERSION := 0.13.8
 VENV := .venv
@@ -29,6 +30,7 @@ lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(VENV)/bin/pytest
@@ -49,4 +51,4 @@ bench: env
 	$(VENV)/bin/python benchmarks/analytics.py
 
 clean:
-	rm -rf .gatewise .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .gatewise .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.config import FunnelStep
 from analytics.source import Filters, Source, bucket_sql
+from config.analytics import FunnelStep
 
 __all__ = [
     "MILESTONES",

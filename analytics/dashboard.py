@@ -44,7 +44,7 @@ from analytics.dashboard_panels import PANELS, BadParam, PanelContext, csv_text,
 from analytics.source import GRANULARITIES, Filters, Source, parse_period
 
 if TYPE_CHECKING:
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
 __all__ = ["create_app", "default_datasets", "serve"]
 

@@ -27,7 +27,7 @@ from analytics import cohorts, security, series, stats, usage
 from analytics.source import Filters, Source
 
 if TYPE_CHECKING:
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
 __all__ = [
     "PANELS",

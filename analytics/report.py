@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from analytics import cohorts, series, stats, usage
-from analytics.config import AnalyticsSettings
 from analytics.source import Filters, Source, parse_period
+from config.analytics import AnalyticsSettings
 
 __all__ = ["answers", "default_policy_change", "log_report", "period_filters", "write_report"]
 
@@ -288,7 +288,7 @@ def write_report(
 
 def log_report(settings: Any, summary: dict[str, Any], experiment: str = "analytics") -> str:
     """Log the report and its headline figures as an MLflow run; returns the run id."""
-    from models.registry import client, ensure_experiment
+    from models.tracking import client, ensure_experiment
 
     exp_id = ensure_experiment(settings, experiment)
     c = client(settings)

@@ -21,7 +21,7 @@ from analytics.source import Filters, Source, bucket_sql
 from analytics.usage import auto_granularity
 
 if TYPE_CHECKING:
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
 __all__ = [
     "FLAG_SCORE",
@@ -179,10 +179,9 @@ def policy_history(settings: Settings) -> tuple[pd.DataFrame, str | None]:
     no store (or it cannot be read)."""
     cols = ["version", "created_at", "author", "reason", "tiers", "routes", "overrides"]
     try:
-        from gateway.policy import PolicyStore
+        from gateway.policy_store import read_history
 
-        store = PolicyStore(settings.policy_dir)
-        history = store.history()
+        history = read_history(settings.policy_dir)
     except Exception as exc:  # a broken store must not take the page down
         log.warning("policy history unreadable: %s", exc)
         return pd.DataFrame(columns=cols), f"policy store unreadable: {exc}"
@@ -205,7 +204,7 @@ def champion_info(settings: Settings) -> dict[str, Any]:
     if not (settings.data_dir / "mlflow.db").exists() and not settings.tracking.mlflow_uri:
         return {"status": "no registry", "note": f"no {settings.data_dir / 'mlflow.db'}"}
     try:
-        from models.registry import version_info
+        from models.tracking import version_info
     except Exception as exc:
         return {"status": "no registry", "note": f"registry unavailable: {exc}"}
     targets: dict[str, Any] = {}

@@ -12,8 +12,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from analytics.config import CostModel, SloSettings, TierPrice
 from analytics.source import GRANULARITIES, Filters, Source, bucket_sql
+from config.analytics import CostModel, SloSettings, TierPrice
 
 __all__ = [
     "DIMENSIONS",

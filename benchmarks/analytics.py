@@ -65,7 +65,8 @@ MODEL_PANELS = {"survival", "cox", "compare", "policy_effect", "forecast"}
 
 
 def ensure_data(root: Path, consumers: int) -> int:
-    from telemetry.simulator.lifecycle import LifecycleSettings, write_lifecycle
+    from config.simulator import LifecycleSettings
+    from telemetry.simulator.lifecycle import write_lifecycle
 
     marker = root / "truth.json"
     if marker.exists():
@@ -98,7 +99,7 @@ def main() -> None:
     import uvicorn
 
     from analytics.dashboard import create_app
-    from gatewise.settings import load_settings
+    from config.settings import load_settings
 
     n_events = ensure_data(args.data, args.consumers)
     root = args.data / "telemetry"

@@ -31,7 +31,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine
-from gatewise.settings import TargetSettings, load_settings
+from config.settings import load_settings
+from config.targets import TargetSettings
 from models.data import Dataset
 from models.search import make_splits, score
 
@@ -112,8 +113,8 @@ def abuse(tmp: Path) -> Dataset:
     """Simulated traffic → window features → Feast point-in-time training set."""
     from features.build import build_windows
     from features.store import apply_definitions, feature_store
+    from labeling.simulated import simulate_labelled
     from models.data import target_dataset
-    from telemetry.simulator.output import run_simulation
 
     s = load_settings(REPO / "gatewise.yaml", data_dir=tmp / "abuse")
     s = s.model_copy(
@@ -121,7 +122,7 @@ def abuse(tmp: Path) -> Dataset:
             "simulator": s.simulator.model_copy(update={"clients": 800, "days": 1.0, "seed": 3})
         }
     )
-    run_simulation(s)
+    simulate_labelled(s)
     build_windows(s)
     apply_definitions(feature_store(s), s)
     t = s.target("abuse").model_copy(update={"max_rows": 60_000})

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine
-from gatewise.settings import load_settings
+from config.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def main() -> None:
 
     from features.build import build_windows
     from features.store import apply_definitions, feature_store
-    from telemetry.simulator.output import run_simulation
+    from labeling.simulated import simulate_labelled
     from telemetry.store import TelemetryStore
 
     tmp = Path(tempfile.mkdtemp())
@@ -102,7 +102,7 @@ def main() -> None:
             }
         )
         t = time.perf_counter()
-        run_simulation(s)
+        simulate_labelled(s)
         n_events = TelemetryStore(s.telemetry_dir).count()
         print(f"machine: {machine()}")
         print(

@@ -373,9 +373,9 @@ def telemetry_summary(data_dir: Path) -> dict[str, Any]:
 def build_scanner(root: Path) -> Path:
     """The compact payload scanner the gateway+scan case loads: a linear detector and
     class head fitted on the real payloads (what AutoML's default text config gives)."""
-    from models.payload import CompactScanner, fit_default
+    from models.payload import compact_scanner, fit_default
 
-    return CompactScanner.from_model(fit_default(), "bench").save(root / "payload.npz")
+    return compact_scanner(fit_default(), "bench").save(root / "payload.npz")
 
 
 def query_lua(n: int, seed: int = 0) -> str:

@@ -34,17 +34,17 @@ from benchmarks._common import machine
 def features(
     clients: int, rows: int, columns: int, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    from config.settings import load_settings
     from features.build import build_windows
     from features.windows import CLIENT_FEATURES
-    from gatewise.settings import load_settings
-    from telemetry.simulator.output import run_simulation
+    from labeling.simulated import simulate_labelled
 
     with tempfile.TemporaryDirectory() as tmp:
         s = load_settings(Path(__file__).resolve().parents[1] / "gatewise.yaml", data_dir=Path(tmp))
         s = s.model_copy(
             update={"simulator": s.simulator.model_copy(update={"clients": clients, "days": 1.0})}
         )
-        run_simulation(s)
+        simulate_labelled(s)
         build_windows(s)
         base = pd.read_parquet(s.features_dir / "client_windows")
     cols = [c for c in CLIENT_FEATURES if c in base.columns][:columns]

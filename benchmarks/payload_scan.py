@@ -115,7 +115,7 @@ def _latency(fn: Any, values: list[str]) -> dict[str, float]:
 
 def _platform_model(budget: float, data_dir: Path) -> tuple[Any, Any, str]:
     """(settings, PayloadModel, how it was made): AutoML's champion, or the default config."""
-    from gatewise.settings import load_settings
+    from config.settings import load_settings
     from models import registry as reg
     from models.train import train_target
 
@@ -179,7 +179,7 @@ def main() -> None:
     import tempfile
 
     from models.data import payload_dataset
-    from models.payload import CompactScanner, NotCompactError
+    from models.payload import NotCompactError, compact_scanner
     from models.payloads.benign import synthetic_benign
     from models.search import make_splits
 
@@ -232,7 +232,7 @@ def main() -> None:
     one = hv[:1000]
     latency: dict[str, Any] = {"pipeline_in_process": _latency(lambda v: model.scan([v]), one)}
     try:
-        compact = CompactScanner.from_model(model)
+        compact = compact_scanner(model)
         latency["compact_in_process"] = _latency(compact.score_one, one)
     except NotCompactError as exc:
         print(f"no compact form: {exc}")

@@ -93,7 +93,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine
-from gatewise.settings import Settings, load_settings
+from config.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -108,7 +108,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def has_champion(s: Settings) -> bool:
     if not (s.data_dir / "mlflow.db").exists():
         return False
-    from models.registry import client
+    from models.tracking import client
 
     try:
         client(s).get_model_version_by_alias(s.registered_model(TARGET), "champion")
@@ -127,16 +127,16 @@ def prepare(data_dir: Path, clients: int) -> Settings:
 
     from features.build import build_windows
     from features.store import apply_definitions, feature_store
+    from labeling.simulated import simulate_labelled
     from models.registry import promote
     from models.train import train_target
-    from telemetry.simulator.output import run_simulation
     from telemetry.store import TelemetryStore
 
     s = s.model_copy(
         update={"simulator": s.simulator.model_copy(update={"clients": clients, "days": 1.0})}
     )
     t0 = time.perf_counter()
-    run_simulation(s)
+    simulate_labelled(s)
     print(f"prepare: simulated {clients} clients x 1 day ({time.perf_counter() - t0:.0f} s)")
     build_windows(s)
     print(f"prepare: window features built ({time.perf_counter() - t0:.0f} s)", flush=True)

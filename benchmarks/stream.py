@@ -41,7 +41,7 @@ from benchmarks._common import machine  # noqa: E402
 
 
 def _settings(data_dir: Path, clients: int, days: float, name: str):
-    from gatewise.settings import load_settings
+    from config.settings import load_settings
 
     s = load_settings(REPO / "gatewise.yaml", data_dir=data_dir)
     sim = s.simulator.model_copy(update={"clients": clients, "days": days, "seed": 7})
@@ -72,8 +72,11 @@ def _duckdb_batch(events) -> float:
 def _consume(s, partitions: list[int] | None, push: bool, entries: int) -> dict:
     """What ``gatewise stream`` runs (the service: pushes overlap the next batch)."""
     from features.stream_service import StreamService
+    from monitoring.alerts import engine_for
 
-    svc = StreamService(s, partitions, push=push, bootstrap=False, metrics_port=0)
+    svc = StreamService(
+        s, partitions, push=push, bootstrap=False, metrics_port=0, alerts=engine_for(s)
+    )
     svc.start()
     p = svc.processor
     p.wall_clock = False  # a replay: event time only
@@ -120,7 +123,7 @@ def main() -> None:
     from rich.table import Table
 
     from features.store import apply_definitions, feature_store
-    from telemetry.simulator.output import run_simulation
+    from labeling.simulated import simulate_labelled
     from telemetry.store import TelemetryStore
     from telemetry.stream import RedisBroker, publish_table
 
@@ -129,7 +132,7 @@ def main() -> None:
     names = [f"gw-bench-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     s = _settings(tmp / "data", a.clients, a.days, names[0])
     with console.status(f"simulating {a.clients} clients for {a.days} day(s)"):
-        run_simulation(s)
+        simulate_labelled(s)
         events = TelemetryStore(s.telemetry_dir).read()
         apply_definitions(feature_store(s), s)
     console.print(f"{events.num_rows:,} events")

@@ -87,7 +87,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine
-from gatewise.settings import Settings, load_settings
+from config.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "stream_detection.jsonl"
@@ -138,14 +138,14 @@ def prepare(s: Settings, a: argparse.Namespace) -> dict[str, Any]:
 
     from features.build import build_windows
     from features.store import apply_definitions, feature_store
+    from labeling.simulated import simulate_labelled
     from models.registry import promote
     from models.train import train_target
-    from telemetry.simulator.output import run_simulation
 
     out: dict[str, Any] = {}
     with console.status("simulating one day of traffic ending now") as st:
         t = time.perf_counter()
-        run = run_simulation(s)
+        run, _ = simulate_labelled(s)
         out["simulate_s"] = time.perf_counter() - t
         out["events"] = run.result.events.num_rows
         clients = run.result.clients.to_pandas()
@@ -221,7 +221,8 @@ def add_consumers(s: Settings, rows: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def enforce_policy(s: Settings, limits: dict[str, int], throttle_factor: float) -> int:
-    from gateway.policy import PolicyStore, default_policy
+    from gateway.policy import default_policy
+    from gateway.policy_store import PolicyStore
 
     g = s.gateway
     bands = [

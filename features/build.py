@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from config.settings import Settings
 from features.windows import client_windows_sql, route_windows_sql
-from gatewise.settings import Settings
 from telemetry.store import HOUR_FMT, TelemetryStore
 
 __all__ = ["BuildReport", "build_windows", "telemetry_days"]

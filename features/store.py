@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gatewise.settings import Settings
+from config.settings import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore

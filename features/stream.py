@@ -44,14 +44,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from config.settings import Settings
+from config.stream import StreamSettings
 from features.windows import (
     WINDOW_MINUTES,
     client_base_sql,
     client_roll_sql,
     client_state_compact_sql,
 )
-from gatewise.settings import Settings
-from telemetry.stream import Broker, Entry, StreamSettings, decode, make_broker, position_key
+from telemetry.stream import Broker, Entry, decode, make_broker, position_key
 
 if TYPE_CHECKING:
     import pyarrow as pa

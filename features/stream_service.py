@@ -1,7 +1,8 @@
 """``gatewise stream``: one stream processor process, wired up.
 
 Builds the processor for a set of partitions with its broker, the Feast push, the alert engine
-(log, webhook and Parquet sinks) and a small HTTP endpoint (``/metrics`` in Prometheus text,
+it is given (``monitoring.alerts.engine_for(settings)``: log, webhook and Parquet sinks) and a
+small HTTP endpoint (``/metrics`` in Prometheus text,
 ``/status`` as JSON: lag in events and seconds, watermark age, counters), restores its
 checkpoint or bootstraps from the telemetry store, and runs micro-batches until stopped.
 """
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from config.settings import Settings
 from features.stream import BatchResult, StreamProcessor, feast_pusher
-from gatewise.settings import Settings
 
 __all__ = ["StreamService", "metrics_text", "parse_partitions"]
 
@@ -89,28 +90,18 @@ class StreamService:
     push: bool = True
     bootstrap: bool = True
     metrics_port: int | None = None
-    webhook_url: str | None = None
+    alerts: Any = None  # an engine with process/state/load_state and sinks; None: no alerts
     processor: StreamProcessor = field(init=False)
     push_failures: int = 0
     started_from: str = ""
     _server: ThreadingHTTPServer | None = None
-    _sinks: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from monitoring.alerts import AlertEngine, LogSink, StoreSink, WebhookSink, default_rules
-
-        cfg = self.settings.stream
-        rules = list(cfg.alerts) or default_rules()
-        self._sinks = [LogSink(), StoreSink(self.settings.data_dir / "alerts")]
-        url = self.webhook_url or cfg.webhook_url
-        if url:
-            self._sinks.append(WebhookSink(url))
-        engine = AlertEngine(rules, sinks=self._sinks)
         self.processor = StreamProcessor(
             self.settings,
             self.partitions,
             push=self._push_online if self.push else None,
-            alerts=engine,
+            alerts=self.alerts,
             before_checkpoint=self.wait_pushed,
         )
         self._pusher: Callable[[Any], None] | None = None
@@ -197,7 +188,7 @@ class StreamService:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-        for s in self._sinks:
+        for s in getattr(self.alerts, "sinks", []):
             close = getattr(s, "close", None)
             if close is not None:
                 close()

@@ -1,11 +1,14 @@
-"""Training sets and online lookups through Feast, never from raw telemetry."""
+"""Training sets and online lookups through Feast, never from raw telemetry.
+
+The entity rows (with their labels) come from the caller: ``models/data.py`` reads the
+labels table (``labeling/``) and asks here for the features known at each row's time.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from gatewise.settings import Settings
+from config.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -13,35 +16,12 @@ if TYPE_CHECKING:
 __all__ = ["online_features", "training_frame"]
 
 
-def training_frame(
-    settings: Settings,
-    service: str = "abuse_v1",
-    *,
-    entity_df: pd.DataFrame | None = None,
-    as_of: datetime | None = None,
-) -> pd.DataFrame:
-    """Labels joined point-in-time with the features of ``service``.
-
-    ``entity_df`` defaults to the labels table (client_id, event_timestamp,
-    label, source, scenario). With ``as_of``, only labels already known at
-    that time are used: their window started at least
-    ``features.label_delay_minutes`` before it (labels arrive late).
-    """
+def training_frame(settings: Settings, service: str, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """``entity_df`` (entity key, ``event_timestamp``, any other columns such as the label)
+    joined point-in-time with the features of ``service``: each row gets the features known
+    at its ``event_timestamp``."""
     from features.store import feature_store
-    from telemetry.labels import LabelStore
 
-    if entity_df is None:
-        delay = timedelta(minutes=settings.features.label_delay_minutes)
-        labels = (
-            LabelStore(settings.labels_dir).read(available_at=as_of, delay=delay)
-            if as_of
-            else LabelStore(settings.labels_dir).read()
-        )
-        if labels.num_rows == 0:
-            raise ValueError(
-                f"no labels in {settings.labels_dir}: simulate traffic or import a labels table first"
-            )
-        entity_df = labels.to_pandas()
     store = feature_store(settings)
     return store.get_historical_features(
         entity_df=entity_df, features=store.get_feature_service(service)

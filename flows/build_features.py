@@ -16,8 +16,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from config.settings import Settings, settings_for_flow
 from features.build import BuildReport
-from gatewise.settings import Settings, settings_for_flow
 
 __all__ = ["FeatureBuildSummary", "build_features_flow", "run_build_features"]
 

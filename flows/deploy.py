@@ -27,7 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from gatewise.settings import Settings, settings_for_flow
+from config.settings import Settings, settings_for_flow
 
 __all__ = ["DeployError", "DeployResult", "deploy", "deploy_flow"]
 
@@ -63,12 +63,12 @@ def _log(msg: str) -> None:
 
 
 def _smoke_ids(settings: Settings, target: str, n: int) -> list[str]:
-    from telemetry.labels import LabelStore
+    from labeling.store import LabelStore
 
     if settings.target(target).entity == "client":
         ids = LabelStore(settings.labels_dir).read().column("client_id").to_pylist()
         return list(dict.fromkeys(reversed(ids)))[:n]
-    from telemetry.simulator.surface import ROUTES
+    from config.demo_api import ROUTES
 
     return [f"{r.method} {r.template}" for r in ROUTES][:n]
 
@@ -91,17 +91,19 @@ def deploy(
     """Run the saga (plain function; ``deploy_flow`` runs it as a Prefect flow)."""
     import httpx
 
-    from gateway.policy import PolicyStore, active_or_initial, initial_policy
-    from models.registry import CHALLENGER, CHAMPION, _version_by_alias, champion_moved, client
+    from gateway.policy import initial_policy
+    from gateway.policy_store import PolicyStore, active_or_initial
+    from models.registry import champion_moved
+    from models.tracking import CHALLENGER, CHAMPION, client, version_by_alias
     from serving.process import ensure_service, stop_service
     from serving.runtime import Runtime
 
     c = client(settings)
     name = settings.registered_model(target)
-    mv = c.get_model_version(name, version) if version else _version_by_alias(c, name, CHALLENGER)
+    mv = c.get_model_version(name, version) if version else version_by_alias(c, name, CHALLENGER)
     if mv is None:
         raise DeployError("check", f"{name} has no challenger; train first")
-    cur = _version_by_alias(c, name, CHAMPION)
+    cur = version_by_alias(c, name, CHAMPION)
     res = DeployResult(target, str(mv.version), str(cur.version) if cur else None)
     undo: list[tuple[str, Any]] = []
     policies = PolicyStore(settings.policy_dir)

@@ -32,7 +32,7 @@ from typing import Any, cast
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from gatewise.settings import Settings, settings_for_flow
+from config.settings import Settings, settings_for_flow
 
 __all__ = ["monitor_flow"]
 
@@ -96,7 +96,7 @@ def bias_task(
     Static limits are judged elsewhere (the backtest's per-group outcome): exempting a group
     from model action is no remedy for what static limits do to it."""
     from gateway.backtest import backtest
-    from gateway.policy import active_or_initial
+    from gateway.policy_store import active_or_initial
     from monitoring.bias import check_bias
 
     policy = active_or_initial(settings)
@@ -144,7 +144,7 @@ def score_task(
     settings: Settings, target: str, as_of: datetime, hours: float
 ) -> tuple[Any, str | None]:
     """The champion's scores of every client window of the period (none without a champion)."""
-    from monitoring.record import champion_run_id
+    from models.tracking import champion_run_id
     from serving.batch import score_windows
 
     if champion_run_id(settings, target) is None:
@@ -185,7 +185,7 @@ def _retrain(
     import mlflow
 
     log = logging.getLogger("gatewise.monitor")
-    from models.registry import client as registry_client
+    from models.tracking import client as registry_client
 
     client = registry_client(settings)
     name = settings.registered_model(target)
@@ -245,7 +245,7 @@ def policy_task(
     1. findings (drift → conservative mode or raised bands; bias → exemptions), 2. limits
     adapted to normal traffic, 3. per-client overrides from the champion's ``scores``. The
     accepted stages are published as one version whose reason names every verdict."""
-    from gateway.policy import PolicyStore, active_or_initial
+    from gateway.policy_store import PolicyStore, active_or_initial
     from monitoring.policy import Proposal, adapt_limits, gate, overrides_from_scores, propose
 
     store = PolicyStore(settings.policy_dir)
@@ -383,8 +383,9 @@ def monitor_flow(
     that serves it (``gatewise schedule``; not waited for), else as a subflow — unless a model
     version of the target was registered in the last ``retrain_cooldown_h`` hours (drift
     persists over several checks; one retraining answers it)."""
+    from models.tracking import champion_run_id
     from monitoring.drift import save_report
-    from monitoring.record import append_history, champion_run_id, log_to_run, new_check_id
+    from monitoring.record import append_history, log_to_run, new_check_id
     from telemetry.store import TelemetryStore, as_utc
 
     settings = settings_for_flow(config_path, data_dir)

@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from gatewise.settings import Settings
+from config.settings import Settings
 
 __all__ = ["deployments", "ensure_server", "serve_all"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from gatewise.settings import Settings, settings_for_flow
+from config.settings import Settings, settings_for_flow
 
 __all__ = ["train_flow"]
 

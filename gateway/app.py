@@ -28,16 +28,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from config.settings import Settings
 from gateway.auth import Authenticator, AuthResult, ConsumersFile, Principal, Rbac
 from gateway.cache import ResponseCache
 from gateway.decision import DecisionCore
-from gateway.policy import PolicyError, PolicyStore, initial_policy
+from gateway.policy import PolicyError, initial_policy
+from gateway.policy_store import PolicyStore
 from gateway.ratelimit import MemoryLimiter, RedisLimiter
 from gateway.routing import Router, Upstream
 from gateway.scan import LocalScanner, RemoteScanner, ScanResult, request_values
 from gateway.scoring import Score, ScoringClient
 from gateway.sink import TelemetrySink
-from gatewise.settings import Settings
 from telemetry.stream import StreamPublisher
 
 __all__ = ["Gateway", "create_app"]
@@ -128,9 +129,7 @@ class Gateway:
         self.local_scanner: LocalScanner | None = None
         self.remote_scanner: RemoteScanner | None = None
         if g.scanning.enabled and g.scanning.mode == "local":
-            from models.payload import scanner_path
-
-            self.local_scanner = LocalScanner(scanner_path(settings, g.scanning.target))
+            self.local_scanner = LocalScanner(settings.scanner_path(g.scanning.target))
         self.counts: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -660,6 +659,6 @@ def app_from_env() -> Starlette:
     import os
     from pathlib import Path
 
-    from gatewise.settings import load_settings
+    from config.settings import load_settings
 
     return create_app(load_settings(Path(os.environ.get("GATEWISE_CONFIG", "gatewise.yaml"))))

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from config.gateway import HMAC_ALGS, JwtSettings, RoleRule
 
 __all__ = [
     "ApiKey",
@@ -34,16 +36,11 @@ __all__ = [
     "Authenticator",
     "Consumer",
     "ConsumersFile",
-    "JwtSettings",
     "Principal",
     "Rbac",
-    "RoleRule",
     "hash_key",
     "new_api_key",
 ]
-
-HMAC_ALGS = {"HS256", "HS384", "HS512"}
-PUBLIC_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
 
 
 class _Strict(BaseModel):
@@ -84,36 +81,6 @@ class ConsumersFile(_Strict):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
         os.replace(tmp, path)
-
-
-class JwtSettings(_Strict):
-    """Bearer tokens: who may issue them, for whom, signed how."""
-
-    enabled: bool = False
-    issuer: str = "https://auth.gatewise.local"
-    audience: str = "gatewise-api"
-    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
-    jwks_file: Path | None = None
-    jwks_url: str | None = None
-    secret_env: str | None = Field(
-        None, description="HMAC secret's environment variable (HS* algorithms only)"
-    )
-    leeway_s: float = Field(30.0, ge=0)
-    client_claim: str = "sub"
-    roles_claim: str = "roles"
-    tier_claim: str = "tier"
-
-    @field_validator("algorithms")
-    @classmethod
-    def _one_family(cls, v: list[str]) -> list[str]:
-        unknown = set(v) - HMAC_ALGS - PUBLIC_ALGS
-        if unknown:
-            raise ValueError(f"unsupported algorithms {sorted(unknown)} ('none' is never allowed)")
-        if set(v) & HMAC_ALGS and set(v) & PUBLIC_ALGS:
-            raise ValueError("mixing HMAC and public-key algorithms invites algorithm confusion")
-        if not v:
-            raise ValueError("at least one algorithm is required")
-        return v
 
 
 @dataclass(frozen=True)
@@ -259,13 +226,6 @@ class Authenticator:
                 known.device_type if known else None,
             ),
         )
-
-
-class RoleRule(_Strict):
-    """Methods allowed on route templates (shell patterns, e.g. ``/v1/orders*``)."""
-
-    methods: list[str] = Field(default_factory=lambda: ["*"])
-    routes: list[str] = Field(default_factory=lambda: ["*"])
 
 
 @dataclass

@@ -26,7 +26,7 @@ from gateway.decision import DecisionCore
 from gateway.policy import Policy
 from gateway.ratelimit import MemoryLimiter
 
-__all__ = ["BacktestReport", "backtest"]
+__all__ = ["BacktestReport", "backtest", "scores_for_requests"]
 
 _PRE_DECISION = {"no_route", "scoring_unavailable"}
 _COLS = (
@@ -89,7 +89,7 @@ def _read(
 
 def _labels(df: pd.DataFrame, labels: Path, window_minutes: int) -> pd.Series:
     """Per request: 1 when its client's window is labelled abusive (missing windows: 0)."""
-    from telemetry.labels import LabelStore
+    from labeling.store import LabelStore
 
     if labels.is_dir():
         lab = LabelStore(labels).read().to_pandas()
@@ -100,6 +100,16 @@ def _labels(df: pd.DataFrame, labels: Path, window_minutes: int) -> pd.Series:
     m = lab.groupby(["client_id", "event_timestamp"])["label"].max()
     idx = pd.MultiIndex.from_arrays([df["client_id"], key])
     return pd.Series(m.reindex(idx).fillna(0).astype(int).to_numpy(), index=df.index)
+
+
+def scores_for_requests(
+    requests: pd.DataFrame, scores: pd.DataFrame, window_minutes: int
+) -> pd.Series:
+    """Each request's score: its client's window score (NaN where there is none)."""
+    key = pd.to_datetime(requests["timestamp"], utc=True).dt.floor(f"{window_minutes}min")
+    s = scores.set_index(["client_id", "event_timestamp"])["score"]
+    idx = pd.MultiIndex.from_arrays([requests["client_id"], key])
+    return pd.Series(s.reindex(idx).to_numpy(), index=requests.index)
 
 
 def backtest(
@@ -124,8 +134,6 @@ def backtest(
     t0 = time.perf_counter()
     df = _read(telemetry, start, end, clients)
     if scores is not None:
-        from serving.batch import scores_for_requests
-
         df["model_score"] = scores_for_requests(df, scores, label_window_minutes)
     core = DecisionCore(policy, MemoryLimiter(), target=target)
     # seconds since the epoch whatever the datetime unit (DuckDB hands back microseconds)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.config import BreakerSettings, RouteSettings, ServiceSettings
+from config.gateway import BreakerSettings, RouteSettings, ServiceSettings
 
 __all__ = ["CircuitBreaker", "Instance", "Router", "Upstream"]
 

@@ -1,11 +1,11 @@
 """Payload scanning in the request path: which values, scored where, and when it fails.
 
 Every request with a query string or a body has its parameter values scanned by the
-``payload`` champion (``models/payload.py``); the most suspicious value decides. Two
+``payload`` champion; the most suspicious value decides. Two
 ways to score, set by ``gateway.scanning.mode``:
 
 - ``local`` (default): the champion's compact export (``<data_dir>/scanner/payload.npz``,
-  written when the champion moves) scored in process, well under a millisecond. The file
+  written when the champion moves) scored in process by ``features/scanner.py``, well under a millisecond. The file
   is watched and swapped in when it changes (hot reload); an unreadable file is refused
   and the last good scanner stays. No file yet (no champion, or a non-linear one):
   requests pass unscanned (``scan_label`` stays empty; ``/admin/status`` says why).
@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from gateway.config import ScanningSettings
+from config.gateway import ScanningSettings
 from gateway.routing import CircuitBreaker
 
-__all__ = ["LocalScanner", "RemoteScanner", "ScanResult", "request_values"]
+__all__ = ["LocalScanner", "RemoteScanner", "ScanResult", "parse_record", "request_values"]
 
 log = logging.getLogger("gatewise.gateway")
 
@@ -142,7 +142,7 @@ class LocalScanner:
                 log.warning("scanner file %s removed: local scanning stops", self.path)
             self.scanner, self.error = None, f"no compact scanner at {self.path}"
             return True
-        from models.payload import CompactScanner
+        from features.scanner import CompactScanner
 
         try:
             new = CompactScanner.load(self.path)
@@ -246,35 +246,6 @@ class RemoteScanner:
 
 
 # --- offline: `gatewise scan --input FILE` ------------------------------------------------
-
-
-def load_scanner(settings: Any, target: str = "payload", alias: str = "champion") -> Any:
-    """Something with ``scan(values) -> [(label, score)]`` and ``version``: the compact
-    export when it is the champion's, else the registered model itself."""
-    from models import registry as reg
-    from models.payload import CompactScanner, scanner_path
-
-    c = reg.client(settings)
-    name = settings.registered_model(target)
-    mv = reg._version_by_alias(c, name, alias)
-    if mv is None:
-        raise LookupError(f"{name} has no {alias!r} version: train and promote target {target!r}")
-    path = scanner_path(settings, target)
-    if alias == reg.CHAMPION and path.exists():
-        try:
-            compact = CompactScanner.load(path)
-        except Exception as exc:  # a broken export: the registry still has the model
-            log.warning("compact scanner %s unreadable (%s): using the registered model", path, exc)
-        else:
-            if compact.version == str(mv.version):
-                return compact
-    import mlflow.sklearn
-
-    model = mlflow.sklearn.load_model(f"models:/{name}/{mv.version}")
-    if not hasattr(model, "scan"):
-        raise LookupError(f"{name} v{mv.version} is not a payload scanner")
-    model.version = str(mv.version)
-    return model
 
 
 def parse_record(line: str, cfg: ScanningSettings) -> tuple[list[str], str]:

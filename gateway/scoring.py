@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import ScoringSettings
+from config.gateway import ScoringSettings
 from gateway.routing import CircuitBreaker
 
 __all__ = ["Score", "ScoringClient"]

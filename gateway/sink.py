@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gateway.config import TelemetrySink as SinkSettings
+from config.gateway import TelemetrySink as SinkSettings
 from telemetry.batching import BatchingBuffer
 
 __all__ = ["TelemetrySink"]

@@ -33,10 +33,10 @@ def upstream_app(
     """``latency_scale`` 1.0 sleeps each service's simulated median latency. ``replay``: answer
     as the recorded upstream did, from the request's ``x-replay-status`` (status code),
     ``x-replay-bytes`` (body size) and ``x-replay-ms`` (latency, capped at 2 s) headers, so
-    replayed traffic (``gatewise.closed_loop``) keeps its failed logins, 404s and slow routes."""
-    from gateway.config import RouteSettings
+    replayed traffic (``demo/closed_loop.py``) keeps its failed logins, 404s and slow routes."""
+    from config.demo_api import ROUTES, SERVICES
+    from config.gateway import RouteSettings
     from gateway.routing import Router
-    from telemetry.simulator.surface import ROUTES, SERVICES
 
     routes = {f"{r.method} {r.template}": r for r in ROUTES}
     router = Router([RouteSettings(route=k, service=r.service) for k, r in routes.items()])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
 app = typer.Typer(
     name="gatewise",
@@ -43,7 +43,7 @@ def _console() -> Any:
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
-    from gatewise.settings import ConfigError, load_settings
+    from config.settings import ConfigError, load_settings
 
     try:
         return load_settings(config, **overrides)
@@ -99,15 +99,15 @@ def simulate(
         }
     )
     try:
-        from gatewise.settings import SimulatorSettings
+        from config.simulator import SimulatorSettings
 
         sim = SimulatorSettings.model_validate(sim.model_dump())
     except Exception as exc:
         _fail(f"invalid simulator option: {exc}")
     s = s.model_copy(update={"simulator": sim})
-    from gatewise import report
+    from demo.steps import simulation
 
-    report.simulation(_console(), s, emit)
+    simulation(_console(), s, emit)
 
 
 @app.command()
@@ -144,14 +144,15 @@ def telemetry_summary(
     config: ConfigOpt = None,
 ) -> None:
     """Summary table of the telemetry store."""
-    from gatewise import report
+    from demo.steps import summary
+    from gatewise.report import parse_range
 
     s = _settings(config)
     try:
-        start, end = report.parse_range(since, until)
+        start, end = parse_range(since, until)
     except ValueError as exc:
         _fail(str(exc))
-    report.summary(_console(), s, start, end)
+    summary(_console(), s, start, end)
 
 
 @features_app.command("build")
@@ -169,14 +170,15 @@ def features_build(
     config: ConfigOpt = None,
 ) -> None:
     """Run the Prefect flow build_features: telemetry → windows → feast apply → materialize."""
-    from gatewise import report
+    from demo.steps import features_build
+    from gatewise.report import parse_days
 
     s = _settings(config)
     try:
-        start, end = report.parse_days(since, until)
+        start, end = parse_days(since, until)
     except ValueError as exc:
         _fail(str(exc))
-    report.features_build(_console(), s, config, start, end, force)
+    features_build(_console(), s, config, start, end, force)
 
 
 @features_app.command("online")
@@ -191,9 +193,9 @@ def features_online(
     config: ConfigOpt = None,
 ) -> None:
     """Look up the latest features of entities in the online store."""
-    from gatewise import report
+    from demo.steps import features_online
 
-    report.features_online(_console(), _settings(config), entity_ids, service)
+    features_online(_console(), _settings(config), entity_ids, service)
 
 
 @app.command()
@@ -221,8 +223,6 @@ def train(
     config: ConfigOpt = None,
 ) -> None:
     """Run the Prefect flow train: AutoML → MLflow → challenger with a gate verdict."""
-    from gatewise import report
-
     s = _settings(config)
     if target not in s.targets:
         _fail(
@@ -233,7 +233,9 @@ def train(
 
         serve_train(s, config, target, budget, workers)
         return
-    report.train(_console(), s, config, target, budget, trials, workers, seed)
+    from demo.steps import train as run_train
+
+    run_train(_console(), s, config, target, budget, trials, workers, seed)
 
 
 @automl_app.command("fit")
@@ -340,10 +342,10 @@ def rollback(
 @app.command()
 def demo(config: ConfigOpt = None) -> None:
     """Run everything built so far end to end on embedded defaults."""
-    from gatewise import report
+    from demo.main import run_demo
 
     s = _settings(config)
-    report.demo(_console(), s, config)
+    run_demo(_console(), s, config)
 
 
 @app.command()
@@ -356,7 +358,7 @@ def loop(
 ) -> None:
     """The closed loop, live: replay fresh traffic through the real gateway, monitor, publish
     the gated policy, replay again; a table and an HTML report against static limits."""
-    from gatewise.closed_loop import run_closed_loop
+    from demo.closed_loop import run_closed_loop
 
     s = _settings(config)
     try:

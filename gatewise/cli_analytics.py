@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from analytics.source import Filters, Source
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
 __all__ = ["register", "source_for"]
 
@@ -523,7 +523,7 @@ def history(
     s = _settings(config)
     from pydantic import ValidationError
 
-    from telemetry.simulator.lifecycle import LifecycleSettings
+    from config.simulator import LifecycleSettings
 
     given = {"consumers": consumers, "weeks": weeks, "seed": seed}
     upd = {k: v for k, v in given.items() if v is not None}  # --seed 0 is a seed

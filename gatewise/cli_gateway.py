@@ -146,7 +146,7 @@ def consumers_revoke(
 
 
 def _store(config: Path | None) -> Any:
-    from gateway.policy import PolicyStore
+    from gateway.policy_store import PolicyStore
 
     return PolicyStore(_settings(config).policy_dir)
 
@@ -314,7 +314,7 @@ def backtest(
         )
     except ValueError as exc:  # a bad --start/--end names itself
         _fail(str(exc))
-    from gatewise.report import backtest_report
+    from demo.steps import backtest_report
 
     backtest_report(_console(), r)
     if out:

@@ -63,9 +63,10 @@ def check(
     in CURRENT by each sensitive column; writes JSON + HTML and prints the findings."""
     from rich.table import Table
 
+    from models.tracking import champion_run_id
     from monitoring.bias import check_bias
     from monitoring.drift import check_drift, save_report
-    from monitoring.record import append_history, champion_run_id, log_to_run, new_check_id
+    from monitoring.record import append_history, log_to_run, new_check_id
 
     s = _settings(config)
     max_rows = max_rows or s.monitoring.drift_max_rows
@@ -201,7 +202,7 @@ def run(
         )
     except ValueError as exc:
         _fail(str(exc))
-    from gatewise.report import print_monitor
+    from demo.steps import print_monitor
 
     print_monitor(_console(), out, target)
 

@@ -33,7 +33,8 @@ def scan(
 ) -> None:
     """One verdict per input row: label (benign or the attack class), score, the most
     suspicious value. Malformed rows get an ``error`` naming the problem; none is skipped."""
-    from gateway.scan import load_scanner, parse_record
+    from gateway.scan import parse_record
+    from models.payload import load_scanner
 
     s = _settings(config)
     if target not in s.targets or s.targets[target].label_source != "payloads":

@@ -37,6 +37,7 @@ def stream(
     """Live telemetry → the same window features in the online store within seconds, and
     event-pattern alerts. Scale out with one process per share of the partitions."""
     from features.stream_service import StreamService, parse_partitions
+    from monitoring.alerts import engine_for
 
     s = _settings(config)
     try:
@@ -50,7 +51,7 @@ def stream(
         push=push,
         bootstrap=bootstrap,
         metrics_port=metrics_port,
-        webhook_url=webhook,
+        alerts=engine_for(s, webhook),
     )
     try:
         with console.status("restoring state"):

@@ -8,6 +8,7 @@ telemetry. Any other table a data scientist brings goes through the same
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from gatewise.settings import Settings, TargetSettings
+    from config.settings import Settings
+    from config.targets import TargetSettings
 
 __all__ = ["DataQualityError", "Dataset", "check_quality", "load_table", "target_dataset"]
 
@@ -129,6 +131,22 @@ def _attach_sensitive(df: pd.DataFrame, settings: Settings, cols: list[str]) -> 
     )
 
 
+def labelled_windows(settings: Settings, as_of: datetime | None = None) -> pd.DataFrame:
+    """The labels table as training entity rows. With ``as_of``, only labels already known
+    then: their window started at least ``features.label_delay_minutes`` before it (labels
+    arrive late)."""
+    from labeling.store import LabelStore
+
+    store = LabelStore(settings.labels_dir)
+    delay = timedelta(minutes=settings.features.label_delay_minutes)
+    labels = store.read(available_at=as_of, delay=delay) if as_of else store.read()
+    if labels.num_rows == 0:
+        raise ValueError(
+            f"no labels in {settings.labels_dir}: simulate traffic or import a labels table first"
+        )
+    return labels.to_pandas()
+
+
 def target_dataset(settings: Settings, name: str, target: TargetSettings) -> Dataset:
     """The training set of a configured target, through Feast (payloads: from their table)."""
     from features.training import training_frame
@@ -137,7 +155,7 @@ def target_dataset(settings: Settings, name: str, target: TargetSettings) -> Dat
         return payload_dataset(target.data, name)
     label: pd.Series
     if target.label_source == "labels":
-        df = training_frame(settings, target.feature_service)
+        df = training_frame(settings, target.feature_service, labelled_windows(settings))
         label = df["label"].astype(int)
         group_col = "client_id" if target.entity == "client" else "route_id"
     else:
@@ -240,7 +258,7 @@ def _next_window_frame(settings: Settings, target: TargetSettings) -> pd.DataFra
     nxt = routes.rename(columns={"route_request_count_5m": "label"})
     nxt["event_timestamp"] = nxt["event_timestamp"] - pd.Timedelta(minutes=5)
     entity = nxt[["route_id", "event_timestamp", "label"]]
-    return training_frame(settings, target.feature_service, entity_df=entity)
+    return training_frame(settings, target.feature_service, entity)
 
 
 def load_table(

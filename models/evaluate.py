@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gatewise.settings import Costs, FairnessBounds
+from config.targets import Costs, FairnessBounds
 
 __all__ = [
     "FairnessReport",

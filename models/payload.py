@@ -1,4 +1,4 @@
-"""The payload scanner as a model: detector + attack-class head, and its compact form.
+"""The payload scanner as a model: detector + attack-class head, and its compact export.
 
 ``PayloadModel`` is what AutoML registers for the ``payload`` target: the searched
 pipeline (``PayloadVectorizer`` → linear / naive Bayes / XGBoost) gives the attack
@@ -12,55 +12,39 @@ in training (at most ``max_false_positive_rate`` of benign values above it), 0.9
 odds 9:1 beyond it, 0.99 odds 99:1. Policy bands are written in these units and keep
 their meaning when a new champion with another threshold takes over.
 
-``CompactScanner`` is the champion exported for the gateway's hot path when the
-detector is linear in the features (logistic regression; complement naive Bayes is a
-linear log-odds too): two weight arrays, one threshold, and a scorer that hashes the
-normal form's n-grams itself (a per-n-gram index cache) instead of going through
-scikit-learn — the same numbers as the pipeline (tested), in well under a millisecond.
-A non-linear detector (XGBoost) is not exported; the gateway then scans through the
-BentoML service (``POST /scan``) with its timeout and degradation rules.
-
-    scanner = CompactScanner.load(settings.scanner_path("payload"))
-    scanner.scan(["1' or '1'='1"])   # [("sqli", 0.9993)]
+``export_champion`` writes the champion for the gateway's hot path when the detector is
+linear in the features (logistic regression; complement naive Bayes is a linear log-odds
+too): two weight arrays and one threshold, run by ``features/scanner.py``'s
+``CompactScanner`` — the same numbers as the pipeline (tested), in well under a
+millisecond, with no training code on the request path. A non-linear detector (XGBoost)
+is not exported; the gateway then scans through the BentoML service (``POST /scan``) with
+its timeout and degradation rules.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
-from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from features.payload import (
-    N_FEATURES,
-    STAT_NAMES,
-    _normal_and_rounds,
-    _stats,
-    as_values,
-)
+from features.payload import as_values
+from features.scanner import BENIGN_LABEL, CompactScanner, logit
 
 if TYPE_CHECKING:
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
 __all__ = [
-    "BENIGN_LABEL",
-    "CompactScanner",
     "NotCompactError",
     "PayloadModel",
+    "compact_scanner",
     "export_champion",
+    "load_scanner",
     "with_class_head",
 ]
 
-BENIGN_LABEL = "benign"
-_DIGITS_SUB = __import__("re").compile(r"\d+")
-_WHITE = __import__("re").compile(r"\s\s+")  # scikit-learn's char analyzer collapses these
+log = logging.getLogger("gatewise.models")
 
 
 class PayloadModel(ClassifierMixin, BaseEstimator):
@@ -108,14 +92,9 @@ class PayloadModel(ClassifierMixin, BaseEstimator):
         ]
 
 
-def _logit(p: Any) -> Any:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
-    return np.log(p) - np.log1p(-p)
-
-
 def recentre(p: Any, threshold: float) -> np.ndarray:
     """Attack probability → scan score: the threshold maps to 0.5."""
-    return np.asarray(1.0 / (1.0 + np.exp(-(_logit(p) - _logit(threshold)))))
+    return np.asarray(1.0 / (1.0 + np.exp(-(logit(p) - logit(threshold)))))
 
 
 def with_class_head(
@@ -140,147 +119,34 @@ class NotCompactError(ValueError):
     """The detector is not linear in the features: it cannot be exported compactly."""
 
 
-@dataclass
-class CompactScanner:
-    """A linear detector and class head as arrays; ``scan`` reproduces ``PayloadModel.scan``."""
-
-    w: np.ndarray  # (N_FEATURES + stats,) detector log-odds weights
-    b: float
-    W: np.ndarray  # (classes, N_FEATURES + stats) class-head weights
-    B: np.ndarray  # (classes,)
-    classes: list[str]
-    threshold: float
-    version: str = ""
-    family: str = ""
-
-    def __post_init__(self) -> None:
-        self._index: dict[str, int] = {}
-        self._z_threshold = float(_logit(self.threshold))
-
-    # building and persisting ------------------------------------------------------
-    @classmethod
-    def from_model(cls, model: PayloadModel, version: str = "") -> CompactScanner:
-        est = model.detector.steps[-1][1]
-        name = type(est).__name__
-        if name == "LogisticRegression":
-            w, b = est.coef_[0].astype(np.float64), float(est.intercept_[0])
-        elif name == "ComplementNB":
-            flp = est.feature_log_prob_
-            w, b = (flp[1] - flp[0]).astype(np.float64), 0.0
-        else:
-            raise NotCompactError(
-                f"{name} is not linear in the features: the gateway scans through serving"
-            )
-        head = model.head
-        coef, inter = head.coef_, head.intercept_
-        classes = [str(c) for c in head.classes_]
-        if len(classes) == 2:  # scikit-learn keeps one row for two classes
-            coef, inter = np.vstack([-coef[0], coef[0]]), np.array([-inter[0], inter[0]])
-        return cls(
-            w=w.astype(np.float32),
-            b=b,
-            W=np.asarray(coef, dtype=np.float32),
-            B=np.asarray(inter, dtype=np.float64),
-            classes=classes,
-            threshold=float(model.threshold),
-            version=str(version),
-            family=name,
+def compact_scanner(model: PayloadModel, version: str = "") -> CompactScanner:
+    """The compact form of a linear ``PayloadModel`` (``NotCompactError`` otherwise)."""
+    est = model.detector.steps[-1][1]
+    name = type(est).__name__
+    if name == "LogisticRegression":
+        w, b = est.coef_[0].astype(np.float64), float(est.intercept_[0])
+    elif name == "ComplementNB":
+        flp = est.feature_log_prob_
+        w, b = (flp[1] - flp[0]).astype(np.float64), 0.0
+    else:
+        raise NotCompactError(
+            f"{name} is not linear in the features: the gateway scans through serving"
         )
-
-    def save(self, path: Path) -> Path:
-        """Atomically (write beside, then rename): a watcher never reads half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        os.close(fd)
-        meta = {
-            "b": self.b,
-            "classes": self.classes,
-            "threshold": self.threshold,
-            "version": self.version,
-            "family": self.family,
-            "n_features": N_FEATURES,
-            "stats": STAT_NAMES,
-        }
-        with open(tmp, "wb") as fh:
-            np.savez(fh, w=self.w, W=self.W, B=self.B, meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> CompactScanner:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("n_features") != N_FEATURES or meta.get("stats") != STAT_NAMES:
-                raise ValueError(
-                    f"{path}: exported with another feature layout; re-export the champion"
-                )
-            return cls(
-                w=z["w"],
-                b=float(meta["b"]),
-                W=z["W"],
-                B=z["B"],
-                classes=list(meta["classes"]),
-                threshold=float(meta["threshold"]),
-                version=str(meta.get("version", "")),
-                family=str(meta.get("family", "")),
-            )
-
-    # scoring ----------------------------------------------------------------------
-    def _features(self, value: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Hashed n-gram indices and l2-normalised counts, and the scaled statistics,
-        exactly as ``featurize`` computes them."""
-        from sklearn.utils import murmurhash3_32
-
-        norm, rounds = _normal_and_rounds(value)
-        text = _WHITE.sub(" ", _DIGITS_SUB.sub("0", norm).lower())
-        n = len(text)
-        grams = list(text)
-        for k in range(2, min(4, n) + 1):
-            grams += [text[i : i + k] for i in range(n - k + 1)]
-        index = self._index
-        counts: Counter[int] = Counter()
-        for g in grams:
-            j = index.get(g)
-            if j is None:
-                h = murmurhash3_32(g, seed=0)
-                j = (2**31 if h == -(2**31) else abs(h)) % N_FEATURES
-                if len(index) < 2_000_000:
-                    index[g] = j
-            counts[j] += 1
-        idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        val = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-        if len(val):
-            val /= math.sqrt(float(val @ val))
-        st = np.asarray(_stats(value, norm, rounds), dtype=np.float64)
-        st = np.sign(st) * np.log1p(np.abs(st))
-        return idx, val, st
-
-    def score_one(self, value: str) -> tuple[str, float]:
-        """``(label, scan score)``; the score is re-centred on the threshold (0.5 = it)."""
-        idx, val, st = self._features(value)
-        z = float(self.w[idx] @ val) + float(self.w[N_FEATURES:] @ st) + self.b
-        d = min(max(z - self._z_threshold, -700.0), 700.0)
-        s = 1.0 / (1.0 + math.exp(-d))
-        if d < 0:
-            return BENIGN_LABEL, s
-        logits = self.W[:, idx] @ val + self.W[:, N_FEATURES:] @ st + self.B
-        return self.classes[int(np.argmax(logits))], s
-
-    def scan(self, values: Any) -> list[tuple[str, float]]:
-        return [self.score_one(v) for v in as_values(values)]
-
-    def scan_max(self, values: list[str]) -> tuple[str, float] | None:
-        """The most suspicious of a request's values (None: nothing to scan)."""
-        best: tuple[str, float] | None = None
-        for v in values:
-            r = self.score_one(v)
-            if best is None or r[1] > best[1]:
-                best = r
-        return best
-
-
-def scanner_path(settings: Settings, target: str = "payload") -> Path:
-    return settings.data_dir / "scanner" / f"{target}.npz"
+    head = model.head
+    coef, inter = head.coef_, head.intercept_
+    classes = [str(c) for c in head.classes_]
+    if len(classes) == 2:  # scikit-learn keeps one row for two classes
+        coef, inter = np.vstack([-coef[0], coef[0]]), np.array([-inter[0], inter[0]])
+    return CompactScanner(
+        w=w.astype(np.float32),
+        b=b,
+        W=np.asarray(coef, dtype=np.float32),
+        B=np.asarray(inter, dtype=np.float64),
+        classes=classes,
+        threshold=float(model.threshold),
+        version=str(version),
+        family=name,
+    )
 
 
 def export_champion(settings: Settings, target: str = "payload") -> dict[str, Any]:
@@ -289,9 +155,10 @@ def export_champion(settings: Settings, target: str = "payload") -> dict[str, An
     Returns what was done: ``{"version", "path"}`` when exported, ``{"version", "remote":
     reason}`` when the champion is not linear (any stale compact file is removed so the
     gateway does not keep scanning with a demoted model), ``{"none": ...}`` without one."""
-    from models.registry import CHAMPION, load_alias
+    from models.registry import load_alias
+    from models.tracking import CHAMPION
 
-    path = scanner_path(settings, target)
+    path = settings.scanner_path(target)
     loaded = load_alias(settings, target, CHAMPION)
     if loaded is None:
         return {"none": f"no {CHAMPION} for {target}"}
@@ -299,12 +166,40 @@ def export_champion(settings: Settings, target: str = "payload") -> dict[str, An
     try:
         if not isinstance(model, PayloadModel):
             raise NotCompactError(f"{type(model).__name__} is not a payload model")
-        compact = CompactScanner.from_model(model, str(mv.version))
+        compact = compact_scanner(model, str(mv.version))
     except NotCompactError as exc:
         path.unlink(missing_ok=True)
         return {"version": str(mv.version), "remote": str(exc)}
     compact.save(path)
     return {"version": str(mv.version), "path": str(path), "family": compact.family}
+
+
+def load_scanner(settings: Any, target: str = "payload", alias: str = "champion") -> Any:
+    """Something with ``scan(values) -> [(label, score)]`` and ``version``: the compact
+    export when it is the champion's, else the registered model itself."""
+    from models import registry as reg
+
+    c = reg.client(settings)
+    name = settings.registered_model(target)
+    mv = reg.version_by_alias(c, name, alias)
+    if mv is None:
+        raise LookupError(f"{name} has no {alias!r} version: train and promote target {target!r}")
+    path = settings.scanner_path(target)
+    if alias == reg.CHAMPION and path.exists():
+        try:
+            compact = CompactScanner.load(path)
+        except Exception as exc:  # a broken export: the registry still has the model
+            log.warning("compact scanner %s unreadable (%s): using the registered model", path, exc)
+        else:
+            if compact.version == str(mv.version):
+                return compact
+    import mlflow.sklearn
+
+    model = mlflow.sklearn.load_model(f"models:/{name}/{mv.version}")
+    if not hasattr(model, "scan"):
+        raise LookupError(f"{name} v{mv.version} is not a payload scanner")
+    model.version = str(mv.version)
+    return model
 
 
 def holdout_report(

@@ -1,9 +1,10 @@
-"""MLflow: experiments, trial logging, the registered model and its aliases.
+"""The registered model and its aliases: trial logging, promotion, rollback, loading.
 
 Training sets alias ``challenger`` and writes its gate verdict as version
 tags. Only promotion (the deploy flow, or ``gatewise promote`` by hand) moves
 ``champion``; each promotion pushes the previous champion on a stack kept as
-a registered-model tag, so ``rollback`` can restore it.
+a registered-model tag, so ``rollback`` can restore it. Reading the registry (versions,
+aliases, experiments) needs no training code: ``models/tracking.py``.
 """
 
 from __future__ import annotations
@@ -12,50 +13,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gatewise.settings import Settings
+from config.settings import Settings
+from models.tracking import CHALLENGER, CHAMPION, client, version_by_alias
 
 __all__ = [
+    "CHALLENGER",
+    "CHAMPION",
     "PromotionError",
-    "client",
-    "ensure_experiment",
+    "champion_moved",
+    "load_alias",
     "log_trials",
     "promote",
     "rollback",
-    "version_info",
 ]
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 _STACK_TAG = "gatewise.champion_history"
 
 
 class PromotionError(RuntimeError):
     """A promotion or rollback that must not happen; the message says why."""
-
-
-def client(settings: Settings) -> Any:
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
-    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
-
-
-def ensure_experiment(settings: Settings, name: str) -> str:
-    """The experiment ``gatewise-<name>``, artifacts under ``<data_dir>/mlartifacts``."""
-    import mlflow
-
-    c = client(settings)
-    exp_name = f"{settings.tracking.registered_model_prefix}-{name}"
-    exp = c.get_experiment_by_name(exp_name)
-    if exp is None:
-        loc = (settings.artifacts_dir / name).resolve()
-        loc.mkdir(parents=True, exist_ok=True)
-        exp_id = c.create_experiment(exp_name, artifact_location=loc.as_uri())
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    return str(exp_id)
 
 
 def log_trials(settings: Settings, experiment_id: str, parent_run_id: str, study: Any) -> int:
@@ -102,30 +78,6 @@ def log_trials(settings: Settings, experiment_id: str, parent_run_id: str, study
     return n
 
 
-def _version_by_alias(c: Any, name: str, alias: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return c.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def version_info(settings: Settings, target: str) -> dict[str, Any]:
-    """Champion and challenger versions of a target, with their gate tags."""
-    c = client(settings)
-    name = settings.registered_model(target)
-    out: dict[str, Any] = {"model": name}
-    for alias in (CHAMPION, CHALLENGER):
-        v = _version_by_alias(c, name, alias)
-        out[alias] = (
-            None
-            if v is None
-            else {"version": str(v.version), "tags": dict(v.tags), "run_id": v.run_id}
-        )
-    return out
-
-
 def _history(c: Any, name: str) -> list[str]:
     rm = c.get_registered_model(name)
     raw = rm.tags.get(_STACK_TAG)
@@ -150,7 +102,7 @@ def promote(
             f"no registered model {name!r}: train target {target!r} first"
         ) from None
     if version is None:
-        ch = _version_by_alias(c, name, CHALLENGER)
+        ch = version_by_alias(c, name, CHALLENGER)
         if ch is None:
             raise PromotionError(f"{name} has no {CHALLENGER} to promote")
         version = str(ch.version)
@@ -161,7 +113,7 @@ def promote(
         raise PromotionError(
             f"{name} version {version} is not eligible for promotion: {reason} (use --force to override)"
         )
-    current = _version_by_alias(c, name, CHAMPION)
+    current = version_by_alias(c, name, CHAMPION)
     if current is not None and str(current.version) == str(version):
         return {"model": name, "champion": version, "previous": None, "changed": False}
     history = _history(c, name)
@@ -190,7 +142,7 @@ def rollback(settings: Settings, target: str) -> dict[str, Any]:
     if not history:
         raise PromotionError(f"{name} has no earlier champion to roll back to")
     previous = history.pop()
-    current = _version_by_alias(c, name, CHAMPION)
+    current = version_by_alias(c, name, CHAMPION)
     c.set_registered_model_alias(name, CHAMPION, previous)
     champion_moved(settings, target)
     c.set_registered_model_tag(name, _STACK_TAG, json.dumps(history))
@@ -220,7 +172,7 @@ def load_alias(settings: Settings, target: str, alias: str) -> tuple[Any, Any] |
 
     c = client(settings)
     name = settings.registered_model(target)
-    mv = _version_by_alias(c, name, alias)
+    mv = version_by_alias(c, name, alias)
     if mv is None:
         return None
     return mlflow.sklearn.load_model(f"models:/{name}/{mv.version}"), mv

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from gatewise.settings import Settings, TargetSettings
+from config.settings import Settings
+from config.targets import TargetSettings
 from models.data import Dataset, check_quality, load_table, target_dataset
 from models.search import (
     HIGHER_IS_BETTER,
@@ -190,6 +191,7 @@ def run_automl(
 
     from models import evaluate as ev
     from models import registry as reg
+    from models.tracking import ensure_experiment
 
     t0 = time.perf_counter()
     warnings = check_quality(ds)
@@ -296,7 +298,7 @@ def run_automl(
             reasons += [r for r in fairness.reasons if "gap" in r]
     eligible = not reasons
 
-    reg.ensure_experiment(settings, name)
+    ensure_experiment(settings, name)
     model_name = settings.registered_model(name)
     fingerprint = ds.fingerprint()
     with mlflow.start_run(run_name=f"{name}-automl") as run:

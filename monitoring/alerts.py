@@ -13,16 +13,14 @@ Delivery is at least once: an alert is marked fired before the sinks see it,
 and ``alert_id`` is deterministic, so a consumer that dedupes on it sees each
 (rule, key, bucket) once even when a batch is re-delivered after a restart.
 
-Module-level imports stay light (``gatewise.settings`` imports ``AlertRule``);
-pyarrow, duckdb and httpx are imported where they are used.
+Rules are settings (``stream.alerts`` in gatewise.yaml): ``AlertRule`` is defined in
+``config/stream.py``. pyarrow, duckdb and httpx are imported where they are used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import os
 import queue
@@ -35,11 +33,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from config.stream import AlertRule, AlertStep
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
+
+    from config.settings import Settings
 
 __all__ = [
     "Alert",
@@ -52,6 +52,7 @@ __all__ = [
     "WebhookSink",
     "alert_schema",
     "default_rules",
+    "engine_for",
     "read_alerts",
 ]
 
@@ -61,69 +62,16 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATE_VERSION = 1
 
 
-class AlertStep(BaseModel):
-    """One step of a sequence: ``AlertStep(where="http_response_status_code = 401", min_count=5)``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    where: str
-    min_count: int = Field(1, ge=1)
-
-
-class AlertRule(BaseModel):
-    """A pattern over one key's events in a sliding event-time window.
-
-    ``AlertRule(name="s5xx", kind="threshold", key="upstream_service", window_s=60,
-    where="http_response_status_code >= 500", min_count=20)``
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    kind: Literal["threshold", "sequence"]
-    key: str = Field("client_id", pattern=r"^[a-z][a-z0-9_]*$")
-    window_s: float = Field(300, gt=0)
-    severity: Literal["info", "warning", "high", "critical"] = "warning"
-    description: str = ""
-    where: str | None = None
-    min_count: int = Field(1, ge=1)
-    first: AlertStep | None = None
-    then: AlertStep | None = None
-
-    @model_validator(mode="after")
-    def _fields_fit_kind(self) -> AlertRule:
-        if self.kind == "threshold":
-            if self.where is None:
-                raise ValueError(f"threshold rule {self.name!r} needs `where`")
-            if self.first is not None or self.then is not None:
-                raise ValueError(f"threshold rule {self.name!r} takes `where`, not `first`/`then`")
-        else:
-            for step in ("first", "then"):
-                if getattr(self, step) is None:
-                    raise ValueError(f"sequence rule {self.name!r} needs `{step}`")
-            if self.where is not None or self.min_count != 1:
-                raise ValueError(
-                    f"sequence rule {self.name!r} takes `first`/`then`, not `where`/`min_count`"
-                )
-            if self.then is not None and self.then.min_count != 1:
-                # the pattern completes at one `then` event; more would need a second count
-                raise ValueError(f"sequence rule {self.name!r}: `then.min_count` must be 1")
-        return self
-
-    def predicates(self) -> dict[str, str]:
-        """The SQL fields of the rule, by their config path."""
-        if self.kind == "threshold":
-            return {"where": self.where or ""}
-        assert self.first is not None and self.then is not None
-        return {"first.where": self.first.where, "then.where": self.then.where}
-
-    def fingerprint(self) -> str:
-        """Hash of what the stored matches mean: kind, key and predicates.
-
-        Counts, window and severity may change without dropping the window state.
-        """
-        spec = {"kind": self.kind, "key": self.key, **self.predicates()}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+def engine_for(settings: Settings, webhook_url: str | None = None) -> AlertEngine:
+    """The engine a stream processor runs: ``stream.alerts`` (or the default rules), logged,
+    stored under ``<data_dir>/alerts`` and POSTed to ``webhook_url`` or
+    ``stream.webhook_url`` when set."""
+    cfg = settings.stream
+    sinks: list[AlertSink] = [LogSink(), StoreSink(settings.data_dir / "alerts")]
+    url = webhook_url or cfg.webhook_url
+    if url:
+        sinks.append(WebhookSink(url))
+    return AlertEngine(list(cfg.alerts) or default_rules(), sinks=sinks)
 
 
 def default_rules() -> list[AlertRule]:

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from gatewise.settings import Settings
+    from config.settings import Settings
     from monitoring.bias import BiasFinding
     from monitoring.drift import DriftResult
 
-__all__ = ["append_history", "champion_run_id", "log_to_run", "new_check_id", "read_history"]
+__all__ = ["append_history", "log_to_run", "new_check_id", "read_history"]
 
 
 def new_check_id(at: datetime | None = None) -> str:
@@ -127,14 +127,6 @@ def read_history(root: Path) -> pa.Table:
     return t.sort_by([("checked_at", "ascending"), ("kind", "ascending")])
 
 
-def champion_run_id(settings: Settings, target: str) -> str | None:
-    """The MLflow run that trained the target's champion, if there is one."""
-    from models.registry import version_info
-
-    champ = version_info(settings, target).get("champion")
-    return None if champ is None else champ.get("run_id")
-
-
 def log_to_run(
     settings: Settings,
     run_id: str,
@@ -148,7 +140,7 @@ def log_to_run(
     check time (seconds)."""
     from mlflow.entities import Metric
 
-    from models.registry import client
+    from models.tracking import client
 
     c = client(settings)
     for f in files:

@@ -14,9 +14,9 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from gatewise.settings import Settings
+from config.settings import Settings
 
-__all__ = ["score_entities_at", "score_windows", "scores_for_requests"]
+__all__ = ["score_entities_at", "score_windows"]
 
 
 def _windows(
@@ -97,13 +97,3 @@ def _score(
         }
     ).sort_values(["event_timestamp", join], kind="stable")
     return out.reset_index(drop=True), m.version
-
-
-def scores_for_requests(
-    requests: pd.DataFrame, scores: pd.DataFrame, window_minutes: int
-) -> pd.Series:
-    """Each request's score: its client's window score (NaN where there is none)."""
-    key = pd.to_datetime(requests["timestamp"], utc=True).dt.floor(f"{window_minutes}min")
-    s = scores.set_index(["client_id", "event_timestamp"])["score"]
-    idx = pd.MultiIndex.from_arrays([requests["client_id"], key])
-    return pd.Series(s.reindex(idx).to_numpy(), index=requests.index)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gatewise.settings import Settings
+from config.settings import Settings
 
 __all__ = ["ensure_service", "service_env", "start_service", "stop_service", "wait_ready"]
 

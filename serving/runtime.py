@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gatewise.settings import Settings
+from config.settings import Settings
 
 __all__ = ["InputError", "Loaded", "NoModelError", "Runtime"]
 
@@ -97,7 +97,7 @@ class Runtime:
 
     # loading -----------------------------------------------------------
     def _client(self) -> Any:
-        from models.registry import client
+        from models.tracking import client
 
         return client(self.settings)
 

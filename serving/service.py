@@ -34,7 +34,7 @@ log = logging.getLogger("gatewise.serving")
 
 
 def _settings() -> Any:
-    from gatewise.settings import load_settings
+    from config.settings import load_settings
 
     return load_settings(Path(os.environ.get("GATEWISE_CONFIG", "gatewise.yaml")))
 

@@ -41,7 +41,8 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from telemetry.stream import Entry, StreamSettings
+from config.stream import StreamSettings
+from telemetry.stream import Entry
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = [
     "CONSUMERS_SCHEMA",
     "EVENT_SCHEMA",
-    "LABELS_SCHEMA",
     "OTEL_NAMES",
+    "TS",
     "TelemetryEvent",
     "conform",
     "events_to_table",
@@ -127,16 +127,6 @@ EVENT_SCHEMA = pa.schema(
 )
 
 OTEL_NAMES: dict[str, str] = {name: otel for name, _, _, otel, _ in _FIELDS if otel}
-
-LABELS_SCHEMA = pa.schema(
-    [
-        pa.field("client_id", pa.string(), nullable=False),
-        pa.field("event_timestamp", TS, nullable=False),  # start of the labelled window
-        pa.field("label", pa.int8(), nullable=False),  # 1 = abusive
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("scenario", pa.string()),
-    ]
-)
 
 CONSUMERS_SCHEMA = pa.schema(
     [

@@ -24,11 +24,9 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from monitoring.alerts import AlertRule
+from config.stream import StreamSettings
 from telemetry.batching import BatchingBuffer
 
 if TYPE_CHECKING:
@@ -48,49 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("gatewise.stream")
-
-
-class StreamSettings(BaseModel):
-    """``stream:`` in gatewise.yaml: the live path from the gateway to the online store."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(False, description="the gateway publishes its events to the stream")
-    backend: Literal["redis", "nats"] = "redis"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    nats_url: str = "nats://127.0.0.1:4222"
-    name: str = Field(
-        "gatewise-telemetry",
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="Redis key prefix / JetStream stream name",
-    )
-    partitions: int = Field(4, ge=1, le=256, description="clients are split by hash into these")
-    max_len: int = Field(
-        100_000, ge=10, description="entries (batches) kept per partition; older are trimmed"
-    )
-    publish_interval_s: float = Field(0.2, gt=0)
-    max_batch: int = Field(5_000, ge=1, description="events per published entry, at most")
-    max_buffer: int = Field(
-        200_000, ge=1, description="events held while the broker is away before the oldest drop"
-    )
-    # the processor
-    group: str = Field("gatewise-stream", pattern=r"^[A-Za-z0-9_-]+$")
-    batch_interval_s: float = Field(1.0, gt=0, description="micro-batch period")
-    allowed_lateness_s: float = Field(
-        120.0, ge=0, description="events this late (event time) still update their window"
-    )
-    checkpoint_interval_s: float = Field(5.0, ge=0)
-    bootstrap_hours: float = Field(
-        24.0,
-        ge=0,
-        description="a fresh processor seeds its windows from this much stored telemetry",
-    )
-    metrics_port: int = Field(9300, ge=0, le=65535, description="0: no HTTP metrics endpoint")
-    webhook_url: str | None = Field(None, description="alerts are POSTed here as well")
-    alerts: list[AlertRule] = Field(
-        default_factory=list,
-        description="event-pattern rules (monitoring/alerts.py); empty: the default rules",
-    )
 
 
 def partition_of(client_id: str, partitions: int) -> int:

@@ -33,7 +33,7 @@ def shared_data() -> Path:
 @pytest.fixture()
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Settings on the repo's gatewise.yaml with a private data dir."""
-    from gatewise.settings import load_settings
+    from config.settings import load_settings
 
     for k in list(os.environ):
         if k.startswith("GATEWISE_") and k not in ("GATEWISE_SHARED_DATA",):
@@ -44,8 +44,8 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(scope="session")
 def two_days(tmp_path_factory):
     """Settings with two simulated days in the telemetry store (features not built)."""
-    from gatewise.settings import load_settings
-    from telemetry.simulator.output import run_simulation
+    from config.settings import load_settings
+    from labeling.simulated import simulate_labelled
 
     saved = {
         k: os.environ.pop(k)
@@ -62,7 +62,7 @@ def two_days(tmp_path_factory):
                 )
             }
         )
-        run_simulation(s)
+        simulate_labelled(s)
         yield s
     finally:
         os.environ.update(saved)

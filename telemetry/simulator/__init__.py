@@ -1,7 +1,9 @@
 """Labelled traffic simulator: realistic API clients, abuse scenarios and their look-alikes.
 
-``simulate(SimulatorSettings(clients=500, days=1))`` returns the events, the
-labels table and the consumers table as Arrow tables.
+``simulate(SimulatorSettings(clients=500, days=1))`` returns the events, the truth of
+every client window and the consumers table as Arrow tables. The truth is not labels: it
+becomes labels only when imported (``labeling/simulated.py``), so a data dir can also be
+built from telemetry and consumers alone.
 """
 
 from __future__ import annotations
@@ -13,23 +15,37 @@ import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from gatewise.settings import SimulatorSettings
+    from config.simulator import SimulatorSettings
 
-__all__ = ["SimulationResult", "simulate"]
+from telemetry.schema import TS
+
+__all__ = ["TRUTH_SCHEMA", "SimulationResult", "simulate"]
+
+# one row per client and window with traffic: 1 if any request in it was abuse
+TRUTH_SCHEMA = pa.schema(
+    [
+        pa.field("client_id", pa.string(), nullable=False),
+        pa.field("event_timestamp", TS, nullable=False),  # start of the window
+        pa.field("label", pa.int8(), nullable=False),  # 1 = abusive
+        pa.field("source", pa.string(), nullable=False),  # "simulator"
+        pa.field("scenario", pa.string()),  # the client's role
+    ]
+)
 
 
 @dataclass
 class SimulationResult:
     events: pa.Table  # telemetry contract; no ground truth in it
-    labels: pa.Table  # LABELS_SCHEMA: one row per client and label window with traffic
+    labels: pa.Table  # TRUTH_SCHEMA: one row per client and label window with traffic
     consumers: pa.Table  # CONSUMERS_SCHEMA: current attributes per client
     clients: pa.Table  # per-client truth for analysis and tests (role, sign-up, churn)
 
 
 def simulate(cfg: SimulatorSettings) -> SimulationResult:
     """Generate ``cfg.days`` of traffic for ``cfg.clients`` clients. Same seed, same output."""
+    from config.demo_api import ROUTES
     from telemetry.simulator.population import ROLE_NAMES, make_population
-    from telemetry.simulator.surface import DEVICE_TYPES, REGION_NAMES, ROUTES
+    from telemetry.simulator.surface import DEVICE_TYPES, REGION_NAMES
     from telemetry.simulator.traffic import expand_events, plan_episodes
 
     rng = np.random.default_rng(cfg.seed)
@@ -79,8 +95,6 @@ def _labels(
     role_names: tuple[str, ...],
 ) -> pa.Table:
     """One label per (client, window with traffic): 1 if any request in it was abuse."""
-    from telemetry.schema import LABELS_SCHEMA
-
     win_us = cfg.label_window_minutes * 60 * 1_000_000
     ts = events.column("timestamp").cast(pa.int64()).to_numpy()
     window = ts - ts % win_us
@@ -102,6 +116,6 @@ def _labels(
             "source": pa.array(np.full(g.num_rows, "simulator")),
             "scenario": scen,
         },
-        schema=LABELS_SCHEMA,
+        schema=TRUTH_SCHEMA,
     )
     return out.sort_by([("event_timestamp", "ascending"), ("client_id", "ascending")])

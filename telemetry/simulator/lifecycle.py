@@ -16,28 +16,21 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from config.demo_api import ROUTES, SERVICES, route_id
+from config.simulator import LifecycleSettings
 from telemetry.schema import conform
-from telemetry.simulator.surface import (
-    DEVICE_TYPES,
-    REGIONS,
-    ROUTES,
-    SERVICES,
-    USER_AGENTS,
-    region_blocks,
-    route_id,
-)
+from telemetry.simulator.surface import DEVICE_TYPES, REGIONS, USER_AGENTS, region_blocks
 from telemetry.simulator.traffic import _hex_ids, _ip_strings, _queries
 
-__all__ = ["LifecycleResult", "LifecycleSettings", "simulate_lifecycle", "write_lifecycle"]
+__all__ = ["LifecycleResult", "simulate_lifecycle", "write_lifecycle"]
 
 DAY_US = 86_400_000_000
 TIERS = ("free", "pro", "enterprise")
@@ -58,48 +51,6 @@ ADOPT_P, REC_SHARE = 0.02, 0.15
 # an active day with P = DAY_P (some days stay under the limit)
 SLOPE, FREE_QUOTA_X, PRO_QUOTA_X, PRO_MAX_P, DAY_P = 1.5, 2.0, 3.0, 0.05, 0.75
 INCIDENT_5XX, SLO_FACTOR = 0.15, 3.0
-
-
-class LifecycleSettings(BaseModel):
-    """Knobs of the lifecycle simulation; the defaults give ~26 weeks of 2,500 consumers."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    consumers: int = Field(2500, ge=10, le=1_000_000)
-    weeks: int = Field(26, ge=4, le=104)
-    end: datetime = datetime(2026, 11, 2, tzinfo=UTC)  # exclusive; start = end - weeks
-    seed: int = 11
-    policy_week: int = 18  # week (from start) when the stricter free-tier policy starts
-    launch_week: int = 20  # week when GET /v2/recommendations/{id} launches
-    throttle_hazard_ratio: float = Field(2.0, ge=1.0)  # planted effect of throttling on churn
-    mean_requests_per_active_day: float = Field(12.0, gt=0)
-    base_churn_per_day: float = Field(0.01, gt=0, lt=1)
-    slo_breach_route: str = "/v1/search"  # latency x3 in the last 7 days
-    incident_route: str = "/v1/payments"  # 5xx incident days
-    incident_days: int = Field(2, ge=0, le=28)
-
-    @field_validator("end")
-    @classmethod
-    def _utc(cls, v: datetime) -> datetime:
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> LifecycleSettings:
-        if self.end != self.end.replace(hour=0, minute=0, second=0, microsecond=0):
-            raise ValueError("end must be a UTC midnight (the simulation counts whole days)")
-        if not 1 <= self.policy_week < self.weeks:
-            raise ValueError("policy_week must be in [1, weeks)")
-        if not 0 <= self.launch_week < self.weeks:
-            raise ValueError("launch_week must be in [0, weeks)")
-        templates = {r.template for r in ROUTES}
-        for name in ("slo_breach_route", "incident_route"):
-            if getattr(self, name) not in templates:
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not a route template")
-        return self
-
-    @property
-    def start(self) -> datetime:
-        return self.end - timedelta(weeks=self.weeks)
 
 
 @dataclass

@@ -1,4 +1,10 @@
-"""Write a simulation to the data directory: telemetry, labels, consumers, truth."""
+"""Write a simulation to the data directory: telemetry, consumers, and the truth beside them.
+
+The truth (per-client roles, per-window abuse) goes to ``truth_dir`` (default
+``<data_dir>/simulator``); it becomes the labels table only when imported
+(``labeling/simulated.py`` does both). With ``truth_dir`` outside the data dir, the data dir
+holds what a real gateway gives: telemetry and consumers, no labels.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from gatewise.settings import Settings
-from telemetry.labels import LabelStore
+from config.settings import Settings
 from telemetry.simulator import SimulationResult, simulate
 from telemetry.store import AppendResult, TelemetryStore
 
@@ -22,7 +27,8 @@ __all__ = ["SimulationRun", "run_simulation"]
 class SimulationRun:
     result: SimulationResult
     appended: AppendResult
-    labels_path: Path
+    name: str  # of this run's truth files (and of its label batch when imported)
+    truth_labels_path: Path
     consumers_path: Path
     emitted: Path | None
     seconds_generate: float
@@ -36,13 +42,17 @@ def _atomic_parquet(table: pa.Table, path: Path) -> None:
 
 
 def run_simulation(
-    settings: Settings, *, emit: str | None = None, emit_path: Path | None = None
+    settings: Settings,
+    *,
+    emit: str | None = None,
+    emit_path: Path | None = None,
+    truth_dir: Path | None = None,
 ) -> SimulationRun:
-    """Simulate per ``settings.simulator`` and store everything under ``settings.data_dir``.
+    """Simulate per ``settings.simulator`` and store it under ``settings.data_dir``.
 
     Telemetry goes to the store (deduplicated by ``request_id``, so the same
-    seed twice adds nothing); labels go to their own table; the consumers table
-    is written as Parquet and CSV (``gatewise ingest --consumers``).
+    seed twice adds nothing); the consumers table is written as Parquet and CSV
+    (``gatewise ingest --consumers``); the truth goes to ``truth_dir``.
     """
     import time
 
@@ -52,13 +62,14 @@ def run_simulation(
     t1 = time.perf_counter()
     appended = TelemetryStore(settings.telemetry_dir).append(result.events)
     name = f"simulator-seed{cfg.seed}-{cfg.start:%Y%m%dT%H%M}-{cfg.days:g}d-{cfg.clients}c"
-    labels_path = LabelStore(settings.labels_dir).write(result.labels, name)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _atomic_parquet(result.consumers, settings.consumers_path)
     pacsv.write_csv(result.consumers, settings.data_dir / "consumers.csv")
-    truth_dir = settings.data_dir / "simulator"
+    truth_dir = truth_dir or settings.data_dir / "simulator"
     truth_dir.mkdir(parents=True, exist_ok=True)
     _atomic_parquet(result.clients, truth_dir / f"{name}-clients.parquet")
+    truth_labels = truth_dir / f"{name}-windows.parquet"
+    _atomic_parquet(result.labels, truth_labels)
     t2 = time.perf_counter()
     emitted = None
     if emit:
@@ -67,5 +78,5 @@ def run_simulation(
         emitted = emit_path or settings.data_dir / "emitted" / f"{name}.{emit}.log"
         emit_table(result.events, emit, emitted)
     return SimulationRun(
-        result, appended, labels_path, settings.consumers_path, emitted, t1 - t0, t2 - t1
+        result, appended, name, truth_labels, settings.consumers_path, emitted, t1 - t0, t2 - t1
     )

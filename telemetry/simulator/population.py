@@ -16,7 +16,7 @@ from telemetry.simulator.surface import (
 )
 
 if TYPE_CHECKING:
-    from gatewise.settings import SimulatorSettings
+    from config.simulator import SimulatorSettings
 
 __all__ = ["ABUSE_SCENARIOS", "LEGIT_ROLES", "Population", "make_population"]
 

@@ -17,20 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from config.demo_api import ROUTES, SERVICE_NAMES, SERVICES, route_id
 from telemetry.simulator.population import ROLE, UA_STRINGS, Population
-from telemetry.simulator.surface import (
-    DEVICE_TYPES,
-    REGION_NAMES,
-    REGIONS,
-    ROUTES,
-    SERVICE_NAMES,
-    SERVICES,
-    region_blocks,
-    route_id,
-)
+from telemetry.simulator.surface import DEVICE_TYPES, REGION_NAMES, REGIONS, region_blocks
 
 if TYPE_CHECKING:
-    from gatewise.settings import SimulatorSettings
+    from config.simulator import SimulatorSettings
 
 __all__ = ["MODES", "Episodes", "expand_events", "plan_episodes"]
 

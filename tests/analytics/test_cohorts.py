@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analytics.config import FunnelStep
 from analytics.source import Filters, Source
+from config.analytics import FunnelStep
 from tests.analytics.conftest import T0, event, store_of
 
 DAY = 1440  # minutes

@@ -64,7 +64,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def app(stores: dict[str, Path]) -> Any:
     from analytics.dashboard import create_app
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
     app = create_app(
         Settings(data_dir=stores["data_dir"]), {"small": [stores["small"]], "sec": [stores["sec"]]}
@@ -152,8 +152,8 @@ def test_filters_change_the_numbers(app, src) -> None:
 
 
 def test_traffic_and_slo_panels(app, src) -> None:
-    from analytics.config import SloSettings
     from analytics.usage import slo
+    from config.analytics import SloSettings
 
     t = _get(app, "/api/panel/traffic", granularity="hour").json()
     assert [r["requests"] for r in _records(t)] == [6, 3] and t["meta"]["granularity"] == "hour"
@@ -268,8 +268,9 @@ def test_policies_and_models_without_stores(app) -> None:
 
 def test_policies_from_the_store(tmp_path, stores) -> None:
     from analytics.dashboard import create_app
-    from gateway.policy import PolicyStore, default_policy
-    from gatewise.settings import Settings
+    from config.settings import Settings
+    from gateway.policy import default_policy
+    from gateway.policy_store import PolicyStore
 
     settings = Settings(data_dir=tmp_path)
     store = PolicyStore(settings.policy_dir)
@@ -302,9 +303,9 @@ def _cohort_events() -> list[Any]:
 
 def test_cohort_panels_equal_the_analytics(tmp_path) -> None:
     from analytics import cohorts
-    from analytics.config import AnalyticsSettings
     from analytics.dashboard import create_app
-    from gatewise.settings import Settings
+    from config.analytics import AnalyticsSettings
+    from config.settings import Settings
 
     root = store_of(tmp_path / "t", _cohort_events())
     app = create_app(Settings(data_dir=tmp_path), {"c": [root]})
@@ -364,7 +365,7 @@ def _policy_events() -> list[Any]:
 def test_policy_effect_picks_a_judgeable_version(tmp_path) -> None:
     from analytics import stats
     from analytics.dashboard import create_app
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
     root = store_of(tmp_path / "t", _policy_events())
     app = create_app(Settings(data_dir=tmp_path), {"p": [root]})
@@ -394,7 +395,7 @@ def test_policy_effect_picks_a_judgeable_version(tmp_path) -> None:
 def test_stamp_changes_when_telemetry_lands(tmp_path, monkeypatch) -> None:
     import analytics.dashboard as dashboard
     from analytics.dashboard import create_app
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
     monkeypatch.setattr(dashboard, "_STAMP_TTL_S", 0.0)
     root = store_of(tmp_path / "t", [event(*row) for row in SMALL[:4]])
@@ -411,7 +412,7 @@ def test_stamp_changes_when_telemetry_lands(tmp_path, monkeypatch) -> None:
 
 def test_empty_store_answers_empty(tmp_path) -> None:
     from analytics.dashboard import create_app, default_datasets
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
     settings = Settings(data_dir=tmp_path)
     assert default_datasets(settings) == {"gateway": [settings.telemetry_dir]}
@@ -427,7 +428,7 @@ def test_empty_store_answers_empty(tmp_path) -> None:
 
 def test_history_dataset_comes_first(tmp_path) -> None:
     from analytics.dashboard import create_app
-    from gatewise.settings import Settings
+    from config.settings import Settings
 
     settings = Settings(data_dir=tmp_path)
     store_of(settings.history_dir / "telemetry", [event(*row) for row in SMALL])

@@ -36,7 +36,8 @@ def _write_history(root: Path) -> Path:
     """300 consumers over 12 weeks (a policy change in week 4), or, without the
     lifecycle simulator, a hand-made store."""
     try:
-        from telemetry.simulator.lifecycle import LifecycleSettings, write_lifecycle
+        from config.simulator import LifecycleSettings
+        from telemetry.simulator.lifecycle import write_lifecycle
     except ImportError:
         from tests.analytics.conftest import SMALL, event, store_of
 
@@ -61,9 +62,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         pytest.skip(f"{CHROMIUM} is missing (CI installs Debian's chromium)")
     import uvicorn
 
-    from analytics.config import AnalyticsSettings, DashboardSettings
     from analytics.dashboard import create_app
-    from gatewise.settings import Settings
+    from config.analytics import AnalyticsSettings, DashboardSettings
+    from config.settings import Settings
     from tests.analytics.conftest import SMALL, event, store_of
 
     base = tmp_path_factory.mktemp("dashboard")

@@ -8,15 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analytics.config import AnalyticsSettings
 from analytics.source import Filters, Source
+from config.analytics import AnalyticsSettings
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory) -> tuple[Source, dict, pd.DataFrame]:
-    from telemetry.simulator.lifecycle import LifecycleSettings, write_lifecycle
+    from config.simulator import LifecycleSettings
+    from telemetry.simulator.lifecycle import write_lifecycle
 
     root = tmp_path_factory.mktemp("history")
     res = write_lifecycle(LifecycleSettings(), root)
@@ -105,7 +106,7 @@ def test_new_route_adoption(history) -> None:
 
 def test_weekly_report_logged_to_mlflow(history, settings, tmp_path: Path) -> None:
     from analytics.report import log_report, write_report
-    from models.registry import client
+    from models.tracking import client
 
     src, truth, _ = history
     out = tmp_path / "review.html"

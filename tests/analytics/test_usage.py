@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from analytics.config import CostModel, SloSettings, SloTarget, TierPrice
 from analytics.source import Filters, parse_period
+from config.analytics import CostModel, SloSettings, SloTarget, TierPrice
 from tests.analytics.conftest import T0, event
 
 

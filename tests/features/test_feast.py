@@ -19,6 +19,7 @@ import pytest
 
 from features.store import REPO_DIR, apply_definitions, feature_store
 from features.training import online_features, training_frame
+from models.data import labelled_windows
 from tests.features.conftest import copy_settings
 
 END = datetime(2026, 11, 4, tzinfo=UTC)
@@ -75,7 +76,7 @@ def test_training_set_is_point_in_time_correct(feast_sqlite):
     """Every joined value equals the newest feature row stamped at or before the
     label's timestamp (and within the view's TTL), computed here without Feast."""
     s, _ = feast_sqlite
-    df = training_frame(s, "abuse_v1")
+    df = training_frame(s, "abuse_v1", labelled_windows(s))
     assert len(df) == pq.read_table(s.labels_dir).num_rows
     feats = (
         pq.read_table(s.features_dir / "client_windows").to_pandas().sort_values("event_timestamp")
@@ -130,7 +131,7 @@ def test_label_delay_hides_labels_not_yet_known(feast_sqlite):
         update={"features": s.features.model_copy(update={"label_delay_minutes": 60})}
     )
     as_of = datetime(2026, 11, 3, 12, tzinfo=UTC)
-    df = training_frame(late, "abuse_v1", as_of=as_of)
+    df = training_frame(late, "abuse_v1", labelled_windows(late, as_of=as_of))
     assert df["event_timestamp"].max() <= pd.Timestamp(as_of - timedelta(minutes=60))
 
 
@@ -188,7 +189,7 @@ def test_sql_registry_on_postgresql(built, tmp_path):
         df = training_frame(
             s2,
             "load_v1",
-            entity_df=pd.DataFrame(
+            pd.DataFrame(
                 {
                     "route_id": ["GET /v1/search"],
                     "event_timestamp": [datetime(2026, 11, 3, 12, 1, tzinfo=UTC)],

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.stream import StreamProcessor
+from monitoring.alerts import engine_for
 from telemetry.schema import EVENT_SCHEMA
 from telemetry.store import TelemetryStore
 from telemetry.stream import RedisBroker, partition_of, publish_table
@@ -292,7 +293,7 @@ def test_an_alert_fires_once_per_window_and_reaches_every_sink(settings, tmp_pat
             push=False,
             bootstrap=False,
             metrics_port=0,
-            webhook_url=f"http://127.0.0.1:{hook.server_port}/alerts",
+            alerts=engine_for(s, f"http://127.0.0.1:{hook.server_port}/alerts"),
         )
         svc.processor.wall_clock = False
         svc.start()

@@ -12,15 +12,15 @@ pytestmark = pytest.mark.integration
 
 
 def test_flow_builds_applies_and_materializes_and_reruns_safely(prefect_harness, tmp_path):
-    from gatewise.settings import load_settings
-    from telemetry.simulator.output import run_simulation
+    from config.settings import load_settings
+    from labeling.simulated import simulate_labelled
     from tests.conftest import REPO
 
     s = load_settings(REPO / "gatewise.yaml", data_dir=tmp_path / "data")
     s = s.model_copy(
         update={"simulator": s.simulator.model_copy(update={"clients": 80, "days": 1.0, "seed": 5})}
     )
-    run_simulation(s)
+    simulate_labelled(s)
     out = build_features_flow(config_path=str(REPO / "gatewise.yaml"), data_dir=str(s.data_dir))
     assert out["days_built"] == ["2026-11-02"]
     assert out["rows"]["client_windows"] > 0 and out["rows"]["route_windows"] > 0

@@ -52,7 +52,7 @@ def env(champion, tmp_path_factory):
 
 
 def _challenger(s, source_version: str, eligible: bool = True, source: str | None = None) -> str:
-    from models.registry import client
+    from models.tracking import client
 
     c = client(s)
     name = s.registered_model("abuse")
@@ -78,8 +78,8 @@ def _serving_version(s) -> str:
 
 def test_deploy_compensates_and_succeeds(prefect_harness, env):
     from flows.deploy import DeployError
-    from gateway.policy import PolicyStore
-    from models.registry import client, version_info
+    from gateway.policy_store import PolicyStore
+    from models.tracking import client, version_info
 
     s, r = env
     name = s.registered_model("abuse")
@@ -127,10 +127,10 @@ def test_smoke_failure_on_the_live_endpoint_leaves_the_champion(prefect_harness,
     import numpy as np
     import pandas as pd
 
+    from config.targets import TargetSettings
     from flows.deploy import DeployError
-    from gatewise.settings import TargetSettings
     from models.data import Dataset
-    from models.registry import version_info
+    from models.tracking import version_info
     from models.train import run_automl
 
     s, _ = env
@@ -156,7 +156,7 @@ def test_smoke_failure_on_the_live_endpoint_leaves_the_champion(prefect_harness,
 
 def test_first_deploy_starts_the_service_before_any_champion(prefect_harness, env):
     """No champion yet: the service starts live but not ready; the deploy makes it ready."""
-    from models.registry import client, version_info
+    from models.tracking import client, version_info
     from serving.process import stop_service
 
     s, r = env

@@ -64,7 +64,7 @@ def test_champion_scores_become_client_overrides_in_the_published_policy(
     from datetime import timedelta
 
     from flows.monitor import monitor_flow
-    from gateway.policy import PolicyStore
+    from gateway.policy_store import PolicyStore
     from serving.batch import score_entities_at, score_windows
     from tests.conftest import REPO
 
@@ -101,8 +101,9 @@ def test_each_policy_stage_is_gated_on_its_own(data):
     import pandas as pd
 
     from flows.monitor import policy_task
-    from gateway.policy import PolicyStore, initial_policy
-    from telemetry.labels import LabelStore
+    from gateway.policy import initial_policy
+    from gateway.policy_store import PolicyStore
+    from labeling.store import LabelStore
     from telemetry.store import TelemetryStore
 
     rules = data.monitoring.policy.model_copy(update={"adapt_limits": True})

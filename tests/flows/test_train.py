@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from features.store import apply_definitions, feature_store
 from flows.train import train_flow
 from gatewise.cli import app
-from models.registry import version_info
+from models.tracking import version_info
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

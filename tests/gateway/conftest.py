@@ -56,7 +56,8 @@ class FakeScorer:
 @pytest.fixture()
 def gw_settings(settings):
     """Settings with three consumers: alice (free), bob (enterprise, admin), carol (reader)."""
-    from gateway.auth import ApiKey, Consumer, ConsumersFile, RoleRule, new_api_key
+    from config.gateway import RoleRule
+    from gateway.auth import ApiKey, Consumer, ConsumersFile, new_api_key
 
     keys: dict[str, str] = {}
     consumers = []

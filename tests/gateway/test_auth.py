@@ -11,17 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.auth import (
-    ApiKey,
-    Authenticator,
-    Consumer,
-    ConsumersFile,
-    JwtSettings,
-    Rbac,
-    RoleRule,
-    hash_key,
-    new_api_key,
-)
+from config.gateway import JwtSettings, RoleRule
+from gateway.auth import ApiKey, Authenticator, Consumer, ConsumersFile, Rbac, hash_key, new_api_key
 
 ISS, AUD = "https://issuer.test", "gatewise-api"
 

@@ -6,7 +6,8 @@ import asyncio
 import random
 
 from gateway.backtest import backtest
-from gateway.policy import PolicyStore, TierLimit, default_policy
+from gateway.policy import TierLimit, default_policy
+from gateway.policy_store import PolicyStore
 from telemetry.store import TelemetryStore
 from tests.gateway.conftest import Clock, FakeScorer, key_headers, running, with_gateway
 
@@ -63,7 +64,7 @@ def test_backtest_reaches_the_live_gateways_decisions(gw_settings):
 
 
 def test_backtest_on_simulated_traffic_with_labels(settings):
-    from telemetry.simulator.output import run_simulation
+    from labeling.simulated import simulate_labelled
 
     s = settings.model_copy(
         update={
@@ -72,7 +73,7 @@ def test_backtest_on_simulated_traffic_with_labels(settings):
             )
         }
     )
-    run_simulation(s)
+    simulate_labelled(s)
     loose = default_policy({"free": 600, "pro": 3000, "enterprise": 12000})
     tight = default_policy({"free": 20, "pro": 100, "enterprise": 400})
     a = backtest(loose, s.telemetry_dir, labels=s.labels_dir, label_window_minutes=5)

@@ -63,11 +63,11 @@ def test_policy_init_push_rollback_export(env, tmp_path):
 
 
 def test_backtest_command(env):
-    from gatewise.settings import load_settings
-    from telemetry.simulator.output import run_simulation
+    from config.settings import load_settings
+    from labeling.simulated import simulate_labelled
 
     s = load_settings(REPO / "gatewise.yaml")
-    run_simulation(
+    simulate_labelled(
         s.model_copy(
             update={"simulator": s.simulator.model_copy(update={"clients": 60, "days": 0.1})}
         )

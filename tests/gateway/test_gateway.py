@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from gateway.policy import Override, PolicyStore
+from gateway.policy import Override
+from gateway.policy_store import PolicyStore
 from telemetry.store import TelemetryStore
 from tests.gateway.conftest import Clock, FakeScorer, key_headers, running, with_gateway
 

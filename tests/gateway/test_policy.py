@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from gateway.policy import Override, PolicyError, PolicyStore, default_policy, parse_policy
+from gateway.policy import Override, PolicyError, default_policy, parse_policy
+from gateway.policy_store import PolicyStore
 
 
 def _policy():

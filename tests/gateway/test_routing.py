@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.config import BreakerSettings, RouteSettings, ServiceSettings
+from config.gateway import BreakerSettings, RouteSettings, ServiceSettings
 from gateway.routing import CircuitBreaker, Router, Upstream
 
 

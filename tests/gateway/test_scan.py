@@ -10,8 +10,9 @@ import json
 import httpx
 import pytest
 
-from gateway.config import ScanningSettings
-from gateway.policy import PolicyError, PolicyStore, parse_policy
+from config.gateway import ScanningSettings
+from gateway.policy import PolicyError, parse_policy
+from gateway.policy_store import PolicyStore
 from gateway.scan import parse_record, request_values
 from telemetry.store import TelemetryStore
 from tests.gateway.conftest import Clock, key_headers, running, with_gateway
@@ -26,7 +27,7 @@ def compact():
     import numpy as np
 
     from models.data import payload_dataset
-    from models.payload import CompactScanner, with_class_head
+    from models.payload import compact_scanner, with_class_head
     from models.search import build_model
 
     ds = payload_dataset(synthetic_benign=1000)
@@ -34,7 +35,7 @@ def compact():
     X, y = ds.X.iloc[rows], ds.y.iloc[rows]
     p = {"family": "linear", "text": True, "C": 20.0, "class_weight": "balanced"}
     det = build_model(p, "binary", X, y)
-    return CompactScanner.from_model(with_class_head(det, X, ds.detail.iloc[rows], 0.5), "4")
+    return compact_scanner(with_class_head(det, X, ds.detail.iloc[rows], 0.5), "4")
 
 
 def test_request_values_from_query_body_and_path():
@@ -119,10 +120,8 @@ def _events(s):
 
 
 def test_shadow_first_then_enforced_on_one_route(gw_settings, compact):
-    from models.payload import scanner_path
-
     s, keys = gw_settings
-    compact.save(scanner_path(s))
+    compact.save(s.scanner_path())
     alice = key_headers(keys["alice"])
 
     async def main():
@@ -181,10 +180,8 @@ def pd_isna(v):
 
 
 def test_gateway_picks_up_a_new_export(gw_settings, compact):
-    from models.payload import scanner_path
-
     s, keys = gw_settings
-    path = scanner_path(s)
+    path = s.scanner_path()
     path.unlink(missing_ok=True)
 
     async def main():
@@ -303,10 +300,8 @@ def test_throttle_band_on_the_payload_target_is_refused_by_name():
 
 
 def test_a_route_switched_off_is_not_scanned(gw_settings, compact):
-    from models.payload import scanner_path
-
     s, keys = gw_settings
-    compact.save(scanner_path(s))
+    compact.save(s.scanner_path())
     store = PolicyStore(s.policy_dir)
     from gateway.policy import initial_policy
 

@@ -12,7 +12,7 @@ def mlsettings(tmp_path, monkeypatch):
     """Settings with a private data dir: a real MLflow SQLite store and registry in it."""
     import os
 
-    from gatewise.settings import load_settings
+    from config.settings import load_settings
 
     for k in list(os.environ):
         if k.startswith("GATEWISE_") and k != "GATEWISE_SHARED_DATA":

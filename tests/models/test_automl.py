@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gatewise.settings import Costs, FairnessBounds, TargetSettings
+from config.targets import Costs, FairnessBounds, TargetSettings
 from models.data import DataQualityError, Dataset, check_quality, load_table
 from models.evaluate import choose_threshold, fairness_report
-from models.registry import PromotionError, promote, rollback, version_info
+from models.registry import PromotionError, promote, rollback
 from models.search import make_splits
+from models.tracking import version_info
 from models.train import run_automl
 from tests.models.conftest import unfair_table, xor_table
 

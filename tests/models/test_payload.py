@@ -137,10 +137,11 @@ def test_known_attacks_and_their_obfuscations_are_caught(trained):
 
 
 def test_compact_export_gives_the_pipeline_numbers(trained, tmp_path):
-    from models.payload import CompactScanner, recentre
+    from features.scanner import CompactScanner
+    from models.payload import compact_scanner, recentre
 
     ds, sp, model = trained
-    compact = CompactScanner.from_model(model, "3")
+    compact = compact_scanner(model, "3")
     path = compact.save(tmp_path / "payload.npz")
     loaded = CompactScanner.load(path)
     vals = [*ds.X["payload"].to_numpy()[sp.holdout][:1500], "", "  ", "é' <x>", "1" * 5000]
@@ -157,7 +158,7 @@ def test_compact_export_gives_the_pipeline_numbers(trained, tmp_path):
 
 
 def test_non_linear_detector_is_not_exported(trained):
-    from models.payload import CompactScanner, NotCompactError, PayloadModel
+    from models.payload import NotCompactError, PayloadModel, compact_scanner
     from models.search import build_model
 
     ds, sp, model = trained
@@ -175,23 +176,23 @@ def test_non_linear_detector_is_not_exported(trained):
     }
     det = build_model(p, "binary", ds.X.iloc[rows], ds.y.iloc[rows])
     with pytest.raises(NotCompactError, match="XGBClassifier"):
-        CompactScanner.from_model(PayloadModel(det, model.head, 0.5))
+        compact_scanner(PayloadModel(det, model.head, 0.5))
 
 
 def test_local_scanner_hot_reloads_and_keeps_the_last_good(trained, tmp_path):
     from gateway.scan import LocalScanner
-    from models.payload import CompactScanner
+    from models.payload import compact_scanner
 
     _, _, model = trained
     path = tmp_path / "scanner" / "payload.npz"
     ls = LocalScanner(path)
     assert ls.scanner is None and ls.scan(["x"]).reason == "no_scanner"
-    v1 = CompactScanner.from_model(model, "1")
+    v1 = compact_scanner(model, "1")
     v1.save(path)
     assert ls.reload() and ls.scanner.version == "1"
     assert ls.scan(["1' or '1'='1"]).label == "sqli"
     assert not ls.reload()  # unchanged file: nothing to do
-    v2 = CompactScanner.from_model(model, "2")
+    v2 = compact_scanner(model, "2")
     shutil.copy(v2.save(tmp_path / "v2.npz"), path)
     assert ls.reload() and ls.scan(["x"]).model_version == "2"
     path.write_bytes(b"not an npz file, truncated")  # a broken export is refused

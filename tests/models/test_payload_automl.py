@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def trained(tmp_path_factory):
     import os
 
-    from gatewise.settings import load_settings
+    from config.settings import load_settings
     from models.train import train_target
     from tests.conftest import REPO
 
@@ -56,13 +56,13 @@ def test_tracked_gated_and_registered(trained):
 
 
 def test_promotion_exports_the_compact_scanner_and_serving_scans(trained):
+    from features.scanner import CompactScanner
     from models import registry as reg
-    from models.payload import CompactScanner, scanner_path
     from serving.runtime import InputError, Runtime
 
     s, r = trained
     reg.promote(s, "payload", r.version)
-    path = scanner_path(s)
+    path = s.scanner_path()
     compact = CompactScanner.load(path)
     assert compact.version == r.version
     rt = Runtime(s)

@@ -20,12 +20,11 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from config.stream import AlertRule, AlertStep
 from monitoring.alerts import (
     ALERT_SCHEMA,
     Alert,
     AlertEngine,
-    AlertRule,
-    AlertStep,
     LogSink,
     StoreSink,
     WebhookSink,

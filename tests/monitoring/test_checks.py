@@ -149,7 +149,7 @@ def test_history_keeps_one_row_per_check_and_feature_and_mlflow_gets_the_reports
 ):
     from datetime import UTC, datetime, timedelta
 
-    from models.registry import client, ensure_experiment
+    from models.tracking import client, ensure_experiment
     from monitoring.record import append_history, log_to_run, new_check_id, read_history
 
     root = tmp_path / "history"

@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.policy import PolicyStore, default_policy
+from config.monitoring import PolicyRules
+from gateway.policy import default_policy
+from gateway.policy_store import PolicyStore
 from monitoring.bias import BiasFinding, GroupRates
 from monitoring.drift import ColumnDrift, DriftResult
-from monitoring.policy import PolicyRules, gate, propose, publish
+from monitoring.policy import gate, propose, publish
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
@@ -178,8 +180,8 @@ def test_limits_follow_the_busiest_minute_of_trusted_clients(two_days):
     import numpy as np
     import pandas as pd
 
+    from labeling.store import LabelStore
     from monitoring.policy import adapt_limits
-    from telemetry.labels import LabelStore
     from telemetry.store import TelemetryStore
 
     s = two_days

@@ -9,7 +9,7 @@ from serving.runtime import InputError, NoModelError, Runtime
 
 
 def _clients(s, n=5):
-    from telemetry.labels import LabelStore
+    from labeling.store import LabelStore
 
     return list(dict.fromkeys(LabelStore(s.labels_dir).read().column("client_id").to_pylist()))[:n]
 

@@ -68,7 +68,7 @@ def server(champion):
 
 
 def _ids(s, n=4):
-    from telemetry.labels import LabelStore
+    from labeling.store import LabelStore
 
     return list(dict.fromkeys(LabelStore(s.labels_dir).read().column("client_id").to_pylist()))[:n]
 
@@ -129,7 +129,7 @@ def _wait_for(base: str, pred, timeout: float = 60.0) -> dict:
 
 
 def test_hot_swap_under_load_then_a_broken_version_keeps_the_old_one(server):
-    from models.registry import client
+    from models.tracking import client
 
     s, r, base = server
     c = client(s)

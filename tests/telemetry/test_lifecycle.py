@@ -11,13 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from config.simulator import LifecycleSettings
 from telemetry.schema import EVENT_SCHEMA
-from telemetry.simulator.lifecycle import (
-    LifecycleResult,
-    LifecycleSettings,
-    simulate_lifecycle,
-    write_lifecycle,
-)
+from telemetry.simulator.lifecycle import LifecycleResult, simulate_lifecycle, write_lifecycle
 from telemetry.store import TelemetryStore
 
 SMALL = LifecycleSettings(consumers=400, weeks=12, policy_week=6, launch_week=8, seed=3)

@@ -16,8 +16,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from config.stream import StreamSettings
 from telemetry.nats_broker import NatsBroker
-from telemetry.stream import Entry, StreamSettings, decode, encode, make_broker, position_key
+from telemetry.stream import Entry, decode, encode, make_broker, position_key
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from gatewise.settings import SimulatorSettings
+from config.simulator import SimulatorSettings
 from telemetry.ingest import ingest_files
 from telemetry.ingest.emit import CARRIED, emit_table
 from telemetry.simulator import simulate

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from gatewise.settings import DriftKnobs, SimulatorSettings, SkewKnobs
-from telemetry.schema import EVENT_SCHEMA, LABELS_SCHEMA
-from telemetry.simulator import simulate
+from config.simulator import DriftKnobs, SimulatorSettings, SkewKnobs
+from telemetry.schema import EVENT_SCHEMA
+from telemetry.simulator import TRUTH_SCHEMA, simulate
 from telemetry.simulator.checks import (
     client_aggregates,
     single_aggregate_aucs,
@@ -40,7 +40,7 @@ def test_same_seed_same_output():
 
 def test_contract_and_no_truth_in_telemetry(sim):
     assert sim.events.schema.equals(EVENT_SCHEMA)
-    assert sim.labels.schema.equals(LABELS_SCHEMA)
+    assert sim.labels.schema.equals(TRUTH_SCHEMA)
     assert "label" not in sim.events.column_names and "scenario" not in sim.events.column_names
     assert pc.count_distinct(sim.events.column("request_id")).as_py() == sim.events.num_rows
     ts = sim.events.column("timestamp")

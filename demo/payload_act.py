@@ -16,13 +16,13 @@ from typing import Any
 
 from rich.console import Console
 
-from gatewise.settings import Settings
+from config.settings import Settings
 
 __all__ = ["demo_requests", "payload_demo", "scan_summary"]
 
 
 def payload_demo(console: Console, s: Settings, config: Path | None, budget: float = 45.0) -> Any:
-    from gatewise.report import _table, train
+    from demo.steps import table, train
     from models import registry as reg
 
     r = train(
@@ -40,7 +40,7 @@ def payload_demo(console: Console, s: Settings, config: Path | None, budget: flo
         if k.startswith("holdout_recall_")
     ]
     if rows:
-        console.print(_table("payload v" + str(r.version) + ": detection by attack class", rows))
+        console.print(table("payload v" + str(r.version) + ": detection by attack class", rows))
     if "holdout_benign_fpr" in m:
         console.print(
             f"benign values flagged on the holdout: {m['holdout_benign_fpr']:.3%} "

@@ -1,4 +1,6 @@
-"""The ``gateway:`` section of ``gatewise.yaml`` (part of the one project config).
+"""The ``gateway:`` section of ``gatewise.yaml`` (part of the one project config): listeners,
+authentication and roles, services and routes (default: the demo API), scoring, scanning,
+cache and the telemetry sink.
 
 gateway:
   port: 8080
@@ -12,13 +14,18 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from gateway.auth import JwtSettings, RoleRule
+from config._base import Strict as _Strict
+from config.demo_api import ROUTES, SERVICES
 
 __all__ = [
+    "HMAC_ALGS",
+    "PUBLIC_ALGS",
     "BreakerSettings",
     "GatewaySettings",
+    "JwtSettings",
+    "RoleRule",
     "RouteSettings",
     "ScanningSettings",
     "ScoringSettings",
@@ -28,8 +35,45 @@ __all__ = [
 _ROUTE = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) /\S*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+HMAC_ALGS = {"HS256", "HS384", "HS512"}
+PUBLIC_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+
+
+class JwtSettings(_Strict):
+    """Bearer tokens: who may issue them, for whom, signed how."""
+
+    enabled: bool = False
+    issuer: str = "https://auth.gatewise.local"
+    audience: str = "gatewise-api"
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    secret_env: str | None = Field(
+        None, description="HMAC secret's environment variable (HS* algorithms only)"
+    )
+    leeway_s: float = Field(30.0, ge=0)
+    client_claim: str = "sub"
+    roles_claim: str = "roles"
+    tier_claim: str = "tier"
+
+    @field_validator("algorithms")
+    @classmethod
+    def _one_family(cls, v: list[str]) -> list[str]:
+        unknown = set(v) - HMAC_ALGS - PUBLIC_ALGS
+        if unknown:
+            raise ValueError(f"unsupported algorithms {sorted(unknown)} ('none' is never allowed)")
+        if set(v) & HMAC_ALGS and set(v) & PUBLIC_ALGS:
+            raise ValueError("mixing HMAC and public-key algorithms invites algorithm confusion")
+        if not v:
+            raise ValueError("at least one algorithm is required")
+        return v
+
+
+class RoleRule(_Strict):
+    """Methods allowed on route templates (shell patterns, e.g. ``/v1/orders*``)."""
+
+    methods: list[str] = Field(default_factory=lambda: ["*"])
+    routes: list[str] = Field(default_factory=lambda: ["*"])
 
 
 class BreakerSettings(_Strict):
@@ -124,14 +168,11 @@ class TelemetrySink(_Strict):
 
 
 def _default_services() -> dict[str, ServiceSettings]:
-    from telemetry.simulator.surface import SERVICES
-
+    """The demo API's services (``config/demo_api.py``), all on ``gatewise upstreams``."""
     return {s: ServiceSettings(instances=["http://127.0.0.1:9101"]) for s in SERVICES}
 
 
 def _default_routes() -> list[RouteSettings]:
-    from telemetry.simulator.surface import ROUTES
-
     return [
         RouteSettings(route=f"{r.method} {r.template}", service=r.service, cacheable=r.cacheable)
         for r in ROUTES

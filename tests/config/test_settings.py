@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewise.settings import ConfigError, load_settings
+from config.settings import ConfigError, load_settings
 from tests.conftest import REPO
 
 

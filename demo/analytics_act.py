@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gatewise.settings import Settings
+from config.settings import Settings
 
 __all__ = ["analytics_demo"]
 

@@ -16,7 +16,7 @@ def _small(settings, clients=300):
 
 
 def test_fresh_traffic_is_a_new_day_of_the_same_clients(settings):
-    from gatewise.closed_loop import fresh_traffic
+    from demo.closed_loop import fresh_traffic
     from telemetry.simulator import simulate
 
     s = _small(settings)
@@ -41,7 +41,7 @@ def test_fresh_traffic_is_a_new_day_of_the_same_clients(settings):
 
 
 def test_a_span_that_cannot_exist_is_refused_by_name(settings):
-    from gatewise.closed_loop import fresh_traffic
+    from demo.closed_loop import fresh_traffic
 
     with pytest.raises(ValueError, match="--minutes"):
         fresh_traffic(settings, minutes=0)
@@ -52,7 +52,8 @@ def test_a_span_that_cannot_exist_is_refused_by_name(settings):
 
 
 def test_outcome_counts_each_request_once_per_phase_and_system():
-    from gatewise.closed_loop import outcome, verdicts
+    from demo.closed_loop import outcome
+    from demo.loop_report import verdicts
 
     rid = [f"r{i}" for i in range(8)]
     events = pd.DataFrame(
@@ -101,9 +102,7 @@ def test_outcome_counts_each_request_once_per_phase_and_system():
 
 @pytest.mark.integration
 def test_replay_through_the_real_gateway_keeps_ids_statuses_and_rate(settings):
-    from gateway.app import create_app
-    from gateway.upstreams import upstream_app
-    from gatewise.closed_loop import (
+    from demo.closed_loop import (
         _recorded,
         fresh_traffic,
         register_consumers,
@@ -111,14 +110,16 @@ def test_replay_through_the_real_gateway_keeps_ids_statuses_and_rate(settings):
         replay,
         replay_settings,
     )
-    from gatewise.demo_gateway import _free_port, _Server
-    from telemetry.labels import LabelStore
+    from demo.servers import ThreadedServer, free_port
+    from gateway.app import create_app
+    from gateway.upstreams import upstream_app
+    from labeling.store import LabelStore
 
     s = _small(settings, clients=200)
     t = fresh_traffic(s, minutes=0.1, max_rps=40.0)  # 12 s of traffic
     ev = t.events
     keys = register_consumers(s, t.consumers)
-    up, gw = _free_port(), _free_port()
+    up, gw = free_port(), free_port()
     live = replay_settings(s, up)
     # replay fidelity, not breakers (tested in tests/gateway): replayed 5xx runs would open a
     # service's breaker and the gateway would answer 503 for the upstream
@@ -133,8 +134,8 @@ def test_replay_through_the_real_gateway_keeps_ids_statuses_and_rate(settings):
     app = create_app(live)
     started = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=5)
     with (
-        _Server(upstream_app(replay=True), up),
-        _Server(app, gw, proxy_headers=True, forwarded_allow_ips="127.0.0.1"),
+        ThreadedServer(upstream_app(replay=True), up),
+        ThreadedServer(app, gw, proxy_headers=True, forwarded_allow_ips="127.0.0.1"),
     ):
         sent = replay(f"http://127.0.0.1:{gw}", ev, keys, "rt1")
         for _ in range(100):

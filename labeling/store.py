@@ -1,5 +1,10 @@
 """The labels table: ground truth per client window, kept apart from telemetry.
 
+One row per (client, window start): ``label`` 1 = abusive, 0 = legitimate, ``source`` says
+where it came from (``simulator``, ``import``, ``review``, ``weak``), ``scenario`` is the
+simulator's role or an importer's note. Training joins it point in time with the features
+(``models/data.py``); the backtest judges policies with it (``gateway/backtest.py``).
+
 Stored as Parquet files under ``<data_dir>/labels/``; each named batch is one
 file written atomically, so re-importing the same batch replaces it rather
 than adding duplicates.
@@ -15,9 +20,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from telemetry.schema import LABELS_SCHEMA, conform
+from telemetry.schema import TS, conform
 
-__all__ = ["LabelStore"]
+__all__ = ["LABELS_SCHEMA", "LabelStore"]
+
+LABELS_SCHEMA = pa.schema(
+    [
+        pa.field("client_id", pa.string(), nullable=False),
+        pa.field("event_timestamp", TS, nullable=False),  # start of the labelled window
+        pa.field("label", pa.int8(), nullable=False),  # 1 = abusive
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("scenario", pa.string()),
+    ]
+)
 
 
 class LabelStore:

@@ -1,4 +1,4 @@
-"""The gateway part of ``gatewise demo``: backtest policies, then real HTTP through a real gateway.
+"""The gateway act of ``gatewise demo``: backtest policies, then real HTTP through a real gateway.
 
 1. Backtest the active policy (static tier limits, abuse target in shadow)
    and a tighter static policy on the simulated, labelled telemetry: the
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections import Counter
@@ -21,46 +20,17 @@ from typing import Any
 
 from rich.console import Console
 
-from gatewise.settings import Settings
+from config.settings import Settings
+from demo.servers import ThreadedServer, free_port
 
 __all__ = ["gateway_demo"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server:
-    """uvicorn in a background thread (no signal handlers; stopped by flag). ``config``:
-    more ``uvicorn.Config`` options (e.g. ``proxy_headers``)."""
-
-    def __init__(self, app: Any, port: int, **config: Any) -> None:
-        import uvicorn
-
-        cfg = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **config
-        )
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 def _simulated_clients(s: Settings) -> dict[str, tuple[str, str, str | None, str | None]]:
     """Real simulated clients for the demo roles: (client_id, tier, region, device)."""
     import pyarrow.parquet as pq
 
-    from telemetry.labels import LabelStore
+    from labeling.store import LabelStore
 
     picks: dict[str, tuple[str, str, str | None, str | None]] = {}
     if not s.consumers_path.exists():
@@ -172,6 +142,7 @@ def _live_stream(console: Console, s: Settings) -> Any:
     import redis
 
     from features.stream_service import StreamService
+    from monitoring.alerts import engine_for
 
     try:
         redis.Redis.from_url(s.stream.redis_url, socket_connect_timeout=0.5).ping()
@@ -182,7 +153,7 @@ def _live_stream(console: Console, s: Settings) -> Any:
         update={"enabled": True, "name": f"gatewise-demo-{uuid.uuid4().hex[:6]}"}
     )
     live = s.model_copy(update={"stream": cfg})
-    svc = StreamService(live, metrics_port=0, bootstrap=True)
+    svc = StreamService(live, metrics_port=0, bootstrap=True, alerts=engine_for(live))
     svc.start()
     console.print(
         f"live stream: the gateway publishes to Redis stream {cfg.name}; a stream processor "
@@ -209,12 +180,13 @@ def _stream_report(console: Console, svc: Any) -> None:
 def gateway_demo(
     console: Console, s: Settings, seconds: float = 8.0, scoring_url: str | None = None
 ) -> None:
+    from demo.steps import backtest_report, table
     from gateway.app import create_app
     from gateway.backtest import backtest
     from gateway.exporters import export
-    from gateway.policy import PolicyStore, default_policy, initial_policy
+    from gateway.policy import default_policy, initial_policy
+    from gateway.policy_store import PolicyStore
     from gateway.upstreams import upstream_app
-    from gatewise.report import _table, backtest_report
 
     g = s.gateway
     store = PolicyStore(s.policy_dir)
@@ -257,10 +229,9 @@ def gateway_demo(
     )
     keys = _consumers(s)
     injected: list[tuple[str, str]] = []
-    from models.payload import scanner_path
 
-    if g.scanning.enabled and scanner_path(s).exists():
-        from gatewise.demo_payload import demo_requests
+    if g.scanning.enabled and s.scanner_path().exists():
+        from demo.payload_act import demo_requests
 
         injected = demo_requests()
         console.print(
@@ -268,7 +239,7 @@ def gateway_demo(
             f"an injector sends {len(injected)} search queries (held-out real attacks and benign "
             "values with quotes and brackets)"
         )
-    up_port, gw_port = _free_port(), _free_port()
+    up_port, gw_port = free_port(), free_port()
     services = {
         n: sv.model_copy(update={"instances": [f"http://127.0.0.1:{up_port}"]})
         for n, sv in g.services.items()
@@ -287,7 +258,10 @@ def gateway_demo(
         worker = threading.Thread(target=svc.run, args=(stop,), name="stream", daemon=True)
         worker.start()
     try:
-        with _Server(upstream_app(latency_scale=0.05), up_port), _Server(app, gw_port):
+        with (
+            ThreadedServer(upstream_app(latency_scale=0.05), up_port),
+            ThreadedServer(app, gw_port),
+        ):
             counts = asyncio.run(_drive(f"http://127.0.0.1:{gw_port}", keys, seconds, injected))
     finally:
         if svc is not None and worker is not None:
@@ -310,23 +284,23 @@ def gateway_demo(
                 .reset_index()
                 .to_dict("records")
             )
-            console.print(_table("scored by the champion (shadow: recorded, not enforced)", rows))
+            console.print(table("scored by the champion (shadow: recorded, not enforced)", rows))
     if injected:
-        from gatewise.demo_payload import scan_summary
+        from demo.payload_act import scan_summary
         from telemetry.store import TelemetryStore
 
         ev = TelemetryStore(s.telemetry_dir).read().to_pandas()
         ev = ev[ev["client_id"] == keys["injector"][0]]
         rows = scan_summary(ev, dict(injected))
         console.print(
-            _table(
+            table(
                 f"payload scanner v{status['scanning']['version']} in the gateway (policy: shadow "
                 "bands log 0.5 / challenge 0.9 / block 0.99 — recorded, not enforced)",
                 rows,
             )
         )
     rows = [{"client": k[0], "status": k[1], "requests": v} for k, v in sorted(counts.items())]
-    console.print(_table("responses by client (429 = throttled, 401 = refused credentials)", rows))
+    console.print(table("responses by client (429 = throttled, 401 = refused credentials)", rows))
     t = status["telemetry"]
     console.print(
         f"decisions {status['decisions']}; telemetry events emitted {t['emitted']:,}, "

@@ -1,0 +1,162 @@
+"""The ``targets:`` section of ``gatewise.yaml``: what AutoML learns, from which features,
+judged how (metric, fairness bounds, error costs, model families).
+
+``TargetSettings(task="binary", entity="client", feature_service="abuse_v1",
+metric="average_precision")``
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from config._base import Strict as _Strict
+
+__all__ = [
+    "ALL_FAMILIES",
+    "TEXT_FAMILIES",
+    "Costs",
+    "FairnessBounds",
+    "Family",
+    "TargetSettings",
+    "default_targets",
+]
+
+
+class FairnessBounds(_Strict):
+    """A challenger passes only if, among groups large enough to judge, these hold."""
+
+    max_fpr_difference: float = Field(
+        0.05, ge=0, le=1, description="largest FPR gap between groups"
+    )
+    max_fnr_difference: float = Field(
+        0.25, ge=0, le=1, description="largest FNR gap between groups"
+    )
+    min_group_size: int = Field(
+        30, ge=1, description="smaller groups are reported as unjudgeable, never as fair"
+    )
+    min_group_negatives: int = Field(
+        10, ge=1, description="an FPR needs this many legitimate rows in the group"
+    )
+
+
+class Costs(_Strict):
+    """What an error costs; the decision threshold minimises the expected total."""
+
+    false_positive: float = Field(10.0, gt=0, description="blocking a legitimate client")
+    false_negative: float = Field(1.0, gt=0, description="missing an abusive window")
+
+
+Family = Literal[
+    "linear", "random_forest", "extra_trees", "hist_gradient_boosting", "xgboost", "naive_bayes"
+]
+ALL_FAMILIES: tuple[Family, ...] = (
+    "linear",
+    "random_forest",
+    "extra_trees",
+    "hist_gradient_boosting",
+    "xgboost",
+)
+# families that take sparse hashed text features (the payload target)
+TEXT_FAMILIES: tuple[Family, ...] = ("linear", "naive_bayes", "xgboost")
+
+
+def _all_families() -> list[Family]:
+    return list(ALL_FAMILIES)
+
+
+class TargetSettings(_Strict):
+    """One prediction target: what to learn, from which features, judged how."""
+
+    task: Literal["binary", "regression"]
+    entity: Literal["client", "route", "request"]
+    feature_service: str
+    label_source: Literal["labels", "next_window_requests", "payloads"] = Field(
+        "labels",
+        description="labels: the labels table; next_window_requests: the route's next 5-minute"
+        " request count; payloads: labelled request content (``data``), attack vs benign",
+    )
+    data: Path | None = Field(
+        None,
+        description="payloads: a CSV of payload,attack_type (default: the bundled real sample)",
+    )
+    max_false_positive_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="binary: the threshold flags at most this share of negatives (out of fold),"
+        " and a challenger whose holdout rate exceeds it is not eligible",
+    )
+    metric: Literal["average_precision", "roc_auc", "f1", "log_loss", "mae", "rmse", "r2"]
+    sensitive_features: list[str] = Field(default_factory=list)
+    time_budget_s: float = Field(120.0, gt=0)
+    n_trials: int | None = Field(
+        None, ge=1, description="stop after this many trials (else the time budget)"
+    )
+    promotion_margin: float = Field(
+        0.005, ge=0, description="a challenger must beat the champion by this much"
+    )
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=0.5, description="most recent share kept for the champion comparison"
+    )
+    max_rows: int = Field(
+        300_000, ge=1000, description="training rows are sampled down to this (by whole clients)"
+    )
+    fairness: FairnessBounds = FairnessBounds()
+    costs: Costs = Costs()
+    families: list[Family] = Field(default_factory=_all_families)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSettings:
+        binary_metrics = {"average_precision", "roc_auc", "f1", "log_loss"}
+        if (self.task == "binary") != (self.metric in binary_metrics):
+            raise ValueError(f"metric {self.metric!r} does not fit task {self.task!r}")
+        if self.entity == "route" and self.label_source == "labels":
+            raise ValueError("route targets take label_source next_window_requests")
+        if (self.entity == "request") != (self.label_source == "payloads"):
+            raise ValueError("label_source payloads goes with entity request (and only with it)")
+        if self.label_source == "payloads":
+            if self.task != "binary":
+                raise ValueError("payload targets are binary (attack vs benign)")
+            other = sorted(set(self.families) - set(TEXT_FAMILIES))
+            if other:
+                raise ValueError(
+                    f"families {other} do not take sparse text features; use {list(TEXT_FAMILIES)}"
+                )
+        elif "naive_bayes" in self.families:
+            raise ValueError("naive_bayes is for payload (text) targets")
+        return self
+
+
+def default_targets() -> dict[str, TargetSettings]:
+    return {
+        "abuse": TargetSettings(
+            task="binary",
+            entity="client",
+            feature_service="abuse_v1",
+            label_source="labels",
+            metric="average_precision",
+            sensitive_features=["tier", "region", "device_type"],
+        ),
+        "load": TargetSettings(
+            task="regression",
+            entity="route",
+            feature_service="load_v1",
+            label_source="next_window_requests",
+            metric="mae",
+            time_budget_s=60.0,
+            families=["linear", "hist_gradient_boosting", "xgboost"],
+        ),
+        "payload": TargetSettings(
+            task="binary",
+            entity="request",
+            feature_service="",
+            label_source="payloads",
+            metric="average_precision",
+            time_budget_s=90.0,
+            max_false_positive_rate=0.001,
+            families=list(TEXT_FAMILIES),
+        ),
+    }

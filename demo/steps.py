@@ -1,0 +1,293 @@
+"""Steps of the loop, each run and shown: the demo's acts are built from them, and the
+single commands (``gatewise simulate``, ``features build``, ``train``, ``backtest``,
+``monitor run``) run one each and print the same thing.
+
+    run = simulation(Console(), settings, emit=None)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from config.settings import Settings
+
+__all__ = [
+    "backtest_report",
+    "features_build",
+    "features_online",
+    "fmt",
+    "print_monitor",
+    "print_train_result",
+    "simulation",
+    "summary",
+    "table",
+    "train",
+    "trial_progress",
+]
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1 else f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return str(v)
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    if not rows:
+        t.add_column("(none)")
+        return t
+    for k in rows[0]:
+        t.add_column(k, justify="right" if isinstance(rows[0][k], int | float) else "left")
+    for r in rows:
+        t.add_row(*(fmt(v) for v in r.values()))
+    return t
+
+
+def simulation(console: Console, s: Settings, emit: str | None) -> Any:
+    from labeling.simulated import simulate_labelled
+
+    cfg = s.simulator
+    with console.status(
+        f"simulating {cfg.clients:,} clients over {cfg.days:g} day(s) (seed {cfg.seed})..."
+    ):
+        run, labels_path = simulate_labelled(s, emit=emit)
+    ev = run.result.events
+    console.print(
+        f"generated [bold]{ev.num_rows:,}[/] events in {run.seconds_generate:.1f}s "
+        f"({ev.num_rows / max(run.seconds_generate, 1e-9):,.0f} events/s); stored {run.appended.written:,} "
+        f"(duplicate {run.appended.duplicates:,}) in {run.seconds_write:.1f}s"
+    )
+    console.print(
+        f"telemetry: {s.telemetry_dir}   labels: {labels_path}   consumers: {run.consumers_path}"
+    )
+    if run.emitted:
+        console.print(f"emitted {emit} log: {run.emitted}")
+    return run
+
+
+def summary(
+    console: Console, s: Settings, start: datetime | None = None, end: datetime | None = None
+) -> Any:
+    from telemetry.store import TelemetryStore
+    from telemetry.summary import summarize
+
+    store = TelemetryStore(s.telemetry_dir)
+    if store.is_empty():
+        console.print(
+            f"the telemetry store {s.telemetry_dir} is empty: run `gatewise simulate` or `gatewise ingest` first"
+        )
+        return None
+    sm = summarize(store, start, end)
+    o = sm.overall
+    console.print(
+        table(
+            "telemetry",
+            [
+                {
+                    k: o[k]
+                    for k in ("events", "clients", "routes", "first", "last", "peak_per_minute")
+                }
+            ],
+        )
+    )
+    console.print(
+        table(
+            "quality",
+            [{k: o[k] for k in ("error_rate_4xx", "error_rate_5xx", "p50_ms", "p95_ms", "p99_ms")}],
+        )
+    )
+    console.print(table("busiest routes", sm.routes))
+    console.print(table("by tier", sm.tiers))
+    console.print(table("status classes", sm.statuses))
+    return sm
+
+
+def features_build(
+    console: Console, s: Settings, config: Path | None, since: Any, until: Any, force: bool
+) -> dict[str, Any]:
+    from flows.build_features import run_build_features
+
+    console.print(
+        "running Prefect flow [bold]build_features[/] (the first flow in a process starts Prefect's API, ~25 s)"
+    )
+    out = run_build_features(config, s.data_dir, since=since, until=until, force=force)
+    rows = [{"dataset": k, "rows": v} for k, v in out["rows"].items()]
+    console.print(table("feature build", rows))
+    console.print(
+        f"days built {len(out['days_built'])} ({', '.join(out['days_built']) or '-'}), unchanged {len(out['days_unchanged'])}; "
+        f"{out['events']:,} events; features {out['first']} → {out['last']}; online store up to {out['materialized_until']}; "
+        f"lag behind telemetry {out['feature_lag_seconds']}s; {out['seconds']:.1f}s"
+    )
+    console.print(f"feature views: {', '.join(out['feature_views'])}; services abuse_v1, load_v1")
+    console.print(
+        f"feast CLI: .venv/bin/feast -c features -f {s.feast_dir / 'feature_store.yaml'} feature-views list"
+    )
+    return out
+
+
+def features_online(
+    console: Console, s: Settings, ids: list[str], service: str
+) -> dict[str, list[Any]]:
+    from features.training import online_features
+
+    res = online_features(s, ids, service)
+    keys = list(res)
+    rows = [{"feature": k, **{ids[i]: res[k][i] for i in range(len(ids))}} for k in keys[1:]]
+    console.print(table(f"online features ({service})", rows))
+    return res
+
+
+def trial_progress(console: Console, budget: float) -> Any:
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task("AutoML search", total=budget)
+    import time
+
+    t0 = time.perf_counter()
+    best: list[float] = []
+
+    def on_trial(t: Any) -> None:
+        if t.value is not None:
+            best.append(t.value)
+        progress.update(
+            task,
+            completed=min(budget, time.perf_counter() - t0),
+            description=f"trial {t.number} {t.params.get('family', '')} {t.state.name.lower()} {'' if t.value is None else f'{t.value:.4f}'}",
+        )
+
+    return progress, on_trial
+
+
+def print_train_result(console: Console, r: Any, s: Settings) -> None:
+    rows = [
+        {
+            "model": r.model_name,
+            "version": r.version,
+            "metric": r.metric,
+            "holdout": r.holdout_score,
+            "champion": r.champion_version or "-",
+            "champion_holdout": r.champion_score,
+            "threshold": r.threshold,
+            "trials": r.trials,
+            "eligible": "yes" if r.eligible else "NO",
+        }
+    ]
+    console.print(table("training", rows))
+    best = r.best_params if isinstance(r.best_params, dict) else {}
+    console.print(
+        "best: "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items())
+    )
+    for w in r.warnings:
+        console.print(f"[yellow]data:[/] {w}")
+    if r.reasons:
+        console.print("[red]gate:[/] " + "; ".join(r.reasons))
+    console.print(f"MLflow run {r.run_id}: .venv/bin/mlflow ui --backend-store-uri {s.mlflow_uri}")
+
+
+def train(
+    console: Console,
+    s: Settings,
+    config: Path | None,
+    target: str,
+    budget: float | None,
+    trials: int | None,
+    workers: int,
+    seed: int,
+) -> Any:
+    from types import SimpleNamespace
+
+    from flows.train import train_flow
+
+    console.print(
+        f"running Prefect flow [bold]train[/] for target {target} (budget {budget or s.target(target).time_budget_s:g}s, {workers} worker(s))"
+    )
+    out = train_flow(
+        target=target,
+        budget=budget,
+        n_trials=trials,
+        workers=workers,
+        seed=seed,
+        config_path=str(config) if config else None,
+        data_dir=str(s.data_dir.resolve()),
+    )
+    r = SimpleNamespace(**out)
+    print_train_result(console, r, s)
+    return r
+
+
+def backtest_report(console: Console, r: Any) -> None:
+    """The backtest: decisions, and with labels what they would have done to whom."""
+    console.print(
+        f"policy v{r.policy_version}: {r.events:,} recorded requests judged in event time "
+        f"in {r.seconds:.1f}s ({r.events_per_second:,.0f}/s)"
+    )
+    console.print(table("decisions", r.summary.to_dict("records")))
+    if r.outcome:
+        o = r.outcome
+        console.print(
+            f"abusive requests stopped: {o['abusive_stopped']:,} of {o['abusive_requests']:,} "
+            f"({o['abusive_stopped_share']:.1%}); legitimate requests harmed: "
+            f"{o['legitimate_harmed']:,} of {o['legitimate_requests']:,} ({o['legitimate_harmed_share']:.2%})"
+        )
+        if o["shadow_would_stop_abusive"] or o["shadow_would_harm_legitimate"]:
+            console.print(
+                f"shadow mode would also have stopped {o['shadow_would_stop_abusive']:,} abusive and "
+                f"harmed {o['shadow_would_harm_legitimate']:,} legitimate requests"
+            )
+        console.print(table("by group", r.by_group.to_dict("records")))
+
+
+def print_monitor(console: Any, out: dict[str, Any], target: str) -> None:
+    """What a monitor run found and did, in a few lines."""
+    share = out["drift_share"]
+    console.print(
+        f"monitor {target} as of {out['as_of']}: "
+        + ("no drift check (no rows)" if share is None else f"{share:.0%} of features drifted")
+        + (f" {out['drifted'][:6]}" if out["drifted"] else "")
+    )
+    for feat, b in out["bias"].items():
+        ratio = b["fpr_ratio"]
+        console.print(
+            f"  bias by {feat}: FPR worst/best "
+            + ("n/a" if ratio is None else f"{ratio:.2f} ({b['worst']})")
+        )
+    pol = out["policy"]
+    for c in pol["changes"][:10]:
+        console.print(f"  policy change: {c['detail']} — {c['reason']}")
+    if len(pol["changes"]) > 10:
+        console.print(f"  … and {len(pol['changes']) - 10} more changes")
+    for st in pol.get("stages") or []:
+        console.print(f"  gate, {st['stage']}: {st['reason']}")
+    if pol.get("trained"):
+        t = pol["trained"]
+        console.print(
+            f"  retrained: v{t['version']} (holdout {t['holdout_score']}, "
+            f"{'eligible' if t['eligible'] else 'refused by the gate'})"
+        )
+    if pol["published"]:
+        console.print(f"  published policy v{pol['published']}")
+    if pol.get("retrain_run"):
+        console.print(f"  retraining: {pol['retrain_run']}")
+    elif pol["retrain"] and not pol.get("trained"):
+        console.print("  drift asks for a new model: `gatewise train --target " + target + "`")
+    console.print(f"reports: {out['reports']}")
