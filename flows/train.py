@@ -75,6 +75,9 @@ def train_flow(
     """Search, evaluate and register a challenger for ``target``."""
     settings = settings_for_flow(config_path, data_dir)
     settings.target(target)  # fail fast on an unknown target
+    from models.data import check_ready
+
+    check_ready(settings, target)  # no labels, consumers or features: say which, and how
     return automl(settings, target, budget, n_trials, workers, seed)
 
 

@@ -228,6 +228,13 @@ def train(
         _fail(
             f"--target: unknown target {target!r}; gatewise.yaml defines {', '.join(sorted(s.targets))}"
         )
+    if not serve:  # a scheduled deployment may run once the data is there
+        from models.data import DataQualityError, check_ready
+
+        try:
+            check_ready(s, target)
+        except DataQualityError as exc:
+            _fail(str(exc))
     if serve:
         from flows.train import serve_train
 
@@ -391,6 +398,10 @@ cli_analytics.register(app)
 from gatewise import cli_scan  # noqa: E402
 
 cli_scan.register(app)
+
+from gatewise import cli_labels  # noqa: E402
+
+cli_labels.register(app)
 
 
 def main() -> None:  # pragma: no cover

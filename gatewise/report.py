@@ -102,10 +102,23 @@ def automl_fit(
 def ingest(
     console: Console, s: Settings, files: list[Path], fmt: str, consumers_path: Path | None
 ) -> Any:
-    from telemetry.ingest import ingest_files, load_consumers
+    from telemetry.consumers import load_consumers, merge_consumers, read_consumers
+    from telemetry.ingest import ingest_files
     from telemetry.store import TelemetryStore
 
-    consumers = load_consumers(consumers_path) if consumers_path else None
+    if consumers_path:  # validated and kept before the logs: a bad table costs no ingest
+        merged = merge_consumers(s.consumers_path, read_consumers(consumers_path))
+        console.print(
+            f"consumers from {consumers_path.name}: added {merged.added:,}, changed "
+            f"{merged.updated:,}, unchanged {merged.unchanged:,}; the table holds "
+            f"{merged.total:,} client(s) ({s.consumers_path})"
+        )
+        for cid, col, old, new in merged.changes[:20]:
+            console.print(f"  {cid}: {col} {old} → {new} (the file is the newer word)")
+        if len(merged.changes) > 20:
+            console.print(f"  … and {len(merged.changes) - 20} more changes")
+    # the stored table gives every ingest the attributes its log lacks
+    consumers = load_consumers(s.consumers_path) if s.consumers_path.exists() else None
     total = sum(f.stat().st_size for f in files)
     with Progress(
         SpinnerColumn(),

@@ -8,6 +8,10 @@ simulator's role or an importer's note. Training joins it point in time with the
 Stored as Parquet files under ``<data_dir>/labels/``; each named batch is one
 file written atomically, so re-importing the same batch replaces it rather
 than adding duplicates.
+
+When several batches label the same window, one label counts (``resolve``): a reviewer's
+over an imported one over the simulator's over a weak (labelling-function) one, and within a
+source the most recently labelled.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import pyarrow.parquet as pq
 
 from telemetry.schema import TS, conform
 
-__all__ = ["LABELS_SCHEMA", "LabelStore"]
+__all__ = ["LABELS_SCHEMA", "SOURCES", "LabelStore"]
+
+# label sources, weakest first: resolve() keeps the strongest label of each window
+SOURCES = ("weak", "simulator", "import", "review")
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -30,7 +37,10 @@ LABELS_SCHEMA = pa.schema(
         pa.field("event_timestamp", TS, nullable=False),  # start of the labelled window
         pa.field("label", pa.int8(), nullable=False),  # 1 = abusive
         pa.field("source", pa.string(), nullable=False),
-        pa.field("scenario", pa.string()),
+        pa.field("scenario", pa.string()),  # the simulator's role, or an importer's note
+        pa.field("labelled_at", TS),  # when the label was given (import time by default)
+        pa.field("labelled_by", pa.string()),  # a reviewer, a team, a labelling model
+        pa.field("probability", pa.float64()),  # weak labels: P(abusive)
     ]
 )
 
@@ -50,6 +60,9 @@ class LabelStore:
         labels = table.column("label").to_pylist()
         if any(v not in (0, 1) for v in labels):
             raise ValueError("column 'label': values must be 0 (legitimate) or 1 (abusive)")
+        unknown = sorted(set(table.column("source").to_pylist()) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"column 'source': {unknown} not one of {list(SOURCES)}")
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"{name}.parquet"
         tmp = self.root / f".{name}.parquet.tmp"
@@ -74,3 +87,42 @@ class LabelStore:
             )
             table = table.filter(pc.less_equal(table.column("event_timestamp"), cutoff))
         return table
+
+    def batches(self) -> list[tuple[str, pa.Table]]:
+        """Every stored batch by name, oldest file first."""
+        files = sorted(self.root.glob("*.parquet"), key=lambda f: (f.stat().st_mtime, f.name))
+        return [(f.stem, conform(pq.read_table(f), LABELS_SCHEMA)) for f in files]
+
+    @staticmethod
+    def resolve(table: pa.Table) -> pa.Table:
+        """One label per (client, window): the strongest source's (``SOURCES``), then the
+        most recently labelled."""
+        if table.num_rows == 0:
+            return table
+        import pyarrow.compute as pc
+
+        rank = {s: i for i, s in enumerate(SOURCES)}
+        ranks = pa.array([rank.get(s, -1) for s in table.column("source").to_pylist()], pa.int8())
+        at = pc.fill_null(table.column("labelled_at"), pa.scalar(0, TS))
+        t = table.append_column("_rank", ranks).append_column("_at", at)
+        t = t.append_column("_row", pa.array(range(t.num_rows), pa.int64()))
+        t = t.sort_by(
+            [
+                ("client_id", "ascending"),
+                ("event_timestamp", "ascending"),
+                ("_rank", "descending"),
+                ("_at", "descending"),
+                ("_row", "descending"),
+            ]
+        )
+        cid, ts = t.column("client_id"), t.column("event_timestamp")
+        same = pc.and_(
+            pc.equal(cid.slice(1), cid.slice(0, t.num_rows - 1)),
+            pc.equal(ts.slice(1), ts.slice(0, t.num_rows - 1)),
+        )
+        keep = pa.concat_arrays([pa.array([True]), pc.invert(same).combine_chunks()])
+        return (
+            t.filter(keep)
+            .drop_columns(["_rank", "_at", "_row"])
+            .sort_by([("event_timestamp", "ascending"), ("client_id", "ascending")])
+        )

@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from config.settings import Settings
     from config.targets import TargetSettings
 
-__all__ = ["DataQualityError", "Dataset", "check_quality", "load_table", "target_dataset"]
+__all__ = [
+    "DataQualityError",
+    "Dataset",
+    "check_quality",
+    "check_ready",
+    "labelled_windows",
+    "load_table",
+    "target_dataset",
+]
 
 ID_COLUMNS = {
     "client_id",
@@ -29,6 +37,9 @@ ID_COLUMNS = {
     "source",
     "scenario",
     "created_timestamp",
+    "labelled_at",
+    "labelled_by",
+    "probability",
 }
 
 
@@ -132,7 +143,7 @@ def _attach_sensitive(df: pd.DataFrame, settings: Settings, cols: list[str]) -> 
 
 
 def labelled_windows(settings: Settings, as_of: datetime | None = None) -> pd.DataFrame:
-    """The labels table as training entity rows. With ``as_of``, only labels already known
+    """The labels table as training entity rows, one per client window (``resolve``). With ``as_of``, only labels already known
     then: their window started at least ``features.label_delay_minutes`` before it (labels
     arrive late)."""
     from labeling.store import LabelStore
@@ -142,9 +153,41 @@ def labelled_windows(settings: Settings, as_of: datetime | None = None) -> pd.Da
     labels = store.read(available_at=as_of, delay=delay) if as_of else store.read()
     if labels.num_rows == 0:
         raise ValueError(
-            f"no labels in {settings.labels_dir}: simulate traffic or import a labels table first"
+            f"no labels in {settings.labels_dir}: import yours with `gatewise labels import FILE`"
         )
-    return labels.to_pandas()
+    return store.resolve(labels).to_pandas()
+
+
+def check_ready(settings: Settings, name: str) -> None:
+    """What training ``name`` needs before it starts, each missing piece named with the
+    command that makes it: labels, the consumers table (for the fairness groups), features.
+    Raises ``DataQualityError`` with one line per problem."""
+    target = settings.target(name)
+    if target.label_source == "payloads":
+        return
+    problems = []
+    if target.label_source == "labels":
+        from labeling.store import LabelStore
+
+        if LabelStore(settings.labels_dir).read().num_rows == 0:
+            problems.append(
+                f"no labels in {settings.labels_dir}: import yours with "
+                "`gatewise labels import FILE` (see docs/labels.md)"
+            )
+        if target.sensitive_features and not settings.consumers_path.exists():
+            problems.append(
+                f"no consumers table {settings.consumers_path}: the fairness gate compares "
+                f"{', '.join(target.sensitive_features)} groups; bring them with "
+                "`gatewise ingest --consumers consumers.csv ...`"
+            )
+    view = "client_windows" if target.entity == "client" else "route_windows"
+    if not any((settings.features_dir / view).glob("*/*.parquet")):
+        problems.append(
+            f"no features in {settings.features_dir / view}: build them with "
+            "`gatewise features build`"
+        )
+    if problems:
+        raise DataQualityError("; ".join(problems))
 
 
 def target_dataset(settings: Settings, name: str, target: TargetSettings) -> Dataset:

@@ -23,10 +23,10 @@ import pyarrow as pa
 from telemetry.ingest.adapters import ADAPTERS, JSON_FORMATS
 from telemetry.ingest.normalize import RejectError, device_from_user_agent
 from telemetry.ingest.readers import file_fingerprint, iter_json_records, iter_lines
-from telemetry.schema import CONSUMERS_SCHEMA, EVENT_SCHEMA
+from telemetry.schema import EVENT_SCHEMA
 from telemetry.store import TelemetryStore
 
-__all__ = ["FORMATS", "IngestReport", "ingest_files", "load_consumers"]
+__all__ = ["FORMATS", "IngestReport", "ingest_files"]
 
 FORMATS = tuple(ADAPTERS)
 
@@ -65,31 +65,6 @@ class IngestReport:
     @property
     def duplicate(self) -> int:
         return self._sum("duplicate")
-
-
-def load_consumers(path: Path) -> dict[str, dict[str, Any]]:
-    """Consumers table (CSV or Parquet: client_id, tier, region, device_type)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        raise FileNotFoundError(f"consumers table {path} does not exist")
-    if path.suffix == ".parquet":
-        table = pq.read_table(path)
-    else:
-        table = pacsv.read_csv(
-            path, convert_options=pacsv.ConvertOptions(column_types={"client_id": pa.string()})
-        )
-    if "client_id" not in table.column_names:
-        raise ValueError(
-            f"consumers table {path}: column 'client_id' is missing (has {table.column_names})"
-        )
-    unknown = set(table.column_names) - set(CONSUMERS_SCHEMA.names)
-    if unknown:
-        raise ValueError(
-            f"consumers table {path}: unknown column(s) {sorted(unknown)}; expected {CONSUMERS_SCHEMA.names}"
-        )
-    return {row.pop("client_id"): row for row in table.to_pylist()}
 
 
 def _records(path: Path, fmt: str) -> Iterator[tuple[int, int, bytes, Any, str | None]]:

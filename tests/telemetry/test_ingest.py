@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.ingest import ingest_files, load_consumers
+from telemetry.consumers import load_consumers
+from telemetry.ingest import ingest_files
 from telemetry.ingest.normalize import route_template
 from telemetry.store import TelemetryStore
 from tests.conftest import FIXTURES
