@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -33,7 +34,7 @@ __all__ = [
 
 
 def fmt(v: Any) -> str:
-    if v is None:
+    if v is None or v is pd.NaT or (isinstance(v, float) and v != v):
         return "-"
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 1 else f"{v:,.1f}"
@@ -249,10 +250,18 @@ def backtest_report(console: Console, r: Any) -> None:
             f"({o['abusive_stopped_share']:.1%}); legitimate requests harmed: "
             f"{o['legitimate_harmed']:,} of {o['legitimate_requests']:,} ({o['legitimate_harmed_share']:.2%})"
         )
-        if o["shadow_would_stop_abusive"] or o["shadow_would_harm_legitimate"]:
+        e = o.get("if_enforced")
+        if e and (o["shadow_would_stop_abusive"] or o["shadow_would_harm_legitimate"]):
             console.print(
-                f"shadow mode would also have stopped {o['shadow_would_stop_abusive']:,} abusive and "
-                f"harmed {o['shadow_would_harm_legitimate']:,} legitimate requests"
+                f"with its shadow rules enforced (replayed, not guessed): abusive stopped "
+                f"{e['abusive_stopped']:,} ({e['abusive_stopped_share']:.1%}), legitimate harmed "
+                f"{e['legitimate_harmed']:,} ({e['legitimate_harmed_share']:.2%}): "
+                f"{o['shadow_would_stop_abusive']:,} abusive and "
+                f"{o['shadow_would_harm_legitimate']:,} legitimate requests more"
+            )
+        if len(r.bands):
+            console.print(
+                table("per model rule, as it would act enforced", r.bands.to_dict("records"))
             )
         console.print(table("by group", r.by_group.to_dict("records")))
 

@@ -113,6 +113,7 @@ def bias_task(
         end=released,
         target=target,
         scores=scores,
+        counterfactuals=False,  # the bias check reads scores and labels only
     )
     df = rep.decisions
     if rep.events == 0 or "abusive" not in df or df.empty:
@@ -153,7 +154,7 @@ def score_task(
         return score_windows(
             settings, target, "champion", since=as_of - timedelta(hours=hours), until=as_of
         )
-    except LookupError:  # no traffic in the period
+    except LookupError:  # no traffic in the period, or no features for it
         return None, None
 
 
@@ -168,7 +169,10 @@ def score_now_task(settings: Settings, target: str, as_of: datetime, windows: An
         return None
     key = "client_id" if "client_id" in windows.columns else "entity"
     ids = sorted(set(windows[key].astype(str)))
-    scores, _ = score_entities_at(settings, target, ids, as_of)
+    try:
+        scores, _ = score_entities_at(settings, target, ids, as_of)
+    except LookupError:  # no features at as_of for any of them: nothing to act on
+        return None
     return scores
 
 
@@ -278,7 +282,13 @@ def policy_task(
             return base
         if not outcome:
             outcome.update(
-                backtest(base, settings.telemetry_dir, labels=settings.labels_dir, **kw).outcome
+                backtest(
+                    base,
+                    settings.telemetry_dir,
+                    labels=settings.labels_dir,
+                    counterfactuals=False,
+                    **kw,
+                ).outcome
             )
         v = gate(
             prop.policy,

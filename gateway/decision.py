@@ -22,12 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.auth import Principal
-from gateway.policy import Policy
+from gateway.policy import Band, Policy
 from gateway.ratelimit import Check, Limit, MemoryLimiter, RateResult, RedisLimiter
 
-__all__ = ["STATUS", "Decision", "DecisionCore"]
+__all__ = ["STATUS", "Decision", "DecisionCore", "band_name"]
 
 STATUS = {"allow": 200, "throttle": 429, "challenge": 403, "block": 403}
+
+
+def band_name(target: str, band: Band) -> str:
+    """How a score band is named in decisions and reports: ``abuse >= 0.5 throttle``."""
+    return f"{target} >= {band.min_score:g} {band.action}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class Decision:
     status: int  # 200 when the request goes on to the upstream
     headers: dict[str, str] = field(default_factory=dict)
     rate: RateResult | None = None
+    # the model rule in force for this request, enforced or in shadow: "<target> >= <min>
+    # <action>" for a score band, "override <action>" for a per-client override; None: none
+    band: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -50,6 +58,7 @@ class _Plan:
     pre: Decision | None  # decided before the limits (block/challenge)
     label: str  # allow, or shadow_<action> for a band recorded in shadow mode
     reason: str
+    band: str | None = None
 
 
 class DecisionCore:
@@ -72,6 +81,7 @@ class DecisionCore:
         tier = pol.tier(p.tier)
         rpm, burst = tier.requests_per_minute, tier.capacity
         label, reason = "allow", "within limits"
+        rule_name: str | None = None
         a = pol.allowance(p.client_id, now)
         if a is not None and a.requests_per_minute > rpm:  # the client's own, higher limit
             rpm = a.requests_per_minute
@@ -80,15 +90,20 @@ class DecisionCore:
         if o is not None and o.mode == "shadow":
             if o.action != "allow":
                 label, reason = f"shadow_{o.action}", f"shadow override: {o.reason}"
+                rule_name = f"override {o.action}"
             o = None
         if o is not None:
             if o.action in ("block", "challenge"):
-                d = Decision(o.action, o.action, f"override: {o.reason}", STATUS[o.action])
-                return _Plan([], d, o.action, d.reason)
+                name = f"override {o.action}"
+                d = Decision(
+                    o.action, o.action, f"override: {o.reason}", STATUS[o.action], band=name
+                )
+                return _Plan([], d, o.action, d.reason, name)
             if o.action == "throttle" and o.requests_per_minute:
                 rpm = min(rpm, o.requests_per_minute)
                 burst = min(burst, rpm)
                 reason = f"override: {o.reason}"
+                rule_name = "override throttle"
             if o.action == "allow":
                 score = None  # an explicit allow overrides the model
         t = pol.targets.get(self.target)
@@ -101,14 +116,17 @@ class DecisionCore:
                 elif t.mode == "shadow":
                     label = f"shadow_{band.action}"
                     reason = f"shadow: score {score:.3f} >= {band.min_score} would {band.action}"
+                    rule_name = band_name(self.target, band)
                 elif band.action in ("block", "challenge"):
                     r = f"score {score:.3f} >= {band.min_score}"
-                    d = Decision(band.action, band.action, r, STATUS[band.action])
-                    return _Plan([], d, band.action, r)
+                    name = band_name(self.target, band)
+                    d = Decision(band.action, band.action, r, STATUS[band.action], band=name)
+                    return _Plan([], d, band.action, r, name)
                 else:  # throttle: the client keeps a share of its limit
                     rpm = max(1, int(rpm * band.limit_factor))
                     burst = max(1, min(burst, rpm))
                     reason = f"score {score:.3f} >= {band.min_score}: throttled to {rpm}/min"
+                    rule_name = band_name(self.target, band)
         rule = pol.route(method, route)
         cost = min(rule.cost, burst)
         checks = [Check(f"c:{{{p.client_id}}}", Limit(rpm, 60.0, burst), cost)]
@@ -120,7 +138,7 @@ class DecisionCore:
                     1,
                 )
             )
-        return _Plan(checks, None, label, reason)
+        return _Plan(checks, None, label, reason, rule_name)
 
     def _finish(self, plan: _Plan, r: RateResult) -> Decision:
         if not r.allowed:
@@ -131,8 +149,9 @@ class DecisionCore:
                 429,
                 r.headers(),
                 r,
+                plan.band,
             )
-        return Decision("allow", plan.label, plan.reason, 200, r.headers(), r)
+        return Decision("allow", plan.label, plan.reason, 200, r.headers(), r, plan.band)
 
     def decide(
         self, p: Principal, method: str, route: str, score: float | None, now: float

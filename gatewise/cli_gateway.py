@@ -175,6 +175,15 @@ def policy_show(
     from gateway.policy import PolicyError
 
     store = _store(config)
+    if version is None and not store.exists():
+        typer.echo(_initial(config).model_dump_json(indent=2))
+        typer.echo(
+            f"note: this is the initial policy from gatewise.yaml; it is not yet published "
+            f"(no {store.active_path}). `gatewise policy init` publishes it, and so does the "
+            "gateway's first start.",
+            err=True,
+        )
+        return
     try:
         p = store.get(version) if version else store.load()
     except PolicyError as exc:
@@ -284,14 +293,23 @@ def backtest(
             scored, used = score_windows(s, "abuse", model, since=start, until=end)
         except (LookupError, ValueError) as exc:
             _fail(f"--model {model}: {exc}")
+        unscored = int(scored["score"].isna().sum())
         typer.echo(
-            f"re-scored {len(scored):,} client windows with model v{used} (point-in-time features)"
+            f"re-scored {len(scored) - unscored:,} client windows with model v{used} "
+            "(point-in-time features)"
+            + (f"; {unscored:,} window(s) without features are judged unscored" if unscored else "")
         )
         scores = scored
     store = _store(config)
     try:
-        if policy is None:
-            pol = store.load() if store.exists() else _initial(config)
+        if policy is None and not store.exists():
+            pol = _initial(config)
+            typer.echo(
+                "judging the initial policy from gatewise.yaml (not yet published: "
+                "`gatewise policy init`)"
+            )
+        elif policy is None:
+            pol = store.load()
         elif policy.isdigit():
             pol = store.get(int(policy))
         else:
@@ -318,8 +336,11 @@ def backtest(
 
     backtest_report(_console(), r)
     if out:
-        r.decisions.drop(columns=["model_score"]).to_parquet(out)
-        typer.echo(f"wrote {out}")
+        r.decisions.to_parquet(out)
+        typer.echo(
+            f"wrote {out} (per request: model_score, action, decision, band; would_*: "
+            "with shadow rules enforced; static_*: without model action)"
+        )
 
 
 def register(app: typer.Typer) -> None:

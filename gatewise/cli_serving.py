@@ -79,9 +79,11 @@ def score(
     except (LookupError, ValueError) as exc:
         _fail(str(exc))
     df.to_parquet(out)
+    unscored = int(df["score"].isna().sum())
     _console().print(
-        f"{len(df):,} windows of {df.iloc[:, 0].nunique():,} entities scored by "
+        f"{len(df) - unscored:,} windows of {df.iloc[:, 0].nunique():,} entities scored by "
         f"{s.registered_model(target)} v{version} → {out}"
+        + (f"; {unscored:,} window(s) had no features (score empty)" if unscored else "")
     )
 
 

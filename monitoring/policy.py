@@ -444,6 +444,7 @@ def gate(
         "start": start,
         "end": end,
         "target": target,
+        "counterfactuals": False,  # the gate compares what each policy enforces
     }
     if current_outcome and clients is not None:
         cur = current_outcome
@@ -478,12 +479,7 @@ def gate(
     )
 
 
-_COUNTS = (
-    "abusive_stopped",
-    "legitimate_harmed",
-    "shadow_would_stop_abusive",
-    "shadow_would_harm_legitimate",
-)
+_COUNTS = ("abusive_stopped", "legitimate_harmed")
 
 
 def _shifted(full: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -86,6 +86,14 @@ def _score(
     ).to_df()
     X = feats.reindex(columns=m.features).astype(float)
     known = X.notna().any(axis=1).to_numpy()
+    if not known.any():
+        first = pd.Timestamp(entity_df["event_timestamp"].min())
+        last = pd.Timestamp(entity_df["event_timestamp"].max())
+        raise LookupError(
+            f"no features for any of the {len(win):,} windows from {first:%Y-%m-%d %H:%M} to "
+            f"{last:%Y-%m-%d %H:%M} UTC: build them with `gatewise features build --since "
+            f"{first:%Y-%m-%d} --until {(last + pd.Timedelta(days=1)):%Y-%m-%d}`"
+        )
     scores = np.full(len(feats), np.nan)
     if known.any():
         scores[known] = m.predict(X[known])

@@ -78,6 +78,7 @@ def test_backtest_command(env):
     import pandas as pd
 
     d = pd.read_parquet(env / "d.parquet")
+    assert {"model_score", "band", "would_action", "would_band", "static_action"} <= set(d)
     assert len(d) > 0 and set(d["decision"]) <= {
         "allow",
         "throttle",

@@ -32,3 +32,22 @@ def test_windows_scored_point_in_time_and_backtest_uses_them(champion):
     assert blocked.any()
     # blocking follows the model: mostly abusive requests
     assert scored.decisions.loc[blocked, "abusive"].mean() > 0.5
+
+
+def test_scoring_windows_without_features_is_an_error_naming_the_range(champion):
+    """The first five minutes of the data have no earlier feature rows: every score would be
+    empty, so scoring says so (and how to build features) instead of reporting them scored."""
+    import pytest
+
+    s, _ = champion
+    with pytest.raises(LookupError) as e:
+        score_windows(
+            s,
+            "abuse",
+            "champion",
+            since="2026-11-02T00:00:00+00:00",
+            until="2026-11-02T00:05:00+00:00",
+        )
+    msg = str(e.value)
+    assert "no features for any of the" in msg and "2026-11-02 00:00" in msg
+    assert "gatewise features build --since 2026-11-02 --until 2026-11-03" in msg
