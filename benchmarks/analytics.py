@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine, save_result
+from benchmarks.harness import ThreadedServer, free_port, machine, save_result
 
 # panel -> extra query parameters (the page's own defaults)
 PANELS: dict[str, dict[str, str]] = {
@@ -79,12 +77,6 @@ def ensure_data(root: Path, consumers: int) -> int:
     return int(res.events.num_rows)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--consumers", type=int, default=24_000)
@@ -96,7 +88,6 @@ def main() -> None:
 
     import duckdb
     import httpx
-    import uvicorn
 
     from analytics.dashboard import create_app
     from config.settings import load_settings
@@ -112,13 +103,8 @@ def main() -> None:
     load_s = time.perf_counter() - t
     print(f"{n_events:,} events; the dashboard's table loaded in {load_s:.1f} s")
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.05)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    server = ThreadedServer(app, free_port()).start()
+    client = httpx.Client(base_url=server.url, timeout=120, trust_env=False)
 
     bare = duckdb.connect()
     bare.execute("SET TimeZone = 'UTC'")
@@ -200,8 +186,8 @@ def main() -> None:
                 + (f"  parquet {pq_s * 1000:7.0f} ms" if pq_s is not None else ""),
                 flush=True,
             )
-    server.should_exit = True
-    th.join(timeout=10)
+    client.close()
+    server.stop()
 
     def p95(key: str, only: Any = None, view: str = "all") -> float:
         vals = [v for r in rows if r["view"] == view and (only is None or only(r)) for v in r[key]]

@@ -30,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine
+from benchmarks.harness import machine
 from config.settings import load_settings
 from config.targets import TargetSettings
 from models.data import Dataset

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine
+from benchmarks.harness import machine
 from config.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -61,19 +61,34 @@ import pstats
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine
+from benchmarks.harness import (
+    Procs,
+    children_cpu,
+    cpu_busy,
+    ensure_nginx,
+    ensure_wrk,
+    exit_on_signals,
+    find_pyspy,
+    free_port,
+    group_cpu,
+    machine,
+    pyspy_record,
+    read_stacks,
+    run_wrk,
+    serve,
+    wait_http,
+    write_wrk_script,
+    wrk_get_paths,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -83,111 +98,8 @@ PATH = "/bench"
 BODY = b'{"ok":true}'
 CASES = ("direct", "nginx", "gateway", "gateway+score", "gateway+scan")
 
-# wrk reports its own numbers through done(): exact percentiles in microseconds
-WRK_LUA = r"""
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,'
-    .. '"mean_us":%.1f,"max_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\n',
-    summary.requests, summary.duration, summary.bytes,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.mean, latency.max, e.connect, e.read, e.write, e.status, e.timeout))
-end
-"""
 
-
-# installing the tools ----------------------------------------------------
-def _apt_install(*candidates: str) -> None:
-    """Install the first of ``candidates`` apt-get can install (after one update if needed)."""
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for update in (False, True):
-        if update:
-            subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, check=False)
-        for pkg in candidates:
-            r = subprocess.run(
-                [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", pkg],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode == 0:
-                print(f"installed {pkg}", file=sys.stderr)
-                return
-    raise SystemExit(f"could not install any of {candidates} with apt-get")
-
-
-def ensure_tools() -> tuple[str, str]:
-    if shutil.which("wrk") is None:
-        _apt_install("wrk")
-    nginx = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if nginx is None:
-        _apt_install("nginx-light", "nginx")
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    wrk = shutil.which("wrk")
-    assert wrk is not None
-    return wrk, nginx
-
-
-# processes ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Procs:
-    """Every server this script starts, each in its own process group; all killed on exit."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, cmd: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
-        fh = open(log, "ab")  # noqa: SIM115 (kept open for the child)
-        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, **kw)
-        fh.close()
-        self.procs.append(p)
-        return p
-
-    def stop(self, p: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, sig)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
-        # workers of a group whose leader has gone
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        if p in self.procs:
-            self.procs.remove(p)
-
-    def stop_all(self) -> None:
-        for p in list(reversed(self.procs)):
-            self.stop(p)
-
-
-def wait_http(url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> bytes:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            req = urllib.request.Request(url, headers=headers or {})
-            with urllib.request.urlopen(req, timeout=2) as r:
-                if r.status == 200:
-                    return r.read()
-        except Exception as exc:
-            last = exc
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f}s: {last}")
-
-
+# servers ---------------------------------------------------------------------
 def nginx_conf(root: Path, workers: int, port: int, upstream_port: int | None) -> Path:
     """A minimal nginx.conf: fixed 200 when ``upstream_port`` is None, else a reverse proxy."""
     for d in ("logs", "tmp"):
@@ -249,17 +161,16 @@ def start_nginx(
     )
     if test.returncode != 0:
         raise RuntimeError(f"nginx -t failed: {test.stderr}")
+    log = root / "stdout.log"
     p = procs.start(
-        [nginx, "-p", str(root), "-e", str(root / "logs/error.log"), "-c", str(conf)],
-        root / "stdout.log",
+        [nginx, "-p", str(root), "-e", str(root / "logs/error.log"), "-c", str(conf)], log
     )
-    wait_http(f"http://127.0.0.1:{port}{PATH}", 15)
+    wait_http(f"http://127.0.0.1:{port}{PATH}", proc=p, log=log, timeout=15)
     return p
 
 
 # the fake scorer (run as ``gateway.py --serve-scorer PORT``) ---------------
 def serve_scorer(port: int) -> None:
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -275,15 +186,13 @@ def serve_scorer(port: int) -> None:
         return JSONResponse({"status": "ok"})
 
     app = Starlette(routes=[Route("/score", score, methods=["POST"]), Route("/healthz", health)])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    serve(app, port)
 
 
 def serve_upstream(port: int) -> None:
-    import uvicorn
-
     from gateway.upstreams import upstream_app
 
-    uvicorn.run(upstream_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    serve(upstream_app(), port)
 
 
 # the gateway -------------------------------------------------------------
@@ -344,8 +253,11 @@ def start_gateway(
         cmd = [GATEWISE, *args]
     else:  # one in-process worker under cProfile (SIGINT lets uvicorn return and cProfile dump)
         cmd = [PY, "-m", "cProfile", "-o", str(profile), "-m", "gatewise", *args]
-    p = procs.start(cmd, cfg.parent / f"gateway-{port}.log", cwd=cfg.parent)
-    body = wait_http(f"http://127.0.0.1:{port}{PATH}", 90, {"x-api-key": key})
+    log = cfg.parent / f"gateway-{port}.log"
+    p = procs.start(cmd, log, cwd=cfg.parent)
+    body = wait_http(
+        f"http://127.0.0.1:{port}{PATH}", proc=p, log=log, timeout=90, headers={"x-api-key": key}
+    )
     if body != BODY:
         raise RuntimeError(f"gateway answered {body!r}")
     return p
@@ -390,66 +302,10 @@ def query_lua(n: int, seed: int = 0) -> str:
     benign = df.loc[df["attack_type"] == BENIGN, "payload"].tolist()
     attacks = df.loc[df["attack_type"] != BENIGN, "payload"].tolist()
     values = [rng.choice(attacks) if i % 10 == 9 else rng.choice(benign) for i in range(n)]
-    paths = ",\n".join(f'"{PATH}?q={quote_plus(v)}"' for v in values)
-    return (
-        f"local paths = {{\n{paths}\n}}\nlocal i = 0\n"
-        "request = function()\n  i = i % #paths + 1\n  return wrk.format(nil, paths[i])\nend\n"
-    )
+    return wrk_get_paths([f"{PATH}?q={quote_plus(v)}" for v in values])
 
 
-# wrk ---------------------------------------------------------------------
-def run_wrk(
-    wrk: str,
-    url: str,
-    conns: int,
-    seconds: float,
-    lua: Path,
-    headers: dict[str, str],
-    cpu: str | None,
-) -> dict[str, Any]:
-    cmd = [wrk, "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(lua)]
-    for k, v in headers.items():
-        cmd += ["-H", f"{k}: {v}"]
-    cmd.append(url)
-    if cpu:
-        cmd = ["taskset", "-c", cpu, *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-    m = re.search(r"^WRKJSON (\{.*\})$", r.stdout, re.M)
-    if r.returncode != 0 or m is None:
-        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout}\n{r.stderr}")
-    d = json.loads(m.group(1))
-    secs = d["duration_us"] / 1e6
-    errors = d["connect"] + d["read"] + d["write"] + d["timeout"]
-    return {
-        "rps": d["requests"] / secs,
-        "p50_ms": d["p50_us"] / 1000,
-        "p90_ms": d["p90_us"] / 1000,
-        "p99_ms": d["p99_us"] / 1000,
-        "mean_ms": d["mean_us"] / 1000,
-        "max_ms": d["max_us"] / 1000,
-        "requests": d["requests"],
-        "seconds": secs,
-        "non_2xx": d["status"],
-        "socket_errors": errors,
-    }
-
-
-def children_cpu() -> float:
-    """CPU seconds of this script's finished children (wrk runs)."""
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def cpu_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as fh:
-        v = [int(x) for x in fh.readline().split()[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return sum(v) - idle, sum(v)
-
-
+# measuring -------------------------------------------------------------------
 def measure(
     a: argparse.Namespace,
     wrk: str,
@@ -481,53 +337,12 @@ def measure(
         # CPU burnt by anything but wrk, the server and the upstream: other load on the machine
         ours = (c1 - c0) + ((u1 - u0) if upstream_pgid else 0) + (w1 - w0)
         r["wrk_cpu_s"] = w1 - w0
-        r["other_cpu_cores"] = max(0.0, ((m1[0] - m0[0]) / _TICK - ours) / r["seconds"])
+        r["other_cpu_cores"] = max(0.0, ((m1[0] - m0[0]) - ours) / r["seconds"])
         out[conns] = r
     return out
 
 
-# CPU accounting ----------------------------------------------------------
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def group_cpu(pgid: int) -> float:
-    """CPU seconds (user + system) of every live process in process group ``pgid``."""
-    total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as fh:
-                f = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(f[2]) == pgid:  # fields after ")": state ppid pgrp ... utime(11) stime(12)
-            total += int(f[11]) + int(f[12])
-    return total / _TICK
-
-
 # profiling ---------------------------------------------------------------
-def find_pyspy() -> str | None:
-    """py-spy on PATH, or installed with pip into /tmp (never into the project's venv)."""
-    target = Path(tempfile.gettempdir()) / "gatewise-pyspy"
-    for cand in (shutil.which("py-spy"), str(target / "bin" / "py-spy")):
-        if cand and Path(cand).exists():
-            return cand
-    pip = shutil.which("pip3") or shutil.which("pip")
-    if pip is None:
-        return None
-    r = subprocess.run(
-        [pip, "install", "-q", "--target", str(target), "py-spy"], capture_output=True, text=True
-    )
-    exe = target / "bin" / "py-spy"
-    return str(exe) if r.returncode == 0 and exe.exists() else None
-
-
-def _frame(f: str) -> str:
-    """``func (pkg/file.py:123)`` -> ``func (pkg/file.py)``: one entry per function."""
-    return re.sub(r":\d+\)$", ")", f)
-
-
 def _package(f: str) -> str:
     m = re.search(r"\(([^)]*)\)$", f)
     path = m.group(1) if m else f
@@ -545,12 +360,7 @@ def summarize_stacks(raw: Path, requests: int, seconds: float, top: int = 25) ->
     incl: dict[str, int] = {}
     pkg: dict[str, int] = {}
     total = idle = threads = 0
-    for line in raw.read_text().splitlines():
-        if not line.strip():
-            continue
-        stack, n_s = line.rsplit(" ", 1)
-        n = int(n_s)
-        frames = [_frame(x) for x in stack.split(";") if x]
+    for frames, n in read_stacks(raw):
         if not frames:
             continue
         if _IDLE_TOP.match(frames[-1]):
@@ -599,7 +409,7 @@ def profile_gateway(
     key = add_consumer(cfg)
     port = free_port()
     url = f"http://127.0.0.1:{port}{PATH}"
-    pyspy = find_pyspy()
+    pyspy = find_pyspy(install=True)
     prof = groot / "gateway.prof"
     p = start_gateway(procs, cfg, port, 1, key, profile=None if pyspy else prof)
     head = (
@@ -613,29 +423,8 @@ def profile_gateway(
         run_wrk(wrk, url, a.profile_connections, a.warmup, lua, hdr, a.wrk_cpu)
         if pyspy:
             raw = groot / "stacks.txt"
-            rec = ["record", "-p", str(p.pid), "-d", str(round(a.duration)), "-r", "100"]
-            spy = subprocess.Popen(
-                [pyspy, *rec, "--format", "raw", "-o", str(raw)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            try:
-                res = run_wrk(
-                    wrk,
-                    url,
-                    a.profile_connections,
-                    a.duration + 1,
-                    lua,
-                    {"x-api-key": key},
-                    a.wrk_cpu,
-                )
-            finally:
-                try:
-                    spy.wait(a.duration + 30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(spy.pid, signal.SIGKILL)
-                    spy.wait()
+            with pyspy_record(pyspy, p.pid, raw, rate=100, seconds=a.duration):
+                res = run_wrk(wrk, url, a.profile_connections, a.duration + 1, lua, hdr, a.wrk_cpu)
             head += f"{res['rps']:.0f} req/s while sampled (py-spy pauses the process per sample)\n"
             if a.profile_out and raw.exists():
                 shutil.copy(raw, a.profile_out)
@@ -645,9 +434,7 @@ def profile_gateway(
                 if raw.exists()
                 else "(py-spy wrote nothing)\n"
             )
-        res = run_wrk(
-            wrk, url, a.profile_connections, a.duration, lua, {"x-api-key": key}, a.wrk_cpu
-        )
+        res = run_wrk(wrk, url, a.profile_connections, a.duration, lua, hdr, a.wrk_cpu)
     finally:
         if not pyspy:
             with contextlib.suppress(ProcessLookupError):
@@ -697,15 +484,15 @@ def main() -> None:
     if a.wrk_cpu == "":
         a.wrk_cpu = None
 
-    wrk, nginx = ensure_tools()
+    exit_on_signals()  # a SIGTERM still stops every server below
+    wrk, nginx = ensure_wrk(), ensure_nginx()
     mach = machine()
     when = datetime.now(UTC).isoformat(timespec="seconds")
     rows: list[dict[str, Any]] = []
     procs = Procs()
     root = Path(tempfile.mkdtemp(prefix="gatewise-gwbench-"))
     os.chmod(root, 0o755)
-    lua = root / "report.lua"
-    lua.write_text((query_lua(a.query_values) if a.query_values else "") + WRK_LUA)
+    lua = write_wrk_script(root / "report.lua", query_lua(a.query_values) if a.query_values else "")
     scanner = build_scanner(root) if "gateway+scan" in a.cases else None
     profile_text = ""
     try:
@@ -714,13 +501,13 @@ def main() -> None:
         if a.upstream == "nginx":
             upstream = start_nginx(procs, nginx, root / "upstream", 1, up_port, None)
         else:
-            upstream = procs.start(
-                [PY, __file__, "--serve-upstream", str(up_port)], root / "upstream.log"
-            )
-            wait_http(f"http://127.0.0.1:{up_port}{PATH}", 30)
+            log = root / "upstream.log"
+            upstream = procs.start([PY, __file__, "--serve-upstream", str(up_port)], log)
+            wait_http(f"http://127.0.0.1:{up_port}{PATH}", proc=upstream, log=log, timeout=30)
         sc_port = free_port()
-        procs.start([PY, __file__, "--serve-scorer", str(sc_port)], root / "scorer.log")
-        wait_http(f"http://127.0.0.1:{sc_port}/healthz", 30)
+        log = root / "scorer.log"
+        scorer = procs.start([PY, __file__, "--serve-scorer", str(sc_port)], log)
+        wait_http(f"http://127.0.0.1:{sc_port}/healthz", proc=scorer, log=log, timeout=30)
         print(
             f"# {mach}; upstream: {a.upstream} on :{up_port} (1 worker); wrk -t1 "
             f"{'pinned to CPU ' + a.wrk_cpu if a.wrk_cpu else 'not pinned'}; "

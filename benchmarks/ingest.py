@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine
+from benchmarks.harness import machine
 from config.simulator import SimulatorSettings
 from telemetry.ingest import ingest_files
 from telemetry.ingest.emit import emit_table

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine, save_result
+from benchmarks.harness import free_port, machine, save_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,9 @@ def _platform_model(budget: float, data_dir: Path) -> tuple[Any, Any, str]:
 
     s = load_settings(REPO / "gatewise.yaml", data_dir=data_dir)
     s = s.model_copy(
-        update={"serving": s.serving.model_copy(update={"targets": ["payload"], "port": _port()})}
+        update={
+            "serving": s.serving.model_copy(update={"targets": ["payload"], "port": free_port()})
+        }
     )
     if budget > 0:
         r = train_target(s, "payload", budget=budget)
@@ -135,14 +137,6 @@ def _platform_model(budget: float, data_dir: Path) -> tuple[Any, Any, str]:
     from models.payload import fit_default
 
     return s, fit_default(train_on="fit"), "default config (linear, C=20, balanced)"
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        return int(so.getsockname()[1])
 
 
 def _http_latency(s: Any, values: list[str]) -> dict[str, float] | None:

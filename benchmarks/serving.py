@@ -71,15 +71,10 @@ SIGINT/SIGTERM) its process group and every descendant are killed.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
 import random
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -87,12 +82,29 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine
+from benchmarks.harness import (
+    Procs,
+    closed_loop,
+    ensure_wrk,
+    exit_on_signals,
+    find_pyspy,
+    free_port,
+    latency_stats,
+    machine,
+    pyspy_record,
+    read_stacks,
+    run_wrk,
+    tree_cpu,
+    wait_http,
+    write_wrk_script,
+    wrk_post_bodies,
+)
 from config.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +113,6 @@ RESULTS = REPO / "benchmarks" / "results" / "serving.jsonl"
 TARGET = "abuse"
 P99_TARGET_MS = 10.0
 HEADERS = {"content-type": "application/json"}
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 # data --------------------------------------------------------------------
@@ -180,121 +191,6 @@ def _describe_model(model: Any) -> str:
 
 
 # processes ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        return int(so.getsockname()[1])
-
-
-def _stat(pid: str) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _ppids() -> dict[int, int]:
-    out = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            f = _stat(d)
-            if f is not None and f[0] != "Z":
-                out[int(d)] = int(f[1])
-    return out
-
-
-def tree_pids(root: int) -> list[int]:
-    """``root`` and its live descendants (BentoML's worker runs in a session of its own)."""
-    pp = _ppids()
-    kids: dict[int, list[int]] = {}
-    for pid, ppid in pp.items():
-        kids.setdefault(ppid, []).append(pid)
-    out, todo = [], [root] if root in pp else []
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += kids.get(pid, [])
-    return out
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and its live descendants."""
-    total = 0
-    for pid in tree_pids(root):
-        f = _stat(str(pid))
-        if f is not None:
-            total += int(f[11]) + int(f[12])
-    return total / _TICK
-
-
-class Procs:
-    """Every server started here, each the leader of its own session; on stop, the leader's
-    process group and every descendant (whatever group or session it moved to) are killed."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.seen: dict[int, set[int]] = {}
-
-    def start(self, cmd: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as fh:
-            p = subprocess.Popen(
-                cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, **kw
-            )
-        self.procs.append(p)
-        self.seen[p.pid] = {p.pid}
-        return p
-
-    def note(self, p: subprocess.Popen[bytes]) -> None:
-        """Remember the current descendants (killed on stop even if orphaned by then)."""
-        self.seen.setdefault(p.pid, set()).update(tree_pids(p.pid))
-
-    def stop(self, p: subprocess.Popen[bytes]) -> None:
-        self.note(p)
-        pids = self.seen.pop(p.pid, {p.pid})
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(15)
-        for _ in range(50):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            live = _ppids()
-            left = [pid for pid in pids if pid in live and pid != os.getpid()]
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            if not left:
-                break
-            time.sleep(0.1)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(5)
-        if p in self.procs:
-            self.procs.remove(p)
-
-    def stop_all(self) -> None:
-        for p in list(reversed(self.procs)):
-            self.stop(p)
-
-
-def wait_http(url: str, p: subprocess.Popen[bytes], log: Path, timeout: float = 240.0) -> None:
-    import httpx
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if p.poll() is not None:
-            break
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    tail = log.read_bytes()[-3000:].decode(errors="replace") if log.exists() else ""
-    raise RuntimeError(f"{url} not ready (exit {p.poll()}); log tail:\n{tail}")
-
-
 def start_ours(procs: Procs, s: Settings, port: int, logdir: Path) -> subprocess.Popen[bytes]:
     from serving.process import service_env
 
@@ -305,7 +201,7 @@ def start_ours(procs: Procs, s: Settings, port: int, logdir: Path) -> subprocess
     env = service_env(s)
     env["GATEWISE_SERVE_TARGETS"] = TARGET
     p = procs.start(cmd, log, cwd=REPO, env=env)
-    wait_http(f"http://127.0.0.1:{port}/readyz", p, log)
+    wait_http(f"http://127.0.0.1:{port}/readyz", proc=p, log=log, timeout=240)
     procs.note(p)
     return p
 
@@ -324,105 +220,13 @@ def start_mlflow(procs: Procs, s: Settings, port: int, logdir: Path) -> subproce
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     p = procs.start(cmd, log, cwd=logdir, env=env)
-    wait_http(f"http://127.0.0.1:{port}/ping", p, log)
+    wait_http(f"http://127.0.0.1:{port}/ping", proc=p, log=log, timeout=240)
     procs.note(p)
     return p
 
 
 # load generators ---------------------------------------------------------
-def _stats(lat_s: list[float], wall: float, n_ok: int, errors: int) -> dict[str, Any]:
-    a = np.asarray(lat_s) * 1000.0
-    return {
-        "requests": n_ok,
-        "errors": errors,
-        "seconds": wall,
-        "rps": n_ok / wall if wall > 0 else 0.0,
-        "p50_ms": float(np.percentile(a, 50)) if len(a) else float("nan"),
-        "p90_ms": float(np.percentile(a, 90)) if len(a) else float("nan"),
-        "p99_ms": float(np.percentile(a, 99)) if len(a) else float("nan"),
-        "mean_ms": float(a.mean()) if len(a) else float("nan"),
-        "max_ms": float(a.max()) if len(a) else float("nan"),
-    }
-
-
-async def _httpx_run(
-    url: str, bodies: list[bytes], n: int, warmup: int, conns: int, sid: int | None
-) -> dict[str, Any]:
-    import httpx
-
-    limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
-    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
-
-        async def phase(count: int) -> tuple[list[float], int, float]:
-            lat: list[float] = []
-            state = {"next": 0, "err": 0}
-
-            async def worker() -> None:
-                while state["next"] < count:
-                    i = state["next"]
-                    state["next"] += 1
-                    body = bodies[i % len(bodies)]
-                    t = time.perf_counter()
-                    try:
-                        r = await client.post(url, content=body, headers=HEADERS)
-                    except httpx.HTTPError:
-                        state["err"] += 1
-                        continue
-                    dt = time.perf_counter() - t
-                    if r.status_code == 200:
-                        lat.append(dt)
-                    else:
-                        state["err"] += 1
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(conns)))
-            return lat, state["err"], time.perf_counter() - t0
-
-        await phase(warmup)
-        cpu0 = tree_cpu(sid) if sid else 0.0
-        me0 = time.process_time()
-        lat, err, wall = await phase(n)
-        out = _stats(lat, wall, len(lat), err)
-        out["loadgen_cpu_ms_per_req"] = 1000 * (time.process_time() - me0) / max(1, n)
-        if sid:
-            out["server_cpu_ms_per_req"] = 1000 * (tree_cpu(sid) - cpu0) / max(1, len(lat))
-        return out
-
-
-def run_httpx(
-    url: str, bodies: list[bytes], n: int, warmup: int, conns: int, sid: int | None
-) -> dict[str, Any]:
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    return runner(_httpx_run(url, bodies, n, warmup, conns, sid))
-
-
-WRK_LUA = r"""
-local bodies = {
-%s
-}
-local i = 0
-request = function()
-  i = i %% #bodies + 1
-  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, bodies[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {"requests":%%d,"duration_us":%%d,"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,'
-    .. '"mean_us":%%.1f,"max_us":%%d,"errors":%%d,"status":%%d}\n',
-    summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.mean, latency.max, e.connect + e.read + e.write + e.timeout, e.status))
-end
-"""
-
-
-def run_wrk(
+def wrk_posts(
     url: str,
     bodies: list[bytes],
     seconds: float,
@@ -431,47 +235,22 @@ def run_wrk(
     sid: int | None,
     tmp: Path,
 ) -> dict[str, Any]:
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise RuntimeError("wrk not found")
-    m = re.match(r"(http://[^/]+)(/.*)", url)
-    assert m is not None
-    base, path = m.groups()
+    """wrk (one thread) POSTing ``bodies`` in turn: a warm-up run, then the measured run.
+    req/s counts the answered (non-error) requests; errors: non-2xx plus socket errors."""
+    wrk = ensure_wrk()
+    u = urlsplit(url)
     lua = tmp / f"wrk-{abs(hash((url, len(bodies), len(bodies[0])))) % 10**8}.lua"
-    lua.write_text(WRK_LUA % (",\n".join(f"[==[{b.decode()}]==]" for b in bodies), path))
-
-    def once(secs: float) -> dict[str, Any]:
-        cmd = [
-            wrk,
-            "-t1",
-            f"-c{conns}",
-            f"-d{max(1, round(secs))}s",
-            "--latency",
-            "-s",
-            str(lua),
-            base,
-        ]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60)
-        mm = re.search(r"^WRKJSON (\{.*\})$", r.stdout, re.M)
-        if r.returncode != 0 or mm is None:
-            raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout}\n{r.stderr}")
-        return json.loads(mm.group(1))
-
-    once(warmup_s)
+    write_wrk_script(lua, wrk_post_bodies(u.path, bodies))
+    base = f"{u.scheme}://{u.netloc}"
+    run_wrk(wrk, base, conns, warmup_s, lua)
     cpu0 = tree_cpu(sid) if sid else 0.0
-    d = once(seconds)
-    secs = d["duration_us"] / 1e6
-    ok = d["requests"] - d["status"]
+    d = run_wrk(wrk, base, conns, seconds, lua)
     out = {
         "requests": d["requests"],
-        "errors": d["errors"] + d["status"],
-        "seconds": secs,
-        "rps": ok / secs,
-        "p50_ms": d["p50_us"] / 1000,
-        "p90_ms": d["p90_us"] / 1000,
-        "p99_ms": d["p99_us"] / 1000,
-        "mean_ms": d["mean_us"] / 1000,
-        "max_ms": d["max_us"] / 1000,
+        "errors": d["socket_errors"] + d["non_2xx"],
+        "seconds": d["seconds"],
+        "rps": (d["requests"] - d["non_2xx"]) / d["seconds"],
+        **{k: d[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms")},
     }
     if sid:
         out["server_cpu_ms_per_req"] = 1000 * (tree_cpu(sid) - cpu0) / max(1, d["requests"])
@@ -489,7 +268,7 @@ def run_floor(rt: Any, id_lists: list[list[str]], n: int, warmup: int) -> dict[s
         rt.score(TARGET, id_lists[i % len(id_lists)])
         lat.append(time.perf_counter() - t)
     wall = time.perf_counter() - t0
-    out = _stats(lat, wall, n, 0)
+    out = latency_stats(lat, wall, n, 0)
     out["server_cpu_ms_per_req"] = 1000 * (time.process_time() - cpu0) / n
     return out
 
@@ -800,16 +579,6 @@ def profile_inprocess(
 
 
 # py-spy ------------------------------------------------------------------
-def find_pyspy() -> str | None:
-    for cand in (
-        shutil.which("py-spy"),
-        str(Path(tempfile.gettempdir()) / "gatewise-pyspy" / "bin" / "py-spy"),
-    ):
-        if cand and Path(cand).exists():
-            return cand
-    return None
-
-
 # leaves with no Python work under them: uvloop's C loop (epoll wait, socket I/O), parked threads
 WAIT = "event loop in C (uvloop: epoll wait, socket I/O) or a parked thread"
 WAIT_LEAVES = (
@@ -836,13 +605,8 @@ def bucket_stacks(raw: Path, top: int = 12) -> dict[str, Any]:
     own: dict[str, int] = {}
     own_fw: dict[str, int] = {}
     total = 0
-    for line in raw.read_text().splitlines():
-        if not line.strip():
-            continue
-        stack, n_s = line.rsplit(" ", 1)
-        n = int(n_s)
+    for frames, n in read_stacks(raw):
         total += n
-        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if f]
         leaf = frames[-1] if frames else "?"
         name = FRAMEWORK
         if leaf.startswith(WAIT_LEAVES):
@@ -873,38 +637,12 @@ def bucket_stacks(raw: Path, top: int = 12) -> dict[str, Any]:
 def pyspy_profile(
     pyspy: str, sid: int, url: str, bodies: list[bytes], n: int, conns: int, raw: Path
 ) -> dict[str, Any]:
-    spy = subprocess.Popen(
-        [
-            pyspy,
-            "record",
-            "-p",
-            str(sid),
-            "--subprocesses",
-            "-r",
-            "200",
-            "-d",
-            "600",
-            "--nonblocking",
-            "--format",
-            "raw",
-            "-o",
-            str(raw),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    # the supervisor and its worker, not paused per sample; stopped when the load ends
+    with pyspy_record(
+        pyspy, sid, raw, rate=200, subprocesses=True, nonblocking=True, interrupt=True
+    ):
         time.sleep(2.0)
-        res = run_httpx(url, bodies, n, 50, conns, sid)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(spy.pid, signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            spy.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(spy.pid, signal.SIGKILL)
-            spy.wait()
+        res = closed_loop(url, bodies, n, 50, conns, sid)
     return {"rps_while_sampled": res["rps"], **(bucket_stacks(raw) if raw.exists() else {})}
 
 
@@ -956,10 +694,7 @@ def main() -> None:
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--no-save", action="store_true")
     a = ap.parse_args()
-    # SIGTERM (and SIGINT, which a non-interactive shell's background job ignores) unwind through
-    # the ``finally`` below, so every server started here is killed
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    exit_on_signals()  # every server started here is killed on the way out
 
     s = prepare(a.data_dir.resolve(), a.clients)
     if a.prepare_only:
@@ -1038,9 +773,9 @@ def main() -> None:
                 for c in a.conns:
                     for lg in loadgens:
                         if lg == "httpx":
-                            r = run_httpx(url, body, n_for[b], a.warmup, c, p.pid)
+                            r = closed_loop(url, body, n_for[b], a.warmup, c, p.pid)
                         else:
-                            r = run_wrk(url, body, a.wrk_seconds, 2.0, c, p.pid, tmp)
+                            r = wrk_posts(url, body, a.wrk_seconds, 2.0, c, p.pid, tmp)
                         record(
                             f"{name} ({'BentoML /score' if name == 'ours' else 'mlflow /invocations'})",
                             lg,
@@ -1057,9 +792,9 @@ def main() -> None:
             for c in a.conns:
                 for lg in loadgens:
                     if lg == "httpx":
-                        r = run_httpx(url, body, a.requests, a.warmup, c, p.pid)
+                        r = closed_loop(url, body, a.requests, a.warmup, c, p.pid)
                     else:
-                        r = run_wrk(url, body, a.wrk_seconds, 2.0, c, p.pid, tmp)
+                        r = wrk_posts(url, body, a.wrk_seconds, 2.0, c, p.pid, tmp)
                     record("ours (BentoML /metadata: no lookup, no predict)", lg, 0, c, r)
         if "ours" in servers and 1 in bodies and not a.no_pyspy and a.profile_calls:
             pyspy = find_pyspy()

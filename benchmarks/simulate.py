@@ -25,7 +25,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import best_of, machine
+from benchmarks.harness import best_of, machine
 from config.simulator import SimulatorSettings
 from telemetry.schema import EVENT_SCHEMA
 from telemetry.simulator import simulate

@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import machine  # noqa: E402
+from benchmarks.harness import machine  # noqa: E402
 
 
 def _settings(data_dir: Path, clients: int, days: float, name: str):

@@ -66,8 +66,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -86,7 +84,16 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine
+from benchmarks.harness import (
+    Procs,
+    ThreadedServer,
+    exit_on_signals,
+    free_port,
+    log_tail,
+    machine,
+    open_loop,
+    wait_http,
+)
 from config.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,12 +103,6 @@ BATCH_PERIOD_S = 300.0
 FLOOD_RATE = (12.0, 60.0)  # req/s, as telemetry/simulator/traffic.py draws a flood
 SEARCH_TERMS = ("shoes", "laptop", "coffee", "usb-c", "desk", "lamp", "jacket", "phone")
 console = Console()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -239,13 +240,11 @@ def enforce_policy(s: Settings, limits: dict[str, int], throttle_factor: float) 
     )
 
 
-def server(app: Any, port: int) -> Any:
+def server(app: Any, port: int) -> ThreadedServer:
     """uvicorn in a background thread, as the demo runs it. The load generator stands in for a
     load balancer on loopback: the gateway takes the client address from its X-Forwarded-For
     (uvicorn's proxy headers, trusted from 127.0.0.1)."""
-    from gatewise.demo_gateway import _Server
-
-    return _Server(app, port, proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+    return ThreadedServer(app, port, proxy_headers=True, forwarded_allow_ips="127.0.0.1")
 
 
 # traffic -------------------------------------------------------------------------------
@@ -343,24 +342,18 @@ async def run_flood(
     t0 = time.monotonic()
     f.first_sent = time.time()
     f.first_sent_mono = t0
-    slot = 0
     end = t0 + limit_s
 
-    async def worker(c: httpx.AsyncClient) -> None:
-        nonlocal slot, end
-        while True:
-            k = slot
-            slot += 1
-            at = t0 + k / f.rate
-            if at >= end:
-                return
-            await asyncio.sleep(max(0.0, at - time.monotonic()))
+    async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+
+        async def send(_: int) -> None:
+            nonlocal end
             sent = time.monotonic()
             try:
                 r = await c.get(flood_path(rng), headers=prof.headers(key, rng))
             except httpx.HTTPError:
                 f.status[-1] = f.status.get(-1, 0) + 1
-                continue
+                return
             f.sent += 1
             f.status[r.status_code] = f.status.get(r.status_code, 0) + 1
             how = refused_by_model(r, static_burst)
@@ -371,8 +364,8 @@ async def run_flood(
                 f.detected_mono, f.detected_how = sent, how
                 end = min(end, sent + stick_s)
 
-    async with httpx.AsyncClient(base_url=base, timeout=10) as c:
-        await asyncio.gather(*(worker(c) for _ in range(conns)))
+        # the flood goes on ``stick_s`` after its detection: ``end`` moves forward then
+        await open_loop(f.rate, send, until=lambda: end, workers=conns, start=t0)
     f.stop_mono = time.monotonic()
 
 
@@ -515,22 +508,20 @@ def measure_batch_run(s: Settings) -> dict[str, float]:
 
 
 # processes -----------------------------------------------------------------------------
-def start_processor(s: Settings, cfg: Path, port: int) -> subprocess.Popen[bytes]:
+def start_processor(procs: Procs, s: Settings, cfg: Path, port: int) -> subprocess.Popen[bytes]:
+    """``gatewise stream`` (the command, in its own process group), ready when its ``/status``
+    answers; fails with the log tail if it exits or is not up in 300 s."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("GATEWISE_") or k == "GATEWISE_SHARED_DATA"
     }
     env |= {"GATEWISE_DATA_DIR": str(s.data_dir), "GATEWISE_CONFIG": str(cfg)}
-    log = open(s.data_dir / "stream.log", "ab")  # noqa: SIM115 (handed to the child)
-    return subprocess.Popen(
-        [sys.executable, "-m", "gatewise", "stream", "-c", str(cfg), "--metrics-port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    cmd = [sys.executable, "-m", "gatewise", "stream", "-c", str(cfg)]
+    log = s.data_dir / "stream.log"
+    p = procs.start([*cmd, "--metrics-port", str(port)], log, cwd=REPO, env=env)
+    wait_http(f"http://127.0.0.1:{port}/status", proc=p, log=log, timeout=300)
+    return p
 
 
 def processor_status(port: int) -> dict[str, Any] | None:
@@ -540,23 +531,6 @@ def processor_status(port: int) -> dict[str, Any] | None:
         return httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
     except (httpx.HTTPError, ValueError):
         return None
-
-
-def stop_process(p: subprocess.Popen[bytes] | None) -> None:
-    if p is None or p.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(p.pid, signal.SIGTERM)
-    try:
-        p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=10)
-
-
-def tail(path: Path, n: int = 2000) -> str:
-    return path.read_bytes()[-n:].decode(errors="replace") if path.exists() else ""
 
 
 # main ----------------------------------------------------------------------------------
@@ -590,6 +564,7 @@ def main() -> None:
     ap.add_argument("--no-save", action="store_true", help="do not append to the results file")
     a = ap.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    exit_on_signals()  # the processor and the service are stopped on the way out
 
     import redis
 
@@ -608,7 +583,7 @@ def main() -> None:
         f"[bold]stream detection benchmark[/]: data {data}, stream {stream_name} "
         f"({a.partitions} partitions, batch {a.batch_interval:g} s), score cache {a.cache_ttl:g} s"
     )
-    proc: subprocess.Popen[bytes] | None = None
+    procs = Procs()
     service_started = False
     rds = redis.Redis.from_url(s.stream.redis_url)
     try:
@@ -632,7 +607,7 @@ def main() -> None:
             scorer = f"http://127.0.0.1:{port_sv}"
             if not wait_ready(scorer):
                 raise RuntimeError(
-                    "BentoML not ready:\n" + tail(s.data_dir / "serving" / "service.log")
+                    "BentoML not ready:\n" + log_tail(s.data_dir / "serving" / "service.log", 2000)
                 )
         console.print(f"BentoML /score at {scorer} ready in {time.perf_counter() - t:.0f} s")
 
@@ -662,19 +637,8 @@ def main() -> None:
 
         with console.status("starting the stream processor (bootstrap from the stored day)"):
             t = time.perf_counter()
-            proc = start_processor(s, cfg_path, port_st)
-            st0 = None
-            while time.perf_counter() - t < 300:
-                if proc.poll() is not None:
-                    raise RuntimeError("stream processor exited:\n" + tail(data / "stream.log"))
-                st0 = processor_status(port_st)
-                if st0 is not None:
-                    break
-                time.sleep(0.5)
-            if st0 is None:
-                raise RuntimeError(
-                    "stream processor not up in 300 s:\n" + tail(data / "stream.log")
-                )
+            proc = start_processor(procs, s, cfg_path, port_st)
+            st0 = processor_status(port_st) or {}
         console.print(
             f"stream processor pid {proc.pid} up in {time.perf_counter() - t:.0f} s, "
             f"started from {st0.get('started_from')}"
@@ -895,7 +859,7 @@ def main() -> None:
                 fh.write(json.dumps(row, default=float) + "\n")
             console.print(f"appended 1 line to {RESULTS.relative_to(REPO)}")
     finally:
-        stop_process(proc)
+        procs.stop_all(timeout=30)  # the processor checkpoints on SIGTERM
         if service_started:
             stop_service(s)
         with contextlib.suppress(Exception):

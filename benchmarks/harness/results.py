@@ -1,7 +1,9 @@
-"""Shared bits of the benchmark scripts: machine facts and timing."""
+"""What every benchmark records besides its figures: the machine it ran on, best-of timing,
+and where its results go (one JSON line per run in ``benchmarks/results/<name>.jsonl``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -9,8 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+
 
 def machine() -> str:
+    """Cores, memory, CPU model and Python version, as one line for a result record."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -36,9 +41,7 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
 
 def save_result(name: str, record: dict[str, Any]) -> Path:
     """Append ``record`` as one JSON line to ``benchmarks/results/<name>.jsonl``."""
-    import json
-
-    out = Path(__file__).parent / "results" / f"{name}.jsonl"
+    out = RESULTS_DIR / f"{name}.jsonl"
     out.parent.mkdir(exist_ok=True)
     with out.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
