@@ -280,10 +280,11 @@ def release_labels(s: Settings, events: pd.DataFrame, recorded: pd.DataFrame, na
         .reset_index()
     )
     g["label"] = g["label"].astype("int8")
-    g["source"] = "replay"
-    LabelStore(s.labels_dir).write(
-        pa.Table.from_pandas(g[LABELS_SCHEMA.names], preserve_index=False), name
-    )
+    g["source"] = "simulator"  # the simulator's truth, released as a labelling team would
+    g["labelled_by"] = "closed-loop truth release"
+    g["labelled_at"] = pd.Timestamp.now(tz="UTC")
+    cols = [c for c in LABELS_SCHEMA.names if c in g.columns]
+    LabelStore(s.labels_dir).write(pa.Table.from_pandas(g[cols], preserve_index=False), name)
     return len(g)
 
 

@@ -161,5 +161,6 @@ def test_replay_through_the_real_gateway_keeps_ids_statuses_and_rate(settings):
     assert (passed["status"] == passed["http_response_status_code_y"]).mean() > 0.95
     n = release_labels(s, ev.assign(request_id="rt1-" + ev["request_id"]), rec, "rt1")
     lab = LabelStore(s.labels_dir).read().to_pandas()
-    assert n == len(lab) and set(lab["source"]) == {"replay"}
+    assert n == len(lab) and set(lab["source"]) == {"simulator"}
+    assert set(lab["labelled_by"]) == {"closed-loop truth release"}
     assert int(lab["label"].max()) == int(ev["abusive"].max())
