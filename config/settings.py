@@ -26,6 +26,7 @@ from pydantic_settings import (
 from config._base import Strict as _Strict
 from config.analytics import AnalyticsSettings
 from config.gateway import GatewaySettings
+from config.labeling import LabelingSettings
 from config.monitoring import MonitoringSettings
 from config.serving import ServingSettings
 from config.simulator import LifecycleSettings, SimulatorSettings
@@ -115,6 +116,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     history: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    labeling: LabelingSettings = Field(default_factory=LabelingSettings)
 
     @field_validator("static_limits_per_minute")
     @classmethod

@@ -70,13 +70,14 @@ def _all_families() -> list[Family]:
 class TargetSettings(_Strict):
     """One prediction target: what to learn, from which features, judged how."""
 
-    task: Literal["binary", "regression"]
+    task: Literal["binary", "regression", "anomaly"]
     entity: Literal["client", "route", "request"]
     feature_service: str
-    label_source: Literal["labels", "next_window_requests", "payloads"] = Field(
+    label_source: Literal["labels", "next_window_requests", "payloads", "none"] = Field(
         "labels",
         description="labels: the labels table; next_window_requests: the route's next 5-minute"
-        " request count; payloads: labelled request content (``data``), attack vs benign",
+        " request count; payloads: labelled request content (``data``), attack vs benign;"
+        " none: unlabelled windows (task anomaly)",
     )
     data: Path | None = Field(
         None,
@@ -107,12 +108,19 @@ class TargetSettings(_Strict):
     fairness: FairnessBounds = FairnessBounds()
     costs: Costs = Costs()
     families: list[Family] = Field(default_factory=_all_families)
+    recent_days: float | None = Field(
+        None, gt=0, description="train on the most recent days of windows only (anomaly: 2)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TargetSettings:
         binary_metrics = {"average_precision", "roc_auc", "f1", "log_loss"}
-        if (self.task == "binary") != (self.metric in binary_metrics):
+        if (self.task in ("binary", "anomaly")) != (self.metric in binary_metrics):
             raise ValueError(f"metric {self.metric!r} does not fit task {self.task!r}")
+        if (self.task == "anomaly") != (self.label_source == "none"):
+            raise ValueError("task anomaly learns from unlabelled windows: label_source none")
+        if self.task == "anomaly" and self.entity != "client":
+            raise ValueError("task anomaly scores client windows: entity client")
         if self.entity == "route" and self.label_source == "labels":
             raise ValueError("route targets take label_source next_window_requests")
         if (self.entity == "request") != (self.label_source == "payloads"):
@@ -148,6 +156,16 @@ def default_targets() -> dict[str, TargetSettings]:
             metric="mae",
             time_budget_s=60.0,
             families=["linear", "hist_gradient_boosting", "xgboost"],
+        ),
+        "anomaly": TargetSettings(
+            task="anomaly",
+            entity="client",
+            feature_service="abuse_v1",
+            label_source="none",
+            metric="average_precision",
+            time_budget_s=30.0,
+            recent_days=2.0,
+            families=["linear"],
         ),
         "payload": TargetSettings(
             task="binary",

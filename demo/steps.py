@@ -214,13 +214,14 @@ def train(
     trials: int | None,
     workers: int,
     seed: int,
+    labels: str = "all",
 ) -> Any:
     from types import SimpleNamespace
 
     from flows.train import train_flow
 
     console.print(
-        f"running Prefect flow [bold]train[/] for target {target} (budget {budget or s.target(target).time_budget_s:g}s, {workers} worker(s))"
+        f"running Prefect flow [bold]train[/] for target {target} (budget {budget or s.target(target).time_budget_s:g}s, {workers} worker(s), labels {labels})"
     )
     out = train_flow(
         target=target,
@@ -230,10 +231,60 @@ def train(
         seed=seed,
         config_path=str(config) if config else None,
         data_dir=str(s.data_dir.resolve()),
+        labels=labels,
     )
     r = SimpleNamespace(**out)
     print_train_result(console, r, s)
     return r
+
+
+def weak_labels(
+    console: Console,
+    s: Settings,
+    config: Path | None,
+    since: str | None = None,
+    until: str | None = None,
+    anomaly: bool = True,
+) -> dict[str, Any]:
+    """The Prefect flow weak_labels, and its function table."""
+    from flows.weak import weak_labels_flow
+
+    console.print(
+        "running Prefect flow [bold]weak_labels[/]: labelling functions → label model → weak labels"
+    )
+    out = weak_labels_flow(
+        since=since,
+        until=until,
+        anomaly=anomaly,
+        config_path=str(config) if config else None,
+        data_dir=str(s.data_dir.resolve()),
+    )
+    rows = [
+        {
+            "function": f["name"],
+            "votes": f["vote"],
+            "coverage": f["coverage"],
+            "overlaps": f["overlaps"],
+            "conflicts": f["conflicts"],
+            "est. accuracy": f["estimated_accuracy"],
+        }
+        for f in out["functions"]
+    ]
+    console.print(table("labelling functions (the label model's estimates, no ground truth)", rows))
+    merged = ", ".join(f"{a} + {b}" for a, b, _ in out["merges"]) or "none"
+    console.print(
+        f"{out['windows']:,} windows of {out['clients']:,} clients from {out['since'][:16]} to "
+        f"{out['until'][:16]}; anchored by {out['anchored_windows']:,} reviewed windows; "
+        f"modelled jointly (correlated): {merged}; anomaly model: "
+        f"{'v' + out['anomaly_model'] if out['anomaly_model'] else 'none'}"
+    )
+    console.print(
+        f"estimated abusive share {out['prior']:.2%}; confident labels: "
+        f"{out['abusive_confident']:,} abusive, {out['legitimate_confident']:,} legitimate "
+        f"windows (batch {out['batch']}); MLflow run {out['run_id']} (experiment "
+        f"{s.tracking.registered_model_prefix}-labeling)"
+    )
+    return out
 
 
 def backtest_report(console: Console, r: Any) -> None:

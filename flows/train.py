@@ -28,6 +28,7 @@ def automl(
     n_trials: int | None,
     workers: int,
     seed: int,
+    labels: str = "all",
 ) -> dict[str, Any]:
     from models.train import train_target
 
@@ -50,6 +51,7 @@ def automl(
         workers=workers,
         seed=seed,
         on_trial=on_trial,
+        labels=labels,
     )
     log.info(
         "%s v%s: holdout %s %.4f; %s",
@@ -71,14 +73,16 @@ def train_flow(
     seed: int = 0,
     config_path: str | None = None,
     data_dir: str | None = None,
+    labels: str = "all",
 ) -> dict[str, Any]:
-    """Search, evaluate and register a challenger for ``target``."""
+    """Search, evaluate and register a challenger for ``target``; ``labels``: all, weak or
+    reviewed (which labels train it)."""
     settings = settings_for_flow(config_path, data_dir)
     settings.target(target)  # fail fast on an unknown target
     from models.data import check_ready
 
-    check_ready(settings, target)  # no labels, consumers or features: say which, and how
-    return automl(settings, target, budget, n_trials, workers, seed)
+    check_ready(settings, target, labels)  # no labels, consumers or features: say which
+    return automl(settings, target, budget, n_trials, workers, seed, labels)
 
 
 def train_deployment(

@@ -214,6 +214,13 @@ def train(
         ),
     ] = 1,
     seed: Annotated[int, typer.Option()] = 0,
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="which labels train it: all (a person's label wins), weak (the label model's),"
+            " reviewed (people's and imported)"
+        ),
+    ] = "all",
     serve: Annotated[
         bool,
         typer.Option(
@@ -228,11 +235,13 @@ def train(
         _fail(
             f"--target: unknown target {target!r}; gatewise.yaml defines {', '.join(sorted(s.targets))}"
         )
+    if labels not in ("all", "weak", "reviewed"):
+        _fail(f"--labels: {labels!r} is not all, weak or reviewed")
     if not serve:  # a scheduled deployment may run once the data is there
         from models.data import DataQualityError, check_ready
 
         try:
-            check_ready(s, target)
+            check_ready(s, target, labels)
         except DataQualityError as exc:
             _fail(str(exc))
     if serve:
@@ -242,7 +251,7 @@ def train(
         return
     from demo.steps import train as run_train
 
-    run_train(_console(), s, config, target, budget, trials, workers, seed)
+    run_train(_console(), s, config, target, budget, trials, workers, seed, labels)
 
 
 @automl_app.command("fit")

@@ -154,5 +154,32 @@ def export(
         typer.echo(f"wrote {len(df):,} label(s) to {out}", err=True)
 
 
+@labels_app.command("weak")
+def weak(
+    since: Annotated[str | None, typer.Option(help="ISO time, inclusive")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time, exclusive")] = None,
+    anomaly: Annotated[
+        bool, typer.Option(help="let the day-one anomaly model vote (when one is trained)")
+    ] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Weak labels from the labelling functions (gatewise.yaml `labeling.functions`),
+    weighed by the label model; reviewed labels anchor it and win over them."""
+    from demo.steps import weak_labels
+
+    s = _settings(config)
+    from models.data import DataQualityError, check_ready
+
+    try:
+        check_ready(s, "anomaly" if "anomaly" in s.targets else "abuse", "all")
+    except DataQualityError as exc:
+        if "no features" in str(exc):
+            _fail(str(exc).split("; ")[-1])
+    try:
+        weak_labels(_console(), s, config, since, until, anomaly)
+    except (LookupError, ValueError) as exc:
+        _fail(str(exc))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(labels_app, name="labels")

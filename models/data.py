@@ -142,23 +142,50 @@ def _attach_sensitive(df: pd.DataFrame, settings: Settings, cols: list[str]) -> 
     )
 
 
-def labelled_windows(settings: Settings, as_of: datetime | None = None) -> pd.DataFrame:
-    """The labels table as training entity rows, one per client window (``resolve``). With ``as_of``, only labels already known
-    then: their window started at least ``features.label_delay_minutes`` before it (labels
-    arrive late)."""
+LABEL_SETS = ("all", "weak", "reviewed")
+
+
+def labelled_windows(
+    settings: Settings, as_of: datetime | None = None, labels: str = "all"
+) -> pd.DataFrame:
+    """The labels table as training entity rows, one per client window (``resolve``).
+
+    ``labels``: ``reviewed`` = labels people gave (review, import) and the simulator's truth;
+    ``weak`` = the label model's only; ``all`` = both, a person's label winning. Weak labels
+    train only where the label model is confident (``labeling.confident``). With ``as_of``,
+    only labels already known then: their window started at least
+    ``features.label_delay_minutes`` before it (labels arrive late)."""
     from labeling.store import LabelStore
 
+    if labels not in LABEL_SETS:
+        raise ValueError(f"--labels: {labels!r} is not one of {', '.join(LABEL_SETS)}")
     store = LabelStore(settings.labels_dir)
     delay = timedelta(minutes=settings.features.label_delay_minutes)
-    labels = store.read(available_at=as_of, delay=delay) if as_of else store.read()
-    if labels.num_rows == 0:
-        raise ValueError(
-            f"no labels in {settings.labels_dir}: import yours with `gatewise labels import FILE`"
+    table = store.read(available_at=as_of, delay=delay) if as_of else store.read()
+    df = table.to_pandas()
+    if labels == "weak":
+        df = df[df["source"] == "weak"]
+    elif labels == "reviewed":
+        df = df[df["source"] != "weak"]
+    if df.empty:
+        which = {"all": "", "weak": "weak ", "reviewed": "reviewed "}[labels]
+        fix = (
+            "`gatewise labels weak`"
+            if labels == "weak"
+            else "`gatewise labels import FILE` (or review clients: `gatewise review export`)"
         )
-    return store.resolve(labels).to_pandas()
+        raise ValueError(f"no {which}labels in {settings.labels_dir}: {fix}")
+    import pyarrow as pa
+
+    df = store.resolve(pa.Table.from_pandas(df, preserve_index=False)).to_pandas()
+    conf = settings.labeling.confident
+    weak = df["source"] == "weak"
+    p = df["probability"].astype(float)
+    unsure = weak & p.between(1 - conf, conf, inclusive="neither")
+    return df[~unsure].reset_index(drop=True)
 
 
-def check_ready(settings: Settings, name: str) -> None:
+def check_ready(settings: Settings, name: str, labels: str = "all") -> None:
     """What training ``name`` needs before it starts, each missing piece named with the
     command that makes it: labels, the consumers table (for the fairness groups), features.
     Raises ``DataQualityError`` with one line per problem."""
@@ -169,10 +196,19 @@ def check_ready(settings: Settings, name: str) -> None:
     if target.label_source == "labels":
         from labeling.store import LabelStore
 
-        if LabelStore(settings.labels_dir).read().num_rows == 0:
+        sources = LabelStore(settings.labels_dir).read().column("source").to_pylist()
+        if not sources:
             problems.append(
                 f"no labels in {settings.labels_dir}: import yours with "
-                "`gatewise labels import FILE` (see docs/labels.md)"
+                "`gatewise labels import FILE` (see docs/labels.md), or start from none: "
+                "`gatewise labels weak` and `gatewise review export`"
+            )
+        elif labels == "weak" and "weak" not in sources:
+            problems.append(f"no weak labels in {settings.labels_dir}: `gatewise labels weak`")
+        elif labels == "reviewed" and set(sources) <= {"weak"}:
+            problems.append(
+                f"no reviewed labels in {settings.labels_dir}: `gatewise review export`, then "
+                "`gatewise labels import --source review FILE`"
             )
         if target.sensitive_features and not settings.consumers_path.exists():
             problems.append(
@@ -190,7 +226,9 @@ def check_ready(settings: Settings, name: str) -> None:
         raise DataQualityError("; ".join(problems))
 
 
-def target_dataset(settings: Settings, name: str, target: TargetSettings) -> Dataset:
+def target_dataset(
+    settings: Settings, name: str, target: TargetSettings, labels: str = "all"
+) -> Dataset:
     """The training set of a configured target, through Feast (payloads: from their table)."""
     from features.training import training_frame
 
@@ -198,7 +236,9 @@ def target_dataset(settings: Settings, name: str, target: TargetSettings) -> Dat
         return payload_dataset(target.data, name)
     label: pd.Series
     if target.label_source == "labels":
-        df = training_frame(settings, target.feature_service, labelled_windows(settings))
+        df = training_frame(
+            settings, target.feature_service, labelled_windows(settings, labels=labels)
+        )
         label = df["label"].astype(int)
         group_col = "client_id" if target.entity == "client" else "route_id"
     else:

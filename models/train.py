@@ -184,8 +184,10 @@ def run_automl(
     workers: int = 1,
     seed: int = 0,
     on_trial: Callable[[Any], None] | None = None,
+    labels: str | None = None,
 ) -> TrainResult:
-    """Search → refit → evaluate on the recent holdout → gate → MLflow + registry."""
+    """Search → refit → evaluate on the recent holdout → gate → MLflow + registry.
+    ``labels``: the label set the dataset came from (kept as a tag)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -310,6 +312,7 @@ def run_automl(
                 "data_fingerprint": fingerprint,
                 "optuna.study": study.study_name,
                 "workers": str(workers),
+                "labels": labels or "table",
             }
         )
         mlflow.log_params(
@@ -417,6 +420,7 @@ def run_automl(
         "target": name,
         "fairness.passed": "n/a" if fairness is None else str(fairness.passed).lower(),
         "fairness.notes": "" if fairness is None else "; ".join(fairness.reasons)[:4000],
+        "labels": labels or "table",
     }
     for k, v in tags.items():
         c.set_model_version_tag(model_name, version, k, v)
@@ -464,11 +468,16 @@ def _importance(model: Any, task: str, X: pd.DataFrame, y: np.ndarray, metric: s
     return pd.Series(r.importances_mean, index=X.columns)
 
 
-def train_target(settings: Settings, name: str, **kw: Any) -> TrainResult:
-    """AutoML for a target of ``gatewise.yaml`` (features from Feast)."""
+def train_target(settings: Settings, name: str, labels: str = "all", **kw: Any) -> TrainResult:
+    """AutoML for a target of ``gatewise.yaml`` (features from Feast); ``labels``: which
+    labels train it (``models.data.labelled_windows``). Anomaly targets learn without them."""
     target = settings.target(name)
-    ds = target_dataset(settings, name, target)
-    return run_automl(settings, ds, name, target, **kw)
+    if target.task == "anomaly":
+        from models.anomaly import train_anomaly
+
+        return train_anomaly(settings, name, target)
+    ds = target_dataset(settings, name, target, labels=labels)
+    return run_automl(settings, ds, name, target, labels=labels, **kw)
 
 
 def fit_table(

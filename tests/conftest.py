@@ -110,3 +110,34 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("GATEWISE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(REPO)
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def unlabelled_day(tmp_path_factory):
+    """A simulated day with features built and the truth kept outside the data dir: what a
+    real gateway gives (telemetry, consumers), and an oracle's answers beside it."""
+    from config.settings import load_settings
+    from features.build import build_windows
+    from telemetry.simulator.output import run_simulation
+    from tests.conftest import REPO
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("GATEWISE_")}
+    try:
+        root = tmp_path_factory.mktemp("unlabelled")
+        s = load_settings(REPO / "gatewise.yaml", data_dir=root / "data")
+        s = s.model_copy(
+            update={
+                "simulator": s.simulator.model_copy(
+                    update={"clients": 400, "days": 1.0, "seed": 23}
+                )
+            }
+        )
+        run = run_simulation(s, truth_dir=root / "truth")
+        build_windows(s)
+        truth = run.result.labels.to_pandas()
+        import pandas as pd
+
+        truth["event_timestamp"] = pd.to_datetime(truth["event_timestamp"], utc=True)
+        yield s, truth, run.result.clients.to_pandas()
+    finally:
+        os.environ.update(saved)
