@@ -32,6 +32,13 @@ class ScenarioShares(_Strict):
     flood: float = Field(0.01, ge=0, le=0.5)
     key_sharing: float = Field(0.015, ge=0, le=0.5)
     low_and_slow: float = Field(0.025, ge=0, le=0.5)
+    # styles added after the labelling functions were fixed (issue 21): off unless asked for
+    carding: float = Field(
+        0.0, ge=0, le=0.5, description="card testing: bursts of declined payments"
+    )
+    scalping: float = Field(
+        0.0, ge=0, le=0.5, description="polling a few hot items for hours, then ordering"
+    )
 
     @model_validator(mode="after")
     def _total(self) -> ScenarioShares:

@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 __all__ = ["ABUSE_SCENARIOS", "LEGIT_ROLES", "Population", "make_population"]
 
 TIER_NAMES = ("free", "pro", "enterprise")
-ABUSE_SCENARIOS = ("credential_stuffing", "scraping", "flood", "key_sharing", "low_and_slow")
+ABUSE_SCENARIOS = (
+    "credential_stuffing",
+    "scraping",
+    "flood",
+    "key_sharing",
+    "low_and_slow",
+    # added after the labelling functions were fixed (issue 21); share 0 by default
+    "carding",
+    "scalping",
+)
 LEGIT_ROLES = (
     "legit",
     "heavy_enterprise",

@@ -26,10 +26,24 @@ if TYPE_CHECKING:
 
 __all__ = ["MODES", "Episodes", "expand_events", "plan_episodes"]
 
-MODES = ("normal", "stuff", "enum", "flood", "shared", "slow", "batch", "export", "retry")
+MODES = (
+    "normal",
+    "stuff",
+    "enum",
+    "flood",
+    "shared",
+    "slow",
+    "batch",
+    "export",
+    "retry",
+    "card",  # card testing: declined payments from rotating addresses
+    "scalp",  # scalping: a few hot items polled for hours, orders when they turn up
+)
 M = {m: i for i, m in enumerate(MODES)}
 # modes whose requests are abusive
-ABUSIVE_MODES = np.array([m in ("stuff", "flood", "shared", "slow") for m in MODES])
+ABUSIVE_MODES = np.array(
+    [m in ("stuff", "flood", "shared", "slow", "card", "scalp") for m in MODES]
+)
 DAY = 86_400.0
 
 
@@ -127,6 +141,10 @@ def plan_episodes(pop: Population, cfg: SimulatorSettings, rng: np.random.Genera
     burst("batch_bursts", 1.2, (60, 300), (8, 40), "batch", False, night=True)
     burst("analysts", 1.5, (600, 3_600), (0.01, 0.06), "export", False)
     burst("mistypers", 2.0, (20, 90), (0.05, 0.15), "retry", False)
+    # the styles added after the labelling functions were fixed (share 0 unless asked for:
+    # no random draw happens for a role without clients, so other traffic stays as it was)
+    burst("carding", 1.0, (600, 2_400), (0.3, 1.5), "card", True)
+    burst("scalping", 1.0, (3_600, 3 * 3_600), (0.4, 2.0), "scalp", True)
     return Episodes.concat(parts)
 
 
@@ -148,7 +166,7 @@ def _everyday(pop: Population, hours: int, rng: np.random.Generator) -> Episodes
         sel = pop.role == ROLE[role]
         mode_of[sel] = M[m]
         mult[sel] = k
-    for role in ("credential_stuffing", "scraping", "flood"):
+    for role in ("credential_stuffing", "scraping", "flood", "carding", "scalping"):
         mult[pop.role == ROLE[role]] = 0.5
     lam = (pop.rate * mult / 24.0)[:, None] * shape * active
     counts = rng.poisson(lam)
@@ -330,6 +348,12 @@ def _routes(
         [0.4, 0.3, 0.3],
     )
     mix(mode == M["export"], [("GET", "/v1/reports/export"), ("GET", "/v1/orders")], [0.6, 0.4])
+    mix(mode == M["card"], [("POST", "/v1/payments"), ("POST", "/v1/orders")], [0.85, 0.15])
+    mix(
+        mode == M["scalp"],
+        [("GET", "/v1/inventory/{id}"), ("GET", "/v1/products/{id}"), ("POST", "/v1/orders")],
+        [0.75, 0.1, 0.15],
+    )
     slow = (mode == M["slow"]) & (rng.random(n) < 0.6)
     mix(
         slow,
@@ -361,6 +385,11 @@ def _ids(
         start = rng.integers(1, 150_000, len(ep.n))[e_idx[enum]]
         step = rank[enum] + rank[enum] // 20  # every 20th id is skipped (deleted items)
         ids[enum] = start + step
+    # scalping polls the same handful of hot items for the whole run
+    scalp = ep.mode[e_idx] == M["scalp"]
+    if scalp.any():
+        hot = rng.integers(1, 200_000, len(ep.n))[e_idx[scalp]]
+        ids[scalp] = np.minimum(hot + rng.integers(0, 6, int(scalp.sum())), space[scalp])
     return ids.astype(np.int64)
 
 
@@ -391,6 +420,14 @@ def _status(
     last = rank == ep.n[e_idx] - 1
     fail = np.where(mode == M["retry"], ~last, u < fail_p)
     status = np.where(login & fail, 401, status)
+    # card testing: most stolen or generated cards are declined; scalpers lose most races
+    card = mode == M["card"]
+    if card.any():
+        pay = route == route_id("POST", "/v1/payments")
+        status[card & pay] = np.where(rng.random(int((card & pay).sum())) < 0.85, 402, 201)
+    scalp_order = (mode == M["scalp"]) & (route == route_id("POST", "/v1/orders"))
+    if scalp_order.any():
+        status[scalp_order] = np.where(rng.random(int(scalp_order.sum())) < 0.6, 409, 201)
     v = rng.random(n)
     missing = has_id & (v < np.where(ep.route[e_idx] >= 0, 0.08, 0.04))
     status = np.where(missing & (status == 200), 404, status)
@@ -473,6 +510,23 @@ def _addresses(
         reg = rng.integers(0, len(REGION_NAMES), k)
         kind = rng.integers(1, 3, k)
         addr[stuff] = region_blocks(reg, kind) + rng.integers(0, 1_280, k).astype(np.uint32)
+    # card testing: rotating hosting and residential addresses, a few dozen per client
+    card = mode == M["card"]
+    k = int(card.sum())
+    if k:
+        c = cl[card].astype(np.uint32)
+        reg = (pop.region[cl[card]] + rng.integers(0, 3, k)) % len(REGION_NAMES)
+        kind = rng.integers(0, 2, k)
+        addr[card] = region_blocks(reg, kind) + (c * 104_729 + rng.integers(0, 48, k)) % 60_000
+    # scalping: a couple of servers in one hosting network
+    scalp = mode == M["scalp"]
+    k = int(scalp.sum())
+    if k:
+        c = cl[scalp].astype(np.uint32)
+        reg = pop.region[cl[scalp]]
+        addr[scalp] = region_blocks(reg, np.zeros(k, dtype=np.int64)) + (
+            c * 7_919 + rng.integers(0, 3, k).astype(np.uint32)
+        ) % 60_000
     # key sharing: one key from a few dozen addresses on several continents
     shared = mode == M["shared"]
     k = int(shared.sum())
