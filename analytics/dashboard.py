@@ -7,7 +7,8 @@ API the page draws from:
 - ``GET /api/meta``: datasets, the selected dataset's span and filter values, and a
   ``stamp`` that changes when telemetry (or a policy, check or model) lands;
 - ``GET /api/panel/{name}`` -> ``{"name", "columns", "rows", "meta"}``;
-  ``GET /api/panel/{name}.csv``: the same rows as a CSV attachment.
+  ``GET /api/panel/{name}.csv``: the same rows as a CSV attachment;
+- ``/review``: the review queue, worked from the keyboard (``analytics/review.py``).
 
 Every number is computed by the analytics functions (DuckDB pushdown); the panels are
 in ``analytics.dashboard_panels``. Answers are cached per (dataset, panel, query,
@@ -373,9 +374,15 @@ def create_app(
         yield
         dash.close()
 
+    from analytics.review import ReviewApi
+
+    review = ReviewApi(settings, STATIC_DIR)
     app = Starlette(
         routes=[
             Route("/", dash.index),
+            Route("/review", review.page),
+            Route("/api/review/queue", review.queue),
+            Route("/api/review/answer", review.answer, methods=["POST"]),
             Route("/api/meta", dash.meta),
             Route("/api/panel/{name}", dash.panel),
             # before the mount: the Plotly bundle ships inside the plotly package

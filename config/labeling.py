@@ -75,13 +75,14 @@ def _default_functions() -> list[LabelingFunction]:
         f(
             name="network_failing_clients",
             vote="abusive",
-            where="network_failing_clients_5m >= 3",
+            where="network_failing_clients_5m >= 4",
             description="several clients failing logins from one /24 network in five minutes",
         ),
         f(
             name="sequential_ids",
             vote="abusive",
-            where="enumeration_score_5m >= 0.6 AND request_count_5m >= 8",
+            where="enumeration_score_1h >= 0.8 AND enumeration_score_5m >= 0.6"
+            " AND request_count_5m >= 8",
             description="walks an id space in order (enumeration)",
         ),
         f(
@@ -93,8 +94,9 @@ def _default_functions() -> list[LabelingFunction]:
         f(
             name="sensitive_heavy",
             vote="abusive",
-            where="sensitive_share_1h >= 0.3 AND request_count_1h >= 10",
-            description="a third of an hour's requests on login, password reset or export",
+            where="sensitive_share_1h >= 0.35 AND request_count_1h >= 12 AND rate_401_1h > 0",
+            description="a third of an hour's requests on login, password reset or export, "
+            "with failed logins among them",
         ),
         f(
             name="flood_rate",
@@ -163,6 +165,15 @@ class LabelingSettings(_Strict):
         gt=0.5,
         lt=1,
         description="weak labels train only where P(abusive) >= this or <= 1 - this",
+    )
+    silent_prior: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="P(abusive) of a window no function voted on, before reviews say otherwise",
+    )
+    silent_strength: float = Field(
+        20.0, gt=0, description="how many reviewed silent windows that prior is worth"
     )
     review: ReviewSettings = ReviewSettings()
     harm: HarmBudget = HarmBudget()

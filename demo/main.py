@@ -3,7 +3,7 @@
 Simulate → store → summarise; why static limits are not enough; features (Prefect flow
 ``build_features`` → Feast); AutoML (flow ``train`` → MLflow → challenger); the payload
 scanner; deploy (flow ``deploy`` → BentoML → champion → policy); the gateway (backtest,
-then real HTTP); the closed loop; analytics. Each act is a module of this room.
+then real HTTP); the closed loop; a gateway with no labels (cold start); analytics. Each act is a module of this room.
 """
 
 from __future__ import annotations
@@ -105,6 +105,12 @@ def run_demo(console: Console, s: Settings, config: Path | None = None) -> None:
     from demo.closed_loop import run_closed_loop
 
     loop = run_closed_loop(console, s, config, minutes=1.5)
+    console.rule(
+        "[bold]a gateway with no labels[/]: day-one score → weak labels → reviews → harm bound"
+    )
+    from demo.cold_start_act import cold_start_demo
+
+    cold_start_demo(console, s, config)
     console.rule(
         "[bold]analytics[/]: which routes break SLO, which consumers we lost, was it our policy?"
     )

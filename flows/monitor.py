@@ -176,6 +176,66 @@ def score_now_task(settings: Settings, target: str, as_of: datetime, windows: An
     return scores
 
 
+@task(name="monitor-validation", cache_policy=NONE)
+def validation_task(
+    settings: Settings,
+    target: str,
+    at: datetime,
+    hours: float,
+    version: str | None,
+    drift: Any,
+    scores: Any,
+    publish: bool,
+) -> dict[str, Any]:
+    """Enforce only under a bounded harm estimate (``monitoring.validation``): an enforcing
+    target whose clearance no longer holds (another model version, drifted inputs) goes back
+    to shadow; a shadow target is judged on the period and, when its bound clears, enforced."""
+    from gateway.policy_store import PolicyStore, active_or_initial
+    from monitoring.validation import reopened, validate
+
+    policy = active_or_initial(settings)
+    t = policy.targets.get(target)
+    if t is None or t.mode == "off":
+        return {"status": "off"}
+    why = reopened(settings, target, version, None if drift is None else drift.share)
+    if why and t.mode == "enforce":
+        published = None
+        if publish:
+            new = policy.model_copy(
+                update={
+                    "targets": {**policy.targets, target: t.model_copy(update={"mode": "shadow"})}
+                }
+            )
+            published = (
+                PolicyStore(settings.policy_dir)
+                .publish(new, author="monitor", reason=f"back to shadow: {why}")
+                .version
+            )
+        return {"status": "reopened", "reason": why, "published": published}
+    if t.mode != "shadow":
+        return {"status": "enforcing"}
+    try:
+        v = validate(
+            settings,
+            target=target,
+            policy=policy,
+            since=at - timedelta(hours=hours),
+            until=at,
+            scores=scores,
+            publish=publish,
+            author="monitor",
+        )
+    except LookupError as exc:
+        return {"status": "not judged", "reason": str(exc)}
+    return {
+        "status": "cleared" if v.harm.cleared else "shadow",
+        "reason": v.harm.reason,
+        "bound": v.harm.bound,
+        "next_reviews": v.harm.next_reviews[:20],
+        "published": v.published,
+    }
+
+
 def _retrain(
     settings: Settings,
     target: str,
@@ -442,6 +502,9 @@ def monitor_flow(
         version,
         hours * 60 if override_minutes is None else override_minutes,
         hours,
+    )
+    pol["validation"] = validation_task(
+        settings, target, at, hours, version, feat, scores, publish_policy
     )
     if retrain and pol["retrain"]:
         pol["retrain_run"] = _retrain(settings, target, config_path, data_dir, retrain_cooldown_h)

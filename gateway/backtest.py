@@ -166,6 +166,7 @@ def backtest(
     scores: pd.DataFrame | None = None,
     clients: list[str] | None = None,
     counterfactuals: bool = True,
+    static: bool = False,
 ) -> BacktestReport:
     """Judge every recorded request under ``policy``, in event time.
 
@@ -178,7 +179,8 @@ def backtest(
     its own, under the policy with its shadow rules enforced (``as_enforced``: what shadow
     mode would really have stopped: a throttle band stops only what its reduced limit
     refuses) and, with labels, under the policy without model action (``without_model``),
-    so each band's report says what it stopped beyond the static rules.
+    so each band's report says what it stopped beyond the static rules (``static``: that
+    replay without labels too, for the harm bound).
     """
     t0 = time.perf_counter()
     df = _read(telemetry, start, end, clients)
@@ -188,7 +190,7 @@ def backtest(
     worlds: dict[str, DecisionCore] = {"": DecisionCore(policy, MemoryLimiter(), target=target)}
     if enforced is not None:
         worlds["would_"] = DecisionCore(enforced, MemoryLimiter(), target=target)
-    if counterfactuals and labels is not None:
+    if counterfactuals and (labels is not None or static):
         worlds["static_"] = DecisionCore(
             without_model(policy, target), MemoryLimiter(), target=target
         )

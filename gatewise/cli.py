@@ -412,6 +412,10 @@ from gatewise import cli_labels  # noqa: E402
 
 cli_labels.register(app)
 
+from gatewise import cli_review  # noqa: E402
+
+cli_review.register(app)
+
 
 def main() -> None:  # pragma: no cover
     app()

@@ -28,9 +28,10 @@ def import_(
         str,
         typer.Option(
             help="window: one row per client window (needs a time column); client: one row per"
-            " client, expanded to its windows with traffic"
+            " client, expanded to its windows with traffic; auto: window if there is a time"
+            " column"
         ),
-    ] = "window",
+    ] = "auto",
     by: Annotated[
         str | None, typer.Option("--by", help="who labelled (kept with each label)")
     ] = None,
@@ -61,6 +62,7 @@ def import_(
     c = _console()
     c.print(
         f"read {r.rows:,} row(s) from {file}: imported {r.imported_rows:,}, rejected {r.rejected:,}"
+        + (f", not answered yet {r.unanswered:,}" if r.unanswered else "")
     )
     if r.level == "client":
         c.print(

@@ -54,7 +54,7 @@ __all__ = [
     "read_any",
 ]
 
-Level = Literal["window", "client"]
+Level = Literal["window", "client", "auto"]
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "client_id": ("client_id", "client", "consumer", "consumer_id"),
@@ -104,6 +104,7 @@ class ImportReport:
     rejected: int = 0
     rejects_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    unanswered: int = 0  # review files: rows whose label is still empty
 
 
 # -- reading any file ---------------------------------------------------------------------
@@ -274,15 +275,29 @@ def import_labels(
     now: datetime | None = None,
 ) -> ImportReport:
     """Validate a labels file and write it as one batch of the labels table (see the module
-    docstring). Raises ``LabelImportError`` naming every bad value (unless ``skip_invalid``)."""
-    if source not in SOURCES:
-        raise LabelImportError(f"--source: {source!r} is not one of {', '.join(SOURCES)}")
-    if level not in ("window", "client"):
-        raise LabelImportError(f"--level: {level!r} is not window or client")
+    docstring). Raises ``LabelImportError`` naming every bad value (unless ``skip_invalid``).
+    ``level`` ``auto``: window when the file has a time column, else client. With source
+    ``review``, a row whose label is empty is a question not answered yet: skipped."""
+    if source not in SOURCES or source == "weak":
+        raise LabelImportError(
+            f"--source: {source!r} is not one of import, review, simulator (weak labels come "
+            "from `gatewise labels weak`)"
+        )
+    if level not in ("window", "client", "auto"):
+        raise LabelImportError(f"--level: {level!r} is not window, client or auto")
     now = now or datetime.now(UTC)
     raw = path.read_bytes() if path.is_file() else b""
     df = read_any(path)
     cols = {k: _pick(df, k) for k in _ALIASES}
+    if level == "auto":
+        level = "window" if cols["event_timestamp"] is not None else "client"
+    unanswered = 0
+    if source == "review" and cols["label"] is not None:
+        empty = df[cols["label"]].isna()
+        unanswered = int(empty.sum())
+        df = df[~empty].reset_index(drop=True)
+        if df.empty:
+            raise LabelImportError(f"{path}: no answered rows (the label column is empty)")
     missing = [k for k in ("client_id", "label") if cols[k] is None]
     if level == "window" and cols["event_timestamp"] is None:
         missing.append("event_timestamp")
@@ -372,6 +387,7 @@ def import_labels(
         path=path,
         source=source,
         level=level,
+        unanswered=unanswered,
         rows=len(df),
         imported_rows=len(good),
         windows=table.num_rows,

@@ -49,6 +49,8 @@ class WeakReport:
     merges: list[tuple[str, str, float]]
     abusive_confident: int  # windows with P(abusive) >= labeling.confident
     legitimate_confident: int
+    silent_windows: int = 0  # no function voted
+    silent_rate: float = 0.0  # P(abusive) they get (reviews of silent windows, smoothed)
     batch: str | None = None
     path: Path | None = None
     stats_path: Path | None = None
@@ -107,6 +109,16 @@ def weak_labels(
     known = known_labels(settings, windows)
     lm = LabelModel().fit(L, names, known=known)
     p = lm.predict_proba(L)
+    # windows where no function voted: the votes say nothing, and the model's prior for them
+    # is not identifiable from one-sided functions; the reviews of silent windows estimate
+    # how often silence hides abuse (smoothed towards labeling.silent_prior)
+    silent = (L == -1).all(axis=1)
+    cfg = settings.labeling
+    seen = silent & (known >= 0)
+    rate = (float((known[seen] == 1).sum()) + cfg.silent_strength * cfg.silent_prior) / (
+        float(seen.sum()) + cfg.silent_strength
+    )
+    p = np.where(silent, rate, p)
     p = np.where(known >= 0, known.astype(float), p)
     y_true = None
     if truth is not None:
@@ -133,6 +145,8 @@ def weak_labels(
         merges=lm.merges_,
         abusive_confident=int((p >= conf).sum()),
         legitimate_confident=int((p <= 1 - conf).sum()),
+        silent_windows=int(silent.sum()),
+        silent_rate=float(rate),
         votes=votes,
         windows_frame=windows,
         probability=p,
@@ -174,6 +188,8 @@ def _save_stats(settings: Settings, rep: WeakReport, now: datetime) -> Path:
         "merges": [list(m) for m in rep.merges],
         "abusive_confident": rep.abusive_confident,
         "legitimate_confident": rep.legitimate_confident,
+        "silent_windows": rep.silent_windows,
+        "silent_rate": rep.silent_rate,
         "batch": rep.batch,
         "functions": [
             {

@@ -275,9 +275,12 @@ def adapt_limits(
     if labels is not None and Path(labels).exists():
         from labeling.store import LabelStore
 
-        lab = LabelStore(labels).read(available_at=before).to_pandas()
+        store = LabelStore(labels)
+        lab = store.resolve(store.read(available_at=before)).to_pandas()  # a review wins
         if len(lab):
-            lab = lab[(lab["label"] == 1) & (_utc(lab["event_timestamp"]) >= lo)]
+            # a weak label excludes a client only where the label model is confident
+            unsure_weak = (lab["source"] == "weak") & (lab["probability"].fillna(1.0) < 0.8)
+            lab = lab[(lab["label"] == 1) & ~unsure_weak & (_utc(lab["event_timestamp"]) >= lo)]
             excluded |= set(lab["client_id"])
     con.register("excluded", _ids_table(excluded))
     costs = {k: r.cost for k, r in current.routes.items()}
@@ -454,7 +457,7 @@ def gate(
             b = backtest(candidate, telemetry, clients=sub, **kw).outcome
             cand = _shifted(cur, a, b)
         else:
-            cand = dict(cur)
+            cand = _shifted(cur, {}, {})
     else:
         cur = current_outcome or backtest(current, telemetry, **kw).outcome
         cand = backtest(candidate, telemetry, **kw).outcome
@@ -484,9 +487,10 @@ _COUNTS = ("abusive_stopped", "legitimate_harmed")
 
 def _shifted(full: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """``full`` with a subset's counts under policy a replaced by the same subset under b."""
+    keep = (*_COUNTS, "abusive_requests", "legitimate_requests")
     if not a or not b:
-        return dict(full)
-    out = dict(full)
+        return {k: full[k] for k in keep}
+    out = {k: full[k] for k in keep}  # what each policy enforces (shadow extras do not shift)
     for k in _COUNTS:
         out[k] = full[k] - a[k] + b[k]
     out["abusive_stopped_share"] = out["abusive_stopped"] / max(full["abusive_requests"], 1)

@@ -524,9 +524,10 @@ def _addresses(
     if k:
         c = cl[scalp].astype(np.uint32)
         reg = pop.region[cl[scalp]]
-        addr[scalp] = region_blocks(reg, np.zeros(k, dtype=np.int64)) + (
-            c * 7_919 + rng.integers(0, 3, k).astype(np.uint32)
-        ) % 60_000
+        addr[scalp] = (
+            region_blocks(reg, np.zeros(k, dtype=np.int64))
+            + (c * 7_919 + rng.integers(0, 3, k).astype(np.uint32)) % 60_000
+        )
     # key sharing: one key from a few dozen addresses on several continents
     shared = mode == M["shared"]
     k = int(shared.sum())

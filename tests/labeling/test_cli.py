@@ -73,9 +73,9 @@ def test_labels_commands(env, tmp_path):
     assert runner.invoke(app, ["ingest", "-f", "combined", str(log)]).exit_code == 0
     f = tmp_path / "labels.csv"
     f.write_text("client_id,label\nc1,abusive\nc2,legitimate\n")
-    res = runner.invoke(app, ["labels", "import", str(f)])
+    res = runner.invoke(app, ["labels", "import", str(f), "--level", "window"])
     assert res.exit_code == 2 and "--level client" in res.output
-    res = runner.invoke(app, ["labels", "import", str(f), "--level", "client", "--by", "ops"])
+    res = runner.invoke(app, ["labels", "import", str(f), "--by", "ops"])  # auto: client level
     assert res.exit_code == 0, res.output
     assert "expanded to 3 window(s)" in res.output
     res = runner.invoke(app, ["labels", "list"], env={"COLUMNS": "200"})
