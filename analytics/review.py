@@ -1,8 +1,9 @@
 """The dashboard's review page (``/review``): work the review queue with the keyboard.
 
 - ``GET /api/review/queue``: the queue (``labeling.review``) with each client's evidence,
-  minus the clients someone reviewed since it was built, and the harm bound it was built
-  for; ``?build=1`` builds a fresh one (as ``gatewise review export`` does);
+  minus the clients someone reviewed since it was built, the harm bound it was built for,
+  and the latest label-model run's per-function coverage, overlaps, conflicts and estimated
+  accuracy; ``?build=1`` builds a fresh one (as ``gatewise review export`` does);
 - ``POST /api/review/answer`` ``{"client_id", "label": "abusive"|"legitimate", "reviewer",
   "note"}``: the answer goes into the labels table as a review of the client over the
   queue's period (reviewer and time kept), like ``gatewise labels import --source review``.
@@ -79,6 +80,8 @@ class ReviewApi:
         done = await run_in_threadpool(
             reviewed_clients, self.settings, doc.get("since"), doc.get("until")
         )
+        weak = self.settings.data_dir / "labeling" / "weak-latest.json"
+        doc["weak"] = json.loads(weak.read_text()) if weak.exists() else None
         for it in doc["items"]:
             it["answered"] = (
                 None

@@ -23,8 +23,18 @@ async function load(build = false) {
   $("harm").textContent = h
     ? `harm bound ${pct(h.bound)} (budget ${pct(h.budget, 2)}): ${h.cleared ? "cleared" : "in shadow"}`
     : "";
+  functions(doc.weak);
   $("status").textContent = doc.note || `${state.items.length} client(s) from ${(doc.since || "").slice(0, 16)} to ${(doc.until || "").slice(0, 16)}`;
   render();
+}
+
+function functions(w) {
+  const t = $("functions-table");
+  if (!w) { t.innerHTML = '<tr><td class="muted">no label-model run yet: `gatewise labels weak`</td></tr>'; return; }
+  $("weak-info").textContent = `${w.windows.toLocaleString()} windows, ${(w.since || "").slice(0, 16)} to ${(w.until || "").slice(0, 16)}; modelled jointly: ${(w.merges || []).map((m) => m[0] + " + " + m[1]).join(", ") || "none"}`;
+  const num = (x, d = 3) => (x === null || x === undefined || Number.isNaN(x) ? "–" : Number(x).toFixed(d));
+  t.innerHTML = "<tr><th>function</th><th>votes</th><th>coverage</th><th>overlaps</th><th>conflicts</th><th>est. accuracy</th></tr>" +
+    w.functions.map((f) => `<tr><td title="${esc(f.where || f.description)}">${esc(f.name)}</td><td>${esc(f.vote)}</td><td>${num(f.coverage, 4)}</td><td>${num(f.overlaps, 2)}</td><td>${num(f.conflicts, 2)}</td><td>${num(f.estimated_accuracy, 2)}</td></tr>`).join("");
 }
 
 function render() {

@@ -71,6 +71,7 @@ def test_answers_from_the_keyboard_land_in_the_labels_table(review_server) -> No
         queue = page.locator('[data-testid="item"]')
         expect(queue).to_have_count(8)
         expect(page.locator('[data-testid="evidence-client"]')).to_contain_text(items[0].client_id)
+        expect(page.locator('[data-testid="functions-table"]')).to_contain_text("quiet_clean")
         # no name yet: the answer is refused and nothing is written
         page.keyboard.press("a")
         expect(page.locator('[data-testid="status"]')).to_contain_text("enter your name")
