@@ -147,9 +147,17 @@ def judge(s: Any, policy: Any, d: dict[str, Any], scores: pd.DataFrame | None) -
     )
     o = r.outcome
     dec = r.decisions
-    new = dec["client_id"].map(d["roles_later"]).isin(["carding", "scalping"])
+    role = dec["client_id"].map(d["roles_later"])
+    new = role.isin(["carding", "scalping"])
     ab = dec["abusive"] == 1
+    stopped = dec["action"].isin(STOP)
+    harmed_by_role = (
+        dec[stopped & ~ab].groupby(role[stopped & ~ab]).size().sort_values(ascending=False)
+    )
+    missed_by_role = dec[~stopped & ab].groupby(role[~stopped & ab]).size()
     return {
+        "harmed_by_role": {str(k): int(v) for k, v in harmed_by_role.head(5).items()},
+        "missed_by_role": {str(k): int(v) for k, v in missed_by_role.items()},
         "stopped": o["abusive_stopped_share"],
         "harmed": o["legitimate_harmed_share"],
         "if_enforced_stopped": o.get("if_enforced", o)["abusive_stopped_share"],
@@ -313,6 +321,7 @@ def run_seed(a: argparse.Namespace, seed: int, transfer_model: Any) -> dict[str,
             "weak_prior": weak.prior,
             "model_version": tr.version,
             **{f"deployed_{k}": x for k, x in out.items() if not k.startswith("if_")},
+            "static_harmed_by_role": static_out["harmed_by_role"],
             "unbounded_stopped": out["if_enforced_stopped"],
             "unbounded_harmed": out["if_enforced_harmed"],
             "limits_only_stopped": limits_only["stopped"],

@@ -228,6 +228,14 @@ class GatewaySettings(_Strict):
         ],
         description="initial policy: score bands of the payload target (shadow mode)",
     )
+    anomaly_bands: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"min_score": 0.995, "action": "throttle", "limit_factor": 0.25},
+            {"min_score": 0.9995, "action": "block"},
+        ],
+        description="initial policy: score bands of an anomaly target (day one, shadow mode;"
+        " its score is a cohort CDF, so 0.995 = the most unusual 0.5 %)",
+    )
     cache: CacheSettings = CacheSettings()
     compression_min_bytes: int = Field(1024, ge=0)
     telemetry: TelemetrySink = TelemetrySink()

@@ -343,10 +343,24 @@ def default_policy(
 
 
 def initial_policy(settings: Any) -> Policy:
-    """Version 0 as ``gatewise.yaml`` describes it (``settings``: ``config.Settings``)."""
+    """Version 0 as ``gatewise.yaml`` describes it (``settings``: ``config.Settings``): the
+    static limits, the abuse and payload targets, and each anomaly target (day one), all in
+    shadow."""
     g = settings.gateway
-    return default_policy(
+    p = default_policy(
         settings.static_limits_per_minute, g.route_costs, g.score_bands, g.scan_bands
+    )
+    anomaly = [n for n, t in settings.targets.items() if t.task == "anomaly"]
+    if not anomaly:
+        return p
+    bands = [Band.model_validate(x) for x in g.anomaly_bands]
+    return p.model_copy(
+        update={
+            "targets": {
+                **p.targets,
+                **{n: TargetPolicy(mode="shadow", bands=bands) for n in anomaly},
+            }
+        }
     )
 
 

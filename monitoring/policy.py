@@ -275,8 +275,8 @@ def adapt_limits(
     if labels is not None and Path(labels).exists():
         from labeling.store import LabelStore
 
-        store = LabelStore(labels)
-        lab = store.resolve(store.read(available_at=before)).to_pandas()  # a review wins
+        label_store = LabelStore(labels)
+        lab = label_store.resolve(label_store.read(available_at=before)).to_pandas()
         if len(lab):
             # a weak label excludes a client only where the label model is confident
             unsure_weak = (lab["source"] == "weak") & (lab["probability"].fillna(1.0) < 0.8)
