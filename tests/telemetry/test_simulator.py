@@ -52,7 +52,9 @@ def test_population_mix(sim):
     assert set(cl.column("tier").to_pylist()) == {"free", "pro", "enterprise"}
     assert len(set(cl.column("region").to_pylist())) >= 5
     roles = set(cl.column("role").to_pylist())
-    assert set(ABUSE_SCENARIOS) <= roles
+    # every style on by default; carding and scalping (added later) only when asked for
+    assert set(ABUSE_SCENARIOS) - {"carding", "scalping"} <= roles
+    assert not {"carding", "scalping"} & roles
     assert {
         "heavy_enterprise",
         "mistypers",
@@ -211,3 +213,31 @@ def test_group_skew_makes_one_group_look_noisier():
     f0, a0 = login_fail(simulate(base), "ap-south")
     f1, a1 = login_fail(simulate(skewed), "ap-south")
     assert f1 > 1.5 * f0 and a1 > a0
+
+
+def test_the_styles_added_later_when_asked_for():
+    """Carding and scalping (share 0 by default): their clients exist, their requests are
+    abusive, and each looks like itself: declined payments; a few items polled for hours."""
+    cfg = SimulatorSettings(clients=600, days=0.5, seed=4)
+    cfg = cfg.model_copy(
+        update={"scenarios": cfg.scenarios.model_copy(update={"carding": 0.02, "scalping": 0.02})}
+    )
+    r = simulate(cfg)
+    ev = r.events.to_pandas()
+    role = dict(
+        zip(
+            r.clients.column("client_id").to_pylist(),
+            r.clients.column("role").to_pylist(),
+            strict=True,
+        )
+    )
+    ev["role"] = ev["client_id"].map(role)
+    card = ev[ev.role == "carding"]
+    pay = card[card.http_route == "/v1/payments"]
+    assert len(pay) > 100 and (pay.http_response_status_code == 402).mean() > 0.6
+    scalp = ev[(ev.role == "scalping") & (ev.http_route == "/v1/inventory/{id}")]
+    assert len(scalp) > 500
+    per_client_items = scalp.groupby("client_id")["url_path"].nunique()
+    assert per_client_items.median() < 60  # a handful of hot items per run
+    lab = r.labels.to_pandas()
+    assert lab.loc[lab.scenario.isin(["carding", "scalping"]), "label"].sum() > 10
