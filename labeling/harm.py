@@ -177,7 +177,9 @@ def harm_bound(
     # what would settle it: unreviewed take-all clients, then the next draws
     nxt: list[str] = list(take_unrev)
     if not cleared and h_r:
-        room = budget * legit_low - take_harm
+        # as if the unreviewed take-all clients come back abusive: the draws that would then
+        # settle it
+        room = budget * legit_low - (take_harm - sum(hmap[c] for c in take_unrev))
         need = 0
         if room > 0:
             while need < max_draws - used:
