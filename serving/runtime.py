@@ -67,7 +67,7 @@ class Loaded:
     loaded_at: float = field(default_factory=time.time)
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        if self.task == "binary":
+        if self.task in ("binary", "anomaly"):  # an anomaly model's score is its class-1 column
             return np.asarray(self.model.predict_proba(X[self.features])[:, 1], dtype=float)
         return np.asarray(self.model.predict(X[self.features]), dtype=float)
 
