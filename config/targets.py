@@ -40,6 +40,19 @@ class FairnessBounds(_Strict):
     min_group_negatives: int = Field(
         10, ge=1, description="an FPR needs this many legitimate rows in the group"
     )
+    max_group_fpr: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="legitimate harm per group: a judgeable group's false-positive rate must "
+        "stay under this at 95 % confidence (its Clopper-Pearson upper bound)",
+    )
+    min_group_positives: int = Field(
+        30,
+        ge=1,
+        description="an FNR gap is gated only between groups with this many positives each "
+        "(fewer: reported, not gated; a handful of abusive windows is not a group's recall)",
+    )
 
 
 class Costs(_Strict):

@@ -92,13 +92,27 @@ def cold_start_demo(console: Console, s0: Settings, config: Path | None, reviews
     )
     weak_labels(console, s, config)
     m = train(console, s, config, "abuse", min(45.0, s.target("abuse").time_budget_s), None, 1, 0)
-    promote(s, "abuse", m.version, force=True)
-    console.print(
-        f"v{m.version} is champion (forced: its gate compared {len(items)} reviewed clients at "
-        "best); whether it may act is the harm bound's call:"
+    if m.eligible:
+        promote(s, "abuse", m.version)
+        console.print(f"v{m.version} is champion; whether it may act is the harm bound's call:")
+    else:
+        console.print(
+            f"v{m.version} stays a challenger (its gate refused it); the harm bound still says "
+            "what it would do:"
+        )
+    from gateway.policy import initial_policy
+
+    base = initial_policy(s)
+    policy = base.model_copy(
+        update={
+            "targets": {
+                **base.targets,
+                "abuse": base.targets["abuse"].model_copy(update={"model_version": m.version}),
+            }
+        }
     )
     try:
-        v = validate(s, target="abuse")
+        v = validate(s, target="abuse", policy=policy)
     except LookupError as exc:
         console.print(f"harm bound not judged: {exc}")
         return

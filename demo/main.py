@@ -79,9 +79,7 @@ def run_demo(console: Console, s: Settings, config: Path | None = None) -> None:
         f"browse runs with `.venv/bin/mlflow ui --backend-store-uri {s.mlflow_uri}`"
     )
     if not r.eligible:
-        console.print(
-            "the gate refused this challenger (see above); `gatewise promote --force` overrides it"
-        )
+        console.print("the gate refused this challenger (see above): it will not be deployed")
     console.rule("payload scanning: AutoML on real attack payloads → gate → compact champion")
     from demo.payload_act import payload_demo
 
@@ -131,20 +129,21 @@ def run_demo(console: Console, s: Settings, config: Path | None = None) -> None:
 
 
 def deploy_demo(console: Console, s: Settings, config: Path | None, r: Any) -> str | None:
-    """Deploy the new challenger (forced, and said so, when the gate refused it)."""
+    """Deploy the new challenger when its gate passed it; a refused one is not deployed (no
+    --force): the abuse target stays in shadow without a champion, and the demo says so."""
     from flows.deploy import DeployError, deploy_flow
 
-    force = not r.eligible
-    if force:
+    if not r.eligible:
         console.print(
-            f"[yellow]the gate refused v{r.version}; the demo deploys it anyway with --force so the "
-            "loop can be seen end to end (the version is tagged deploy.forced=true)[/]"
+            f"[yellow]the gate refused v{r.version} ({'; '.join(r.reasons)[:300]}): it is not "
+            "deployed; the gateway runs without a champion (the abuse target stays in shadow, "
+            "static limits apply)[/]"
         )
+        return None
     try:
         out = deploy_flow(
             target="abuse",
             version=r.version,
-            force=force,
             config_path=str(config) if config else None,
             data_dir=str(s.data_dir.resolve()),
         )

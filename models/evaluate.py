@@ -95,17 +95,24 @@ class FairnessReport:
         pd.DataFrame
     )  # feature, group, n, negatives, positives, selection_rate, fpr, fnr, judgeable
     passed: bool
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # everything the gate saw and said
     gaps: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # the reasons that refuse
 
 
 def fairness_report(
     y: np.ndarray, pred: np.ndarray, sensitive: pd.DataFrame, bounds: FairnessBounds
 ) -> FairnessReport:
-    """Fairlearn ``MetricFrame`` per sensitive feature: selection rate, FPR, FNR, group sizes.
+    """Fairlearn ``MetricFrame`` per sensitive feature: selection rate, FPR, FNR, group sizes,
+    and the gate's verdict on them.
 
-    A group smaller than ``min_group_size`` (or with too few legitimate rows for
-    an FPR) is marked unjudgeable and left out of the gaps, never counted as fair.
+    The gate judges harm: every group with at least ``min_group_size`` rows and
+    ``min_group_negatives`` legitimate rows must keep its false-positive rate under
+    ``max_group_fpr`` at 95 % confidence (Clopper-Pearson upper bound), and the FPR gap
+    between such groups must stay under ``max_fpr_difference``. FNR gaps are gated only
+    between groups with ``min_group_positives`` positives each; otherwise they are reported
+    as not judged. A group too small to judge is reported as such, never counted as fair; the
+    report says which share of groups could not be judged.
     """
     from fairlearn.metrics import (
         MetricFrame,
@@ -126,6 +133,9 @@ def fairness_report(
                 "n": lambda yt, yp: len(yt),
                 "negatives": lambda yt, yp: int((np.asarray(yt) == 0).sum()),
                 "positives": lambda yt, yp: int((np.asarray(yt) == 1).sum()),
+                "false_positives": lambda yt, yp: int(
+                    ((np.asarray(yt) == 0) & (np.asarray(yp) == 1)).sum()
+                ),
             },
             y_true=y,
             y_pred=pred.astype(int),
@@ -136,13 +146,23 @@ def fairness_report(
         g["judgeable"] = (g["n"] >= bounds.min_group_size) & (
             g["negatives"] >= bounds.min_group_negatives
         )
+        g["fpr_upper"] = [
+            rate_upper_bound(int(fp), int(n))[1]
+            for fp, n in zip(g["false_positives"], g["negatives"], strict=True)
+        ]
+        g["fnr_judgeable"] = g["judgeable"] & (g["positives"] >= bounds.min_group_positives)
         rows.append(g)
         ok = g[g["judgeable"]]
+        for _, r in ok[ok["fpr_upper"] > bounds.max_group_fpr].iterrows():
+            reasons.append(
+                f"{col}={r['group']}: harm bound, FPR {int(r['false_positives'])}/"
+                f"{int(r['negatives'])} upper bound {r['fpr_upper']:.3f} > {bounds.max_group_fpr}"
+            )
         if len(ok) < 2:
             reasons.append(f"{col}: fewer than two groups large enough to judge")
             continue
         fpr_gap = float(ok["fpr"].max() - ok["fpr"].min())
-        ok_fnr = ok[ok["positives"] >= bounds.min_group_negatives]
+        ok_fnr = g[g["fnr_judgeable"]]
         fnr_gap = (
             float(ok_fnr["fnr"].max() - ok_fnr["fnr"].min()) if len(ok_fnr) >= 2 else float("nan")
         )
@@ -154,9 +174,19 @@ def fairness_report(
             )
         if np.isfinite(fnr_gap) and fnr_gap > bounds.max_fnr_difference:
             reasons.append(f"{col}: FNR gap {fnr_gap:.3f} > {bounds.max_fnr_difference}")
+        elif not np.isfinite(fnr_gap):
+            reasons.append(
+                f"{col}: FNR not judged (fewer than two groups with "
+                f"{bounds.min_group_positives}+ positives)"
+            )
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    failed = [r for r in reasons if "gap" in r]
-    return FairnessReport(table=table, passed=not failed, reasons=reasons, gaps=gaps)
+    failed = [r for r in reasons if ("gap" in r and "not judged" not in r) or "harm bound" in r]
+    if len(table):
+        share = float(1 - table["judgeable"].mean())
+        reasons.append(f"{share:.0%} of groups too small to judge")
+    return FairnessReport(
+        table=table, passed=not failed, reasons=reasons, gaps=gaps, failures=failed
+    )
 
 
 def write_plots(

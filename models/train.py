@@ -297,7 +297,7 @@ def run_automl(
             target.fairness,
         )
         if not fairness.passed:
-            reasons += [r for r in fairness.reasons if "gap" in r]
+            reasons += fairness.failures
     eligible = not reasons
 
     ensure_experiment(settings, name)
