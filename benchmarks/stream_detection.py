@@ -244,7 +244,7 @@ def server(app: Any, port: int) -> ThreadedServer:
     """uvicorn in a background thread, as the demo runs it. The load generator stands in for a
     load balancer on loopback: the gateway takes the client address from its X-Forwarded-For
     (uvicorn's proxy headers, trusted from 127.0.0.1)."""
-    return ThreadedServer(app, port, proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+    return ThreadedServer(app, port, proxy_headers=False)
 
 
 # traffic -------------------------------------------------------------------------------

@@ -240,9 +240,26 @@ class GatewaySettings(_Strict):
     compression_min_bytes: int = Field(1024, ge=0)
     telemetry: TelemetrySink = TelemetrySink()
     policy_poll_s: float = Field(1.0, gt=0)
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="networks (CIDR) whose X-Forwarded-For / Forwarded headers are believed;"
+        " from any other peer the headers are ignored and the peer is the client",
+    )
     client_id_header: str | None = Field(
         None, description="trusted header naming the consumer for anonymous routes"
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for i, c in enumerate(v):
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies[{i}]: {c!r} is not an address or CIDR") from None
+        return v
 
     @model_validator(mode="after")
     def _routes_have_services(self) -> GatewaySettings:

@@ -13,7 +13,7 @@
    have their context; replayed long after its history, every client looks new.
 2. **Phase A.** Every request is sent over HTTP to the real gateway (uvicorn, loopback) at its
    recorded offset — real rate, open loop — with its client's API key, address
-   (``X-Forwarded-For``, trusted from 127.0.0.1), user agent and request id. The upstream
+   (``X-Forwarded-For``, believed from 127.0.0.1: gateway.trusted_proxies), user agent and request id. The upstream
    answers as the recorded one did (status, size, latency: ``upstream_app(replay=True)``).
    The policy in force is the active one with the abuse target switched to ``enforce`` (an
    operator step after the shadow evidence, recorded with its reason); the gateway does not
@@ -467,7 +467,7 @@ def run_closed_loop(
     mon: dict[str, Any] = {}
     with (
         ThreadedServer(upstream_app(replay=True), up_port),
-        ThreadedServer(app, gw_port, proxy_headers=True, forwarded_allow_ips="127.0.0.1"),
+        ThreadedServer(app, gw_port, proxy_headers=False),
     ):
         base = f"http://127.0.0.1:{gw_port}"
         for name, part in (("A", phase_a), ("B", phase_b)):

@@ -260,7 +260,7 @@ def gateway_demo(
     try:
         with (
             ThreadedServer(upstream_app(latency_scale=0.05), up_port),
-            ThreadedServer(app, gw_port),
+            ThreadedServer(app, gw_port, proxy_headers=False),
         ):
             counts = asyncio.run(_drive(f"http://127.0.0.1:{gw_port}", keys, seconds, injected))
     finally:

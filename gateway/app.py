@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from config.settings import Settings
+from gateway.addresses import ClientAddress
 from gateway.auth import Authenticator, AuthResult, ConsumersFile, Principal, Rbac
 from gateway.cache import ResponseCache
 from gateway.decision import DecisionCore
@@ -98,6 +99,7 @@ class Gateway:
                 RedisLimiter(g.redis_url) if g.ratelimit_backend == "redis" else MemoryLimiter()
             )
         self.core = DecisionCore(policy, limiter, target=g.scoring.target)
+        self.addresses = ClientAddress(g.trusted_proxies)
         self.auth = Authenticator(ConsumersFile.load(settings.gateway_consumers_path), g.jwt)
         self.rbac = Rbac(g.roles)
         self.router = Router(g.routes)
@@ -249,7 +251,9 @@ class Gateway:
         ev: dict[str, Any] = {
             "timestamp": datetime.fromtimestamp(now, UTC),
             "request_id": rid,
-            "client_address": request.client.host if request.client else None,
+            "client_address": self.addresses.resolve(
+                request.client.host if request.client else None, h
+            ),
             "user_agent": h.get("user-agent"),
             "http_request_method": method,
             "url_path": path,
@@ -276,7 +280,8 @@ class Gateway:
             h.get("x-api-key") or h.get("authorization")
         ):
             cid = (self.cfg.client_id_header and h.get(self.cfg.client_id_header)) or (
-                request.client.host if request.client else "anonymous"
+                self.addresses.resolve(request.client.host if request.client else None, h)
+                or "anonymous"
             )
             return AuthResult(True, "anonymous", Principal(cid, ("anonymous",)))
         return self.auth.authenticate(h)

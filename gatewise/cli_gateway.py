@@ -50,11 +50,19 @@ def gateway(
             workers=workers,
             log_level="warning",
             access_log=False,
+            proxy_headers=False,  # the gateway reads forwarded headers from trusted proxies only
         )
         return
     from gateway.app import create_app
 
-    uvicorn.run(create_app(s), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(s),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # gateway.trusted_proxies decides (gateway/addresses.py)
+    )
 
 
 def upstreams(
