@@ -55,6 +55,18 @@ class PolicyRules(BaseModel):
         "default heavy trusted clients get allowances of their own instead",
     )
     allowance_days: float = Field(7.0, gt=0, description="how long an allowance lasts")
+    choose_bands: bool = Field(
+        True,
+        description="score bands follow what they do to labelled traffic (monitoring/bands.py)",
+    )
+    band_cuts: list[float] = Field(
+        default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95, 0.98],
+        description="the score cuts the band search tries",
+    )
+    band_throttle_rates: list[int] = Field(
+        default_factory=lambda: [2, 10],
+        description="absolute throttle rates (requests per minute) the band search tries",
+    )
 
 
 class MonitoringSettings(BaseModel):

@@ -303,6 +303,7 @@ def policy_task(
     model_version: str | None = None,
     override_minutes: float = 60.0,
     period_hours: float = 1.0,
+    window_scores: Any = None,
 ) -> dict[str, Any]:
     """Three stages, each gated on its own against what the stages before it left (so an
     override list that would harm legitimate clients does not also sink a sound limits change):
@@ -379,6 +380,24 @@ def policy_task(
     # findings change model-based action only: clients with a recorded score
     scored = _scored_clients(settings, as_of - timedelta(days=1), as_of)
     accepted = judge("findings", found, current, scored)
+    if rules.choose_bands and window_scores is not None and len(window_scores):
+        from monitoring.bands import choose_bands
+
+        prop, table = choose_bands(
+            accepted,
+            settings.telemetry_dir,
+            settings.labels_dir,
+            window_scores,
+            target=target,
+            rules=rules,
+            start=kw["start"],
+            end=kw["end"],
+            label_window_minutes=kw["label_window_minutes"],
+        )
+        if len(table):
+            out["band_search"] = table.to_dict("records")
+        key = "client_id" if "client_id" in window_scores.columns else "entity"
+        accepted = judge("bands", prop, accepted, set(window_scores[key].astype(str)))
     if rules.adapt_limits:
         # limits follow normal traffic: without labelled-abusive and flagged clients
         flagged = {o.client_id for o in current.overrides}
@@ -502,6 +521,7 @@ def monitor_flow(
         version,
         hours * 60 if override_minutes is None else override_minutes,
         hours,
+        scores,
     )
     pol["validation"] = validation_task(
         settings, target, at, hours, version, feat, scores, publish_policy

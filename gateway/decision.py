@@ -123,7 +123,7 @@ class DecisionCore:
                     d = Decision(band.action, band.action, r, STATUS[band.action], band=name)
                     return _Plan([], d, band.action, r, name)
                 else:  # throttle: the client keeps a share of its limit
-                    rpm = max(1, int(rpm * band.limit_factor))
+                    rpm = band.throttled(rpm)
                     burst = max(1, min(burst, rpm))
                     reason = f"score {score:.3f} >= {band.min_score}: throttled to {rpm}/min"
                     rule_name = band_name(self.target, band)

@@ -253,7 +253,7 @@ def to_envoy_ratelimit(
         for band in (b for b in target.bands if b.action != "allow"):
             per_tier = []
             for t, tl in tiers:
-                rpm = max(1, int(tl.requests_per_minute * band.limit_factor))  # as decision.py
+                rpm = band.throttled(tl.requests_per_minute)  # as decision.py
                 n = 0 if band.action in _DENY else rpm
                 if t not in exempt:
                     per_tier.append(

@@ -114,6 +114,18 @@ class Band(_Strict):
     limit_factor: float = Field(
         0.25, gt=0, le=1, description="throttle: share of the tier limit the client keeps"
     )
+    requests_per_minute: int | None = Field(
+        None,
+        gt=0,
+        description="throttle: an absolute rate instead (a share of a tier limit does nothing "
+        "to a client already running under it)",
+    )
+
+    def throttled(self, rpm: int) -> int:
+        """The limit a throttle band leaves a client whose limit is ``rpm``."""
+        if self.requests_per_minute is not None:
+            return min(rpm, self.requests_per_minute)
+        return max(1, int(rpm * self.limit_factor))
 
 
 def _check_bands(bands: list[Band]) -> None:

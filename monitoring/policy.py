@@ -191,7 +191,7 @@ def overrides_from_scores(
         band = tp.band(float(score))
         if band is None or band.action == "allow" or any(o.client_id == cid for o in keep):
             continue
-        rpm = max(1, int(tier_rpm * band.limit_factor)) if band.action == "throttle" else None
+        rpm = band.throttled(tier_rpm) if band.action == "throttle" else None
         reason = f"{target} score {float(score):.3f} >= band {band.min_score:g} ({band.action})"
         written.append(
             Override(
