@@ -97,6 +97,11 @@ class SimulatorSettings(_Strict):
     start: datetime = datetime(2026, 11, 2, tzinfo=UTC)
     mean_requests_per_client_day: float = Field(400.0, gt=0)
     label_window_minutes: int = Field(5, ge=1, le=1440)
+    through_gateway: bool = Field(
+        True,
+        description="`gatewise simulate` records the history as a gateway with the initial"
+        " policy would have: refusals as 429/403, clients that back off (gateway/history.py)",
+    )
     scenarios: ScenarioShares = ScenarioShares()
     lookalikes: LookalikeShares = LookalikeShares()
     drift: DriftKnobs = DriftKnobs()

@@ -64,13 +64,24 @@ def simulation(console: Console, s: Settings, emit: str | None) -> Any:
     with console.status(
         f"simulating {cfg.clients:,} clients over {cfg.days:g} day(s) (seed {cfg.seed})..."
     ):
-        run, labels_path = simulate_labelled(s, emit=emit)
+        transform = None
+        if s.simulator.through_gateway:
+            from gateway.history import through_gateway_hook
+
+            transform = through_gateway_hook(s)
+        run, labels_path = simulate_labelled(s, emit=emit, transform=transform)
     ev = run.result.events
+    how = " (through the initial policy: refusals, clients that back off)" if transform else ""
     console.print(
-        f"generated [bold]{ev.num_rows:,}[/] events in {run.seconds_generate:.1f}s "
+        f"generated [bold]{ev.num_rows:,}[/] events{how} in {run.seconds_generate:.1f}s "
         f"({ev.num_rows / max(run.seconds_generate, 1e-9):,.0f} events/s); stored {run.appended.written:,} "
         f"(duplicate {run.appended.duplicates:,}) in {run.seconds_write:.1f}s"
     )
+    if transform:
+        import pyarrow.compute as pc
+
+        refused = pc.sum(pc.not_equal(ev.column("ratelimit_decision"), "allow")).as_py() or 0
+        console.print(f"the initial policy refused {refused:,} of them (recorded as 429/403)")
     console.print(
         f"telemetry: {s.telemetry_dir}   labels: {labels_path}   consumers: {run.consumers_path}"
     )

@@ -171,8 +171,10 @@ def harm_bound(
     legit_low = total - sum(req.get(c, 0) for c in assumed_abusive)
     legit_low = max(legit_low, 1)
     upper = take_harm + h_r * f_up
-    bound = upper / legit_low
-    estimate = (take_harm + h_r * f_hat) / legit_low
+    # harmed legitimate requests never exceed the legitimate ones: a share above 1 says only
+    # that the denominator's lower bound is loose, so the bound is capped at 1
+    bound = min(upper / legit_low, 1.0)
+    estimate = min((take_harm + h_r * f_hat) / legit_low, 1.0)
     cleared = bound <= budget
     # what would settle it: unreviewed take-all clients, then the next draws
     nxt: list[str] = list(take_unrev)

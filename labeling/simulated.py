@@ -10,20 +10,29 @@ real gateway's (telemetry and consumers, no labels) calls
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import pyarrow as pa
 
 from config.settings import Settings
 from labeling.store import LabelStore
+from telemetry.simulator import SimulationResult
 from telemetry.simulator.output import SimulationRun, run_simulation
 
 __all__ = ["simulate_labelled"]
 
 
 def simulate_labelled(
-    settings: Settings, *, emit: str | None = None, emit_path: Path | None = None
+    settings: Settings,
+    *,
+    emit: str | None = None,
+    emit_path: Path | None = None,
+    transform: Callable[[pa.Table, SimulationResult], pa.Table] | None = None,
 ) -> tuple[SimulationRun, Path]:
     """Simulate per ``settings.simulator``; returns the run and the label batch it wrote
-    (re-running the same simulation replaces that batch: no duplicates)."""
-    run = run_simulation(settings, emit=emit, emit_path=emit_path)
+    (re-running the same simulation replaces that batch: no duplicates). ``transform``: see
+    ``run_simulation``."""
+    run = run_simulation(settings, emit=emit, emit_path=emit_path, transform=transform)
     path = LabelStore(settings.labels_dir).write(run.result.labels, run.name)
     return run, path

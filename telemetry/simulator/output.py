@@ -9,6 +9,7 @@ holds what a real gateway gives: telemetry and consumers, no labels.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,18 +48,23 @@ def run_simulation(
     emit: str | None = None,
     emit_path: Path | None = None,
     truth_dir: Path | None = None,
+    transform: Callable[[pa.Table, SimulationResult], pa.Table] | None = None,
 ) -> SimulationRun:
     """Simulate per ``settings.simulator`` and store it under ``settings.data_dir``.
 
     Telemetry goes to the store (deduplicated by ``request_id``, so the same
     seed twice adds nothing); the consumers table is written as Parquet and CSV
-    (``gatewise ingest --consumers``); the truth goes to ``truth_dir``.
+    (``gatewise ingest --consumers``); the truth goes to ``truth_dir``. ``transform``
+    rewrites the events before they are stored (e.g. ``gateway.history.through_gateway_hook``:
+    the history as a gateway with a policy recorded it).
     """
     import time
 
     cfg = settings.simulator
     t0 = time.perf_counter()
     result = simulate(cfg)
+    if transform is not None:
+        result.events = transform(result.events, result)
     t1 = time.perf_counter()
     appended = TelemetryStore(settings.telemetry_dir).append(result.events)
     name = f"simulator-seed{cfg.seed}-{cfg.start:%Y%m%dT%H%M}-{cfg.days:g}d-{cfg.clients}c"
