@@ -60,6 +60,29 @@ class IngestSettings(_Strict):
     )
 
 
+class AsOfSettings(_Strict):
+    """Training rows as the online store held them (features/asof.py): the stream processor
+    replays each built day and its rows at a grid of instants inside windows are kept."""
+
+    enabled: bool = True
+    every_minutes: int = Field(
+        30, ge=5, le=1440, description="one as-of instant per this many minutes of each day"
+    )
+    offsets_s: list[int] = Field(
+        [60, 150, 240],
+        min_length=1,
+        description="seconds into its 5-minute window of each instant, cycled over the grid",
+    )
+
+    @field_validator("offsets_s")
+    @classmethod
+    def _inside_window(cls, v: list[int]) -> list[int]:
+        bad = [o for o in v if not 0 < o < 300]
+        if bad:
+            raise ValueError(f"offsets {bad} must be inside a 5-minute window: 1..299 s")
+        return v
+
+
 class FeatureSettings(_Strict):
     """Where Feast keeps its registry and online store (offline: DuckDB over Parquet)."""
 
@@ -77,6 +100,7 @@ class FeatureSettings(_Strict):
     label_delay_minutes: int = Field(
         0, ge=0, description="labels become usable this long after their window"
     )
+    asof: AsOfSettings = AsOfSettings()
 
 
 class TrackingSettings(_Strict):

@@ -86,6 +86,12 @@ class TargetSettings(_Strict):
     task: Literal["binary", "regression", "anomaly"]
     entity: Literal["client", "route", "request"]
     feature_service: str
+    training_feature_service: str | None = Field(
+        None,
+        description="the Feast service training rows are joined from when it differs from the"
+        " served one: abuse_asof_v1 = the same features as the online store held them at"
+        " instants inside windows (features/asof.py); default: feature_service",
+    )
     label_source: Literal["labels", "next_window_requests", "payloads", "none"] = Field(
         "labels",
         description="labels: the labels table; next_window_requests: the route's next 5-minute"
@@ -157,6 +163,7 @@ def default_targets() -> dict[str, TargetSettings]:
             task="binary",
             entity="client",
             feature_service="abuse_v1",
+            training_feature_service="abuse_asof_v1",
             label_source="labels",
             metric="average_precision",
             sensitive_features=["tier", "region", "device_type"],

@@ -24,12 +24,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from config.settings import Settings
+from features.asof import ASOF_DATASET
+from features.asof_replay import replay_asof
+from features.stream import STATE_COLUMNS
 from features.windows import client_windows_sql, route_windows_sql
 from telemetry.store import HOUR_FMT, TelemetryStore
 
 __all__ = ["BuildReport", "build_windows", "telemetry_days"]
 
-DATASETS = ("client_windows", "route_windows")
+DATASETS = ("client_windows", "route_windows", "client_windows_asof")
 LOOKBACK = timedelta(hours=24)
 
 
@@ -68,6 +71,14 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _every_eighth(key: str, on_day: Callable[[str, str], None]) -> Callable[[int, int], None]:
+    def progress(k: int, n: int) -> None:
+        if k == n or k % max(1, n // 8) == 0:
+            on_day(key, f"as-of snapshots {k}/{n} instants")
+
+    return progress
+
+
 def build_windows(
     settings: Settings,
     since: date | None = None,
@@ -96,11 +107,14 @@ def build_windows(
         if (since is None or d >= since) and (until is None or d < until)
     ]
     report = BuildReport()
+    asof = settings.features.asof
     state_path = out_dir / "state" / "first_seen.parquet"
     for day in days:
         key = day.isoformat()
         inputs = _day_inputs(store, day)
-        if not force and manifest.get(key, {}).get("inputs") == inputs:
+        asof_cfg = asof.model_dump() if asof.enabled else None
+        entry = manifest.get(key, {})
+        if not force and entry.get("inputs") == inputs and entry.get("asof") == asof_cfg:
             report.skipped_days.append(key)
             if on_day:
                 on_day(key, "unchanged")
@@ -131,6 +145,7 @@ def build_windows(
                 f"SELECT count(*) FROM ev WHERE timestamp >= TIMESTAMPTZ '{day_start.isoformat()}'"
             ).fetchall()[0][0]
         )
+        schemas: dict[str, pa.Schema] = {}
         for name, sql in (
             ("client_windows", client_windows_sql()),
             ("route_windows", route_windows_sql()),
@@ -139,18 +154,46 @@ def build_windows(
                 f"SELECT * FROM ({sql}) WHERE {keep} ORDER BY event_timestamp, 1"
             ).to_arrow_table()
             _write_atomic(table, out_dir / name / f"date={key}" / "part-0.parquet")
+            schemas[name] = table.schema
             report.rows[name] += table.num_rows
             if table.num_rows:
                 ts = table.column("event_timestamp")
                 lo, hi = pc.min(ts).as_py(), pc.max(ts).as_py()
                 report.first = lo if report.first is None else min(report.first, lo)
                 report.last = hi if report.last is None else max(report.last, hi)
-        _write_atomic(
-            con.sql("SELECT * FROM first_seen ORDER BY client_id").to_arrow_table(), state_path
-        )
+        first_seen = con.sql("SELECT * FROM first_seen ORDER BY client_id").to_arrow_table()
+        asof_path = out_dir / ASOF_DATASET / f"date={key}" / "part-0.parquet"
+        if asof.enabled:
+            # what the online store held inside the day's windows: the stream processor's
+            # replay (features/asof.py)
+            cols = ", ".join(STATE_COLUMNS)
+            events = con.sql(
+                f"SELECT {cols} FROM ev ORDER BY timestamp, request_id"
+            ).to_arrow_table()
+            rows = replay_asof(
+                settings,
+                events,
+                day_start,
+                day_end,
+                first_seen=first_seen,
+                progress=_every_eighth(key, on_day) if on_day else None,
+            )
+            del events
+            if rows is not None:
+                # the Feast source reads these files with the closed-window ones: one schema
+                rows = rows.select(schemas["client_windows"].names).cast(schemas["client_windows"])
+                rows = rows.sort_by([("event_timestamp", "ascending"), ("client_id", "ascending")])
+                _write_atomic(rows, asof_path)
+                report.rows[ASOF_DATASET] += rows.num_rows
+            elif asof_path.exists():
+                asof_path.unlink()
+        elif asof_path.exists():
+            asof_path.unlink()  # switched off: no stale rows behind the Feast source
+        _write_atomic(first_seen, state_path)
         con.close()
         manifest[key] = {
             "inputs": inputs,
+            "asof": asof_cfg,
             "events": n_events,
             "built_at": datetime.now(UTC).isoformat(),
         }

@@ -69,6 +69,16 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         description="route window aggregates from telemetry (features/windows.py)",
     )
 
+    # the same rows plus the open windows as the online store held them at instants inside
+    # windows (features/asof.py): training joins here and sees what /score is served
+    client_asof_source = FileSource(
+        name="client_asof_source",
+        path=str(root / "client_windows*" / "*" / "*.parquet"),
+        file_format=ParquetFormat(),
+        timestamp_field="event_timestamp",
+        description="closed-window rows and as-of snapshots of open windows (features/asof.py)",
+    )
+
     # the stream processor (features/stream.py) pushes the same rows, seconds after the events,
     # straight to the online store; offline reads and materialisation use the batch source
     client_windows_push = PushSource(
@@ -122,6 +132,20 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         online=True,
         tags={"window": "profile"},
     )
+    # the same four views over the as-of source, for training only (never materialised)
+    asof_views = [
+        FeatureView(
+            name=f"{fv.name}_asof",
+            entities=[client],
+            ttl=fv.ttl,
+            schema=list(fv.schema),
+            source=client_asof_source,
+            online=False,
+            tags={**fv.tags, "training": "as-of"},
+        )
+        for fv in (client_5m_fv, client_1h_fv, client_24h_fv, client_profile_fv)
+    ]
+
     # load on each route per 5 minutes
     route_5m_fv = FeatureView(
         name="route_5m",
@@ -139,6 +163,13 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         features=[client_5m_fv, client_1h_fv, client_24h_fv, client_profile_fv],
         description="per-client behaviour for abuse classification",
     )
+    # the same features as the online store held them: abuse training rows (features/asof.py)
+    abuse_asof_v1 = FeatureService(
+        name="abuse_asof_v1",
+        features=list[Any](asof_views),
+        description="abuse_v1's features as served (open windows at instants inside windows),"
+        " for training",
+    )
     # per-route request-volume forecasting (target `load`)
     load_v1 = FeatureService(
         name="load_v1", features=[route_5m_fv], description="per-route load for forecasting"
@@ -150,12 +181,15 @@ def definitions(data_dir: Path) -> dict[str, Any]:
         "client_windows_source": client_windows_source,
         "route_windows_source": route_windows_source,
         "client_windows_push": client_windows_push,
+        "client_asof_source": client_asof_source,
         "client_5m_fv": client_5m_fv,
         "client_1h_fv": client_1h_fv,
         "client_24h_fv": client_24h_fv,
         "client_profile_fv": client_profile_fv,
         "route_5m_fv": route_5m_fv,
+        **{fv.name: fv for fv in asof_views},
         "abuse_v1": abuse_v1,
+        "abuse_asof_v1": abuse_asof_v1,
         "load_v1": load_v1,
     }
 

@@ -293,6 +293,18 @@ class StreamProcessor:
                 self.on_final(final)
         return final
 
+    def seed_first_seen(self, table: pa.Table) -> None:
+        """Client ages as the batch build knows them (``client_id``, ``first_seen``): a
+        processor sees 24 h of history, the build every day since the first."""
+        for cid, ts in zip(
+            table.column("client_id").to_pylist(),
+            table.column("first_seen").to_pylist(),
+            strict=True,
+        ):
+            old = self.first_seen.get(cid)
+            if ts is not None and (old is None or ts < old):
+                self.first_seen[cid] = ts
+
     def _update_first_seen(self, ev: pa.Table) -> None:
         g = ev.group_by("client_id").aggregate([("timestamp", "min")])
         for cid, ts in zip(
@@ -541,6 +553,11 @@ class StreamProcessor:
         from telemetry.stream import partition_of
 
         hours = self.cfg.bootstrap_hours if hours is None else hours
+        seen = self.settings.features_dir / "state" / "first_seen.parquet"
+        if seen.exists():
+            import pyarrow.parquet as pq
+
+            self.seed_first_seen(pq.read_table(seen))
         store = TelemetryStore(self.settings.telemetry_dir)
         if hours <= 0 or not store.root.exists():
             return 0

@@ -115,7 +115,7 @@ def materialize(settings: Settings, end: datetime) -> datetime:
     from features.store import feature_store
 
     store = feature_store(settings)
-    views = store.list_feature_views()
+    views = [v for v in store.list_feature_views() if v.online]  # as-of views: training only
     fresh = [v for v in views if not v.materialization_intervals]
     if fresh:
         ttl = max((v.ttl for v in fresh if v.ttl), default=timedelta(days=1))

@@ -7,6 +7,7 @@ telemetry. Any other table a data scientist brings goes through the same
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger("gatewise.data")
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -236,9 +239,24 @@ def target_dataset(
         return payload_dataset(target.data, name)
     label: pd.Series
     if target.label_source == "labels":
-        df = training_frame(
-            settings, target.feature_service, labelled_windows(settings, labels=labels)
-        )
+        entity = labelled_windows(settings, labels=labels)
+        service = target.feature_service
+        if target.training_feature_service and target.entity == "client":
+            from features.asof import asof_days, asof_entity_rows
+
+            if asof_days(settings):
+                service = target.training_feature_service
+                entity = asof_entity_rows(
+                    settings, entity, settings.simulator.label_window_minutes
+                ).drop(columns=["as_of"])
+            else:
+                log.warning(
+                    "no as-of snapshots in %s (features.asof.enabled, then `gatewise features "
+                    "build --force`): training %s on closed windows only",
+                    settings.features_dir,
+                    name,
+                )
+        df = training_frame(settings, service, entity)
         label = df["label"].astype(int)
         group_col = "client_id" if target.entity == "client" else "route_id"
     else:

@@ -46,8 +46,12 @@ def feast_sqlite(built, tmp_path_factory):
 def test_feast_lists_what_was_applied(feast_sqlite):
     _s, store = feast_sqlite
     views = {v.name for v in store.list_feature_views()}
-    assert views == {"client_5m", "client_1h", "client_24h", "client_profile", "route_5m"}
-    assert {fs.name for fs in store.list_feature_services()} == {"abuse_v1", "load_v1"}
+    served = {"client_5m", "client_1h", "client_24h", "client_profile"}
+    assert views == served | {"route_5m"} | {f"{v}_asof" for v in served}
+    online = {v.name for v in store.list_feature_views() if v.online}
+    assert online == served | {"route_5m"}  # the as-of views are for training only
+    services = {fs.name for fs in store.list_feature_services()}
+    assert services == {"abuse_v1", "abuse_asof_v1", "load_v1"}
     ttl = {v.name: v.ttl for v in store.list_feature_views()}
     assert ttl["client_5m"] < ttl["client_1h"] < ttl["client_24h"]
 

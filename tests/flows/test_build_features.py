@@ -24,13 +24,9 @@ def test_flow_builds_applies_and_materializes_and_reruns_safely(prefect_harness,
     out = build_features_flow(config_path=str(REPO / "gatewise.yaml"), data_dir=str(s.data_dir))
     assert out["days_built"] == ["2026-11-02"]
     assert out["rows"]["client_windows"] > 0 and out["rows"]["route_windows"] > 0
-    assert set(out["feature_views"]) == {
-        "client_5m",
-        "client_1h",
-        "client_24h",
-        "client_profile",
-        "route_5m",
-    }
+    served = {"client_5m", "client_1h", "client_24h", "client_profile"}
+    assert set(out["feature_views"]) == served | {"route_5m"} | {f"{v}_asof" for v in served}
+    assert out["rows"]["client_windows_asof"] > 0
     assert out["events"] == TelemetryStore(s.telemetry_dir).count()
     # the online store is served
     busiest = (
