@@ -123,7 +123,19 @@ class ScoringSettings(_Strict):
     target: str = "abuse"
     alias: str = "champion"
     timeout_ms: float = Field(50.0, gt=0)
-    cache_ttl_s: float = Field(5.0, ge=0)
+    cache_ttl_s: float = Field(5.0, ge=0, description="a score this young is used without a call")
+    max_stale_s: float = Field(
+        60.0,
+        ge=0,
+        description="when a call fails, a cached score up to this old still counts (reason"
+        " 'stale'): enforcement does not flicker with the scoring service; 0 = never",
+    )
+    batch_window_ms: float = Field(
+        2.0,
+        ge=0,
+        description="lookups arriving within this window go out as one /score call",
+    )
+    max_batch: int = Field(256, ge=1, description="most ids in one /score call")
     failure_mode: Literal["open", "closed"] = Field(
         "open", description="open: no score, limits still apply; closed: refuse with 503"
     )

@@ -577,8 +577,11 @@ class Gateway:
             if self.scorer is None
             else {
                 "breaker": self.scorer.breaker.state,
+                "lookups": self.scorer.lookups,
                 "calls": self.scorer.calls,
                 "failures": self.scorer.failures,
+                "stale": self.scorer.stale,
+                "unavailable": self.scorer.unavailable,
             },
         }
 

@@ -4,10 +4,19 @@ The contract (served by ``serving/``):
     POST /score  {"target": "abuse", "ids": ["c1", ...], "alias": "champion"}
     200 → {"model_version": "7", "results": [{"id": "c1", "score": 0.93, ...}, ...]}
 
-Scores are cached per client for ``cache_ttl_s``; calls have a tight timeout
-and sit behind a circuit breaker. When scoring is slow, failing or open,
-``Score.available`` is False and the configured ``failure_mode`` decides:
-``open`` lets the limits alone judge, ``closed`` refuses the request (503).
+Under load the gateway must not make one call per request:
+
+- **cache**: a client's score younger than ``cache_ttl_s`` is used as is;
+- **single flight**: concurrent lookups of one client wait for the same call;
+- **batching**: lookups of different clients arriving within ``batch_window_ms`` go out as one
+  call (up to ``max_batch`` ids), so a flood of requests costs a handful of calls;
+- **stale on failure**: when a call times out or fails, or the circuit breaker is open, a
+  cached score up to ``max_stale_s`` old still counts (``reason="stale"``): enforcement does
+  not flicker while the scoring service struggles.
+
+Calls have a tight timeout and sit behind a circuit breaker. When no score is available
+(``Score.available`` False) the configured ``failure_mode`` decides: ``open`` lets the limits
+alone judge, ``closed`` refuses the request (503).
 
     scorer = ScoringClient(cfg)
     s = await scorer.score("c1")
@@ -15,6 +24,7 @@ and sit behind a circuit breaker. When scoring is slow, failing or open,
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,52 +61,115 @@ class ScoringClient:
             timeout=httpx.Timeout(cfg.timeout_ms / 1000.0),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
-        self._cache: dict[str, tuple[float, Score]] = {}
-        self.calls = self.failures = 0
+        self._cache: dict[tuple[str, str], tuple[float, Score]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[Score]] = {}
+        self._pending: dict[str, list[str]] = {}  # alias -> ids waiting for the next call
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = self.failures = 0  # /score calls, failed calls
+        self.lookups = self.stale = self.unavailable = 0  # score() answers
 
     async def score(self, client_id: str, alias: str | None = None) -> Score:
-        now = self.clock()
-        hit = self._cache.get(client_id)
-        if hit is not None and now - hit[0] < self.cfg.cache_ttl_s:
+        alias = alias or self.cfg.alias
+        key = (alias, client_id)
+        self.lookups += 1
+        hit = self._cache.get(key)
+        if hit is not None and self.clock() - hit[0] < self.cfg.cache_ttl_s:
             s = hit[1]
             return Score(s.value, s.model_version, s.available, "cached")
-        if not self.breaker.allow():
-            return Score(None, None, False, "breaker_open")
+        fut = self._inflight.get(key)
+        if fut is None:
+            if not self.breaker.allow():
+                return self._fallback(hit, "breaker_open")
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[key] = fut
+            self._enqueue(alias, client_id)
+        s = await asyncio.shield(fut)
+        return s if s.available else self._fallback(hit, s.reason)
+
+    def _fallback(self, hit: tuple[float, Score] | None, reason: str) -> Score:
+        """No fresh score: a cached one within ``max_stale_s``, else none."""
+        if hit is not None and hit[1].available and self.clock() - hit[0] < self.cfg.max_stale_s:
+            self.stale += 1
+            return Score(hit[1].value, hit[1].model_version, True, "stale")
+        self.unavailable += 1
+        return Score(None, None, False, reason)
+
+    def _enqueue(self, alias: str, client_id: str) -> None:
+        ids = self._pending.setdefault(alias, [])
+        ids.append(client_id)
+        if len(ids) >= self.cfg.max_batch:
+            self._flush(alias)
+        elif alias not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[alias] = loop.call_later(
+                self.cfg.batch_window_ms / 1000.0, self._flush, alias
+            )
+
+    def _flush(self, alias: str) -> None:
+        timer = self._timers.pop(alias, None)
+        if timer is not None:
+            timer.cancel()
+        ids = self._pending.pop(alias, [])
+        if ids:
+            task = asyncio.get_running_loop().create_task(self._call(alias, ids))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, alias: str, ids: list[str]) -> None:
         import httpx
 
         self.calls += 1
+        answers: dict[str, Score] = {}
+        failed: Score | None = None
         try:
             r = await self._client.post(
-                "/score",
-                json={
-                    "target": self.cfg.target,
-                    "ids": [client_id],
-                    "alias": alias or self.cfg.alias,
-                },
+                "/score", json={"target": self.cfg.target, "ids": ids, "alias": alias}
             )
             r.raise_for_status()
             body = r.json()
-            row = body["results"][0]
-            value = row.get("score")
-            s = Score(
-                None if value is None else float(value),
-                str(body.get("model_version")) if body.get("model_version") is not None else None,
-                True,
-                "ok" if value is not None else "unknown_client",
-            )
+            version = body.get("model_version")
+            version = None if version is None else str(version)
+            for row in body["results"]:
+                value = row.get("score")
+                answers[str(row["id"])] = Score(
+                    None if value is None else float(value),
+                    version,
+                    True,
+                    "ok" if value is not None else "unknown_client",
+                )
         except httpx.TimeoutException:
-            self.failures += 1
-            self.breaker.failure()
-            return Score(None, None, False, "timeout")
+            failed = Score(None, None, False, "timeout")
         except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError):
-            self.failures += 1
-            self.breaker.failure()
-            return Score(None, None, False, "error")
-        self.breaker.success()
-        if len(self._cache) > 200_000:
-            self._cache.clear()
-        self._cache[client_id] = (now, s)
-        return s
+            failed = Score(None, None, False, "error")
+        except BaseException:
+            failed = Score(None, None, False, "error")
+            raise
+        finally:
+            if failed is not None:
+                self.failures += 1
+                self.breaker.failure()
+            else:
+                self.breaker.success()
+            now = self.clock()
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            for cid in ids:
+                key = (alias, cid)
+                s = failed or answers.get(cid) or Score(None, None, True, "unknown_client")
+                if failed is None:
+                    self._cache[key] = (now, s)
+                fut = self._inflight.pop(key, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(s)
 
     async def aclose(self) -> None:
+        for t in self._timers.values():
+            t.cancel()
+        self._timers.clear()
+        for alias in list(self._pending):
+            for cid in self._pending.pop(alias):
+                fut = self._inflight.pop((alias, cid), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(Score(None, None, False, "error"))
         await self._client.aclose()
