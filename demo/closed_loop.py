@@ -15,9 +15,10 @@
    recorded offset — real rate, open loop — with its client's API key, address
    (``X-Forwarded-For``, believed from 127.0.0.1: gateway.trusted_proxies), user agent and request id. The upstream
    answers as the recorded one did (status, size, latency: ``upstream_app(replay=True)``).
-   The policy in force is the active one with the abuse target switched to ``enforce`` (an
-   operator step after the shadow evidence, recorded with its reason); the gateway does not
-   call the model live here, so in phase A only static limits act.
+   The policy in force is the active one; its abuse target enforces only when its harm bound
+   clears on the recorded history (``monitoring.validation.validate``, published with the
+   arithmetic as the reason), else it stays in shadow and the model's overrides only log. The
+   gateway does not call the model live here, so in phase A only static limits act.
 3. **Monitor.** The phase's truth is released (label delay 0: the demo's stand-in for a
    labelling team), features are rebuilt for the day, and the Prefect flow ``monitor`` runs
    over the phase: drift, bias, the champion's scores → overrides, limits adapted to normal
@@ -439,21 +440,24 @@ def run_closed_loop(
         current = store.publish(current, author="gatewise demo", reason="initial policy")
     tp = current.targets.get("abuse")
     if tp is not None and tp.mode != "enforce":
-        current = store.publish(
-            current.model_copy(
-                update={
-                    "targets": {
-                        **current.targets,
-                        "abuse": tp.model_copy(update={"mode": "enforce"}),
-                    }
-                }
-            ),
-            author="gatewise demo (operator)",
-            reason="abuse target to enforce after its shadow backtest: model-written overrides "
-            "now act (the gateway does not score live in this replay)",
-        )
+        # no operator shortcut: the abuse target enforces only if its harm bound clears on the
+        # recorded history (monitoring/validation.py); otherwise it stays in shadow, and says why
+        from monitoring.validation import validate
+
+        try:
+            val = validate(s, target="abuse", policy=current, publish=True, author="gatewise demo")
+            h = val.harm
+            console.print(
+                ("[green]" if h.cleared else "[yellow]")
+                + f"harm bound of the abuse target: {h.reason}[/]"
+            )
+            if val.published:
+                current = store.get(val.published)
+        except LookupError as exc:
+            console.print(f"[yellow]abuse target stays in shadow: harm bound not judged ({exc})[/]")
     v_a = current.version
-    console.print(f"policy v{v_a} in force for phase A (abuse target: enforce, no overrides yet)")
+    mode_a = current.targets["abuse"].mode if "abuse" in current.targets else "absent"
+    console.print(f"policy v{v_a} in force for phase A (abuse target: {mode_a}, no overrides yet)")
     up_port, gw_port = free_port(), free_port()
     g = s.gateway
     app = create_app(replay_settings(s, up_port))
