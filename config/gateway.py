@@ -124,6 +124,12 @@ class ScoringSettings(_Strict):
     alias: str = "champion"
     timeout_ms: float = Field(50.0, gt=0)
     cache_ttl_s: float = Field(5.0, ge=0, description="a score this young is used without a call")
+    unknown_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        description="a client the online store does not know yet is asked again this soon: a"
+        " new client is scored as soon as the stream has its first requests",
+    )
     max_stale_s: float = Field(
         60.0,
         ge=0,

@@ -6,7 +6,9 @@ The contract (served by ``serving/``):
 
 Under load the gateway must not make one call per request:
 
-- **cache**: a client's score younger than ``cache_ttl_s`` is used as is;
+- **cache**: a client's score younger than ``cache_ttl_s`` is used as is (a client the online
+  store does not know yet is asked again after ``unknown_ttl_s``: a new client is scored from
+  its first requests once the stream has them);
 - **single flight**: concurrent lookups of one client wait for the same call;
 - **batching**: lookups of different clients arriving within ``batch_window_ms`` go out as one
   call (up to ``max_batch`` ids), so a flood of requests costs a handful of calls;
@@ -74,7 +76,10 @@ class ScoringClient:
         key = (alias, client_id)
         self.lookups += 1
         hit = self._cache.get(key)
-        if hit is not None and self.clock() - hit[0] < self.cfg.cache_ttl_s:
+        ttl = self.cfg.cache_ttl_s
+        if hit is not None and hit[1].value is None:
+            ttl = min(ttl, self.cfg.unknown_ttl_s)  # not in the online store yet: ask again soon
+        if hit is not None and self.clock() - hit[0] < ttl:
             s = hit[1]
             return Score(s.value, s.model_version, s.available, "cached")
         fut = self._inflight.get(key)

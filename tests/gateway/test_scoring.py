@@ -91,16 +91,24 @@ def test_a_failing_service_serves_recent_scores_as_stale_then_none():
     assert sc.stale == 1 and sc.unavailable == 2 and sc.failures == 3
 
 
-def test_an_unknown_client_is_answered_not_failed():
+def test_an_unknown_client_is_answered_not_failed_and_asked_again_soon():
     scorer = FakeScorer({"alice": 0.2})
+    clock = Clock()
 
     async def run():
-        sc, _ = _client(scorer, Clock())
+        sc, _ = _client(scorer, clock, cache_ttl_s=5, unknown_ttl_s=1)
         out = await asyncio.gather(sc.score("alice"), sc.score("newcomer"))
+        scorer.scores["newcomer"] = 0.8  # the stream has pushed its first window
+        clock.t += 0.5
+        early = await sc.score("newcomer")
+        clock.t += 1.0
+        later = await sc.score("newcomer")
         await sc.aclose()
-        return sc, out
+        return sc, out, early, later
 
-    sc, (a, n) = asyncio.run(run())
+    sc, (a, n), early, later = asyncio.run(run())
     assert a.value == 0.2
     assert n.available and n.value is None and n.reason == "unknown_client"
+    assert early.reason == "cached" and early.value is None
+    assert later.reason == "ok" and later.value == 0.8
     assert sc.failures == 0
