@@ -53,6 +53,12 @@ class FairnessBounds(_Strict):
         description="an FNR gap is gated only between groups with this many positives each "
         "(fewer: reported, not gated; a handful of abusive windows is not a group's recall)",
     )
+    min_group_positive_units: int = Field(
+        8,
+        ge=1,
+        description="...and this many distinct abusive clients each: the windows of one client"
+        " are not independent, so a group's recall from two clients is two observations",
+    )
 
 
 class Costs(_Strict):

@@ -143,7 +143,13 @@ def features_build(
         f"{out['events']:,} events; features {out['first']} → {out['last']}; online store up to {out['materialized_until']}; "
         f"lag behind telemetry {out['feature_lag_seconds']}s; {out['seconds']:.1f}s"
     )
-    console.print(f"feature views: {', '.join(out['feature_views'])}; services abuse_v1, load_v1")
+    served = [v for v in out["feature_views"] if not v.endswith("_asof")]
+    asof = [v for v in out["feature_views"] if v.endswith("_asof")]
+    console.print(
+        f"feature views: {', '.join(served)} (online); {', '.join(asof) or 'none'} (training"
+        f" rows as served: {out['rows'].get('client_windows_asof', 0):,} as-of snapshots); "
+        "services abuse_v1, abuse_asof_v1, load_v1"
+    )
     console.print(
         f"feast CLI: .venv/bin/feast -c features -f {s.feast_dir / 'feature_store.yaml'} feature-views list"
     )

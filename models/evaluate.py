@@ -101,7 +101,11 @@ class FairnessReport:
 
 
 def fairness_report(
-    y: np.ndarray, pred: np.ndarray, sensitive: pd.DataFrame, bounds: FairnessBounds
+    y: np.ndarray,
+    pred: np.ndarray,
+    sensitive: pd.DataFrame,
+    bounds: FairnessBounds,
+    units: np.ndarray | None = None,
 ) -> FairnessReport:
     """Fairlearn ``MetricFrame`` per sensitive feature: selection rate, FPR, FNR, group sizes,
     and the gate's verdict on them.
@@ -110,8 +114,9 @@ def fairness_report(
     ``min_group_negatives`` legitimate rows must keep its false-positive rate under
     ``max_group_fpr`` at 95 % confidence (Clopper-Pearson upper bound), and the FPR gap
     between such groups must stay under ``max_fpr_difference``. FNR gaps are gated only
-    between groups with ``min_group_positives`` positives each; otherwise they are reported
-    as not judged. A group too small to judge is reported as such, never counted as fair; the
+    between groups with ``min_group_positives`` positives each, and, given ``units`` (the
+    sampling unit of each row, e.g. its client), ``min_group_positive_units`` distinct abusive
+    units each; otherwise they are reported as not judged. A group too small to judge is reported as such, never counted as fair; the
     report says which share of groups could not be judged.
     """
     from fairlearn.metrics import (
@@ -151,6 +156,11 @@ def fairness_report(
             for fp, n in zip(g["false_positives"], g["negatives"], strict=True)
         ]
         g["fnr_judgeable"] = g["judgeable"] & (g["positives"] >= bounds.min_group_positives)
+        if units is not None:
+            pos = pd.DataFrame({"group": sensitive[col].to_numpy(), "unit": units})[y == 1]
+            per = pos.groupby("group")["unit"].nunique()
+            g["positive_units"] = g["group"].map(per).fillna(0).astype(int)
+            g["fnr_judgeable"] &= g["positive_units"] >= bounds.min_group_positive_units
         rows.append(g)
         ok = g[g["judgeable"]]
         for _, r in ok[ok["fpr_upper"] > bounds.max_group_fpr].iterrows():
@@ -175,10 +185,10 @@ def fairness_report(
         if np.isfinite(fnr_gap) and fnr_gap > bounds.max_fnr_difference:
             reasons.append(f"{col}: FNR gap {fnr_gap:.3f} > {bounds.max_fnr_difference}")
         elif not np.isfinite(fnr_gap):
-            reasons.append(
-                f"{col}: FNR not judged (fewer than two groups with "
-                f"{bounds.min_group_positives}+ positives)"
-            )
+            need = f"{bounds.min_group_positives}+ positives"
+            if units is not None:
+                need += f" from {bounds.min_group_positive_units}+ abusive clients"
+            reasons.append(f"{col}: FNR not judged (fewer than two groups with {need})")
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     failed = [r for r in reasons if ("gap" in r and "not judged" not in r) or "harm bound" in r]
     if len(table):

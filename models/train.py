@@ -295,6 +295,9 @@ def run_automl(
             ph >= threshold,
             ds.sensitive.iloc[splits.holdout].reset_index(drop=True),
             target.fairness,
+            units=None
+            if ds.groups is None
+            else ds.groups.iloc[splits.holdout].astype(str).to_numpy(),
         )
         if not fairness.passed:
             reasons += fairness.failures

@@ -290,3 +290,30 @@ def test_a_group_biased_model_is_refused_on_demo_sized_data(unlabelled_day):
     )
     assert few.passed and any("FNR not judged" in r for r in few.reasons)
     assert any("of groups too small to judge" in r for r in few.reasons)
+
+
+def test_an_fnr_gap_from_two_abusive_clients_is_reported_not_gated():
+    """Group a's 40 abusive windows come from two clients the model misses; group b's from
+    twenty it catches. Counted in windows the FNR gap is 1.0; counted in clients, group a
+    has two observations: not judged, unless the bound asks for two."""
+    n = 4000
+    group = np.where(np.arange(n) < n // 2, "a", "b")
+    client = np.array([f"{g}{i % 100}" for i, g in enumerate(group)])
+    y = np.zeros(n, dtype=int)
+    a_pos = np.flatnonzero(np.isin(client, ["a0", "a1"]))
+    b_pos = np.flatnonzero(np.isin(client, [f"b{i}" for i in range(20)]))
+    y[a_pos] = 1
+    y[b_pos] = 1
+    pred = y.copy()
+    pred[a_pos] = 0  # the two clients of a are missed
+    sens = pd.DataFrame({"region": group})
+    assert len(a_pos) >= 30
+    by_window = fairness_report(y, pred, sens, FairnessBounds())
+    assert not by_window.passed and any("FNR gap 1.000" in r for r in by_window.failures)
+    by_client = fairness_report(y, pred, sens, FairnessBounds(), units=client)
+    assert by_client.passed, by_client.failures
+    assert any("abusive clients" in r and "FNR not judged" in r for r in by_client.reasons)
+    strict = fairness_report(
+        y, pred, sens, FairnessBounds(min_group_positive_units=2), units=client
+    )
+    assert not strict.passed and any("FNR gap" in r for r in strict.failures)
