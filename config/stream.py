@@ -88,7 +88,10 @@ class StreamSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, description="the gateway publishes its events to the stream")
-    backend: Literal["redis", "nats"] = "redis"
+    backend: Literal["redis", "nats", "memory"] = Field(
+        "redis",
+        description="memory: inside one process (gateway and processor together; demo, tests)",
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     nats_url: str = "nats://127.0.0.1:4222"
     name: str = Field(

@@ -51,7 +51,15 @@ from demo.loop_report import day_comparison, log_to_mlflow, print_loop, save_loo
 from demo.servers import ThreadedServer, free_port
 from demo.steps import print_monitor
 
-__all__ = ["LoopTraffic", "fresh_traffic", "outcome", "replay", "run_closed_loop"]
+__all__ = [
+    "LiveFeatures",
+    "LoopTraffic",
+    "fresh_traffic",
+    "outcome",
+    "replay",
+    "replay_settings",
+    "run_closed_loop",
+]
 
 STOPPED = ("throttle", "block", "challenge")
 GROUPS = ("tier", "region", "device_type")
@@ -172,20 +180,66 @@ def register_consumers(s: Settings, consumers: pd.DataFrame) -> dict[str, str]:
     return keys
 
 
-def replay_settings(s: Settings, upstream_port: int) -> Settings:
-    """The gateway for a replay: every service on the replay upstream, no live scoring (model
-    action comes through monitor-written overrides), no stream publishing."""
+def replay_settings(
+    s: Settings, upstream_port: int, scoring_url: str | None = None, stream: str | None = None
+) -> Settings:
+    """The gateway for a replay: every service on the replay upstream. With ``scoring_url``
+    the champion scores every client live (features from the online store the stream
+    processor keeps current: the gateway publishes to the in-process stream ``stream``);
+    without it, no live scoring (model action only through monitor-written overrides) and no
+    stream publishing."""
     g = s.gateway
     services = {
         n: sv.model_copy(update={"instances": [f"http://127.0.0.1:{upstream_port}"]})
         for n, sv in g.services.items()
     }
-    gw = g.model_copy(
-        update={"services": services, "scoring": g.scoring.model_copy(update={"enabled": False})}
+    live = scoring_url is not None
+    scoring = g.scoring.model_copy(
+        update={"enabled": live, **({"url": scoring_url} if live else {})}
     )
-    return s.model_copy(
-        update={"gateway": gw, "stream": s.stream.model_copy(update={"enabled": False})}
+    st = s.stream.model_copy(
+        update={"enabled": live, "backend": "memory", "name": stream or s.stream.name}
+        if live
+        else {"enabled": False}
     )
+    gw = g.model_copy(update={"services": services, "scoring": scoring})
+    return s.model_copy(update={"gateway": gw, "stream": st})
+
+
+class LiveFeatures:
+    """The stream processor of a replay with live scoring, in a thread of this process: it
+    reads the gateway's in-process stream (``backend: memory``) and pushes window features
+    to the online store the scoring service reads, as the traffic arrives. It starts from
+    its checkpoint or, without one, from the last ``bootstrap_hours`` of stored telemetry."""
+
+    def __init__(self, s: Settings, push: bool = True) -> None:
+        import threading
+
+        from features.stream_service import StreamService
+
+        self.settings = s
+        self.status: dict[str, Any] = {}
+        self.svc = StreamService(s, push=push, metrics_port=0, bootstrap=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.svc.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self) -> LiveFeatures:
+        self.svc.start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from telemetry.stream import MemoryBroker
+
+        time.sleep(self.settings.stream.publish_interval_s * 2)  # the gateway's last publish
+        self.stop.set()
+        self.thread.join(timeout=60)
+        try:
+            self.svc.drain()  # what is still in the stream, then a checkpoint
+            self.status = self.svc.status()
+        finally:
+            self.svc.close()
+            MemoryBroker.drop(self.settings.stream.name)
 
 
 def _request(row: Any, key: str, run: str) -> tuple[str, str, dict[str, str], bytes | None]:
@@ -357,13 +411,17 @@ def outcome(
     rec = recorded[["request_id", "ratelimit_decision", *GROUPS, "policy_version"]]
     df = df.merge(rec, on="request_id", how="left")
     df["gatewise"] = df["ratelimit_decision"].isin(STOPPED)
+    # what the policy in force would have done had its shadow rules (score bands, overrides
+    # of a target in shadow) enforced: the live model's effect before it may act
+    shadow = df["ratelimit_decision"].fillna("").str.startswith("shadow_")
+    df["with_shadow"] = df["gatewise"] | shadow
     st = static.set_index("request_id")["action"]
     df["static"] = df["request_id"].map(st).isin(STOPPED)
     df["phase"] = np.where(df["sim_offset"] >= phase_b_from, "B", "A")
     res: dict[str, Any] = {"unrecorded": int((~df["request_id"].isin(rec["request_id"])).sum())}
     for ph in ("A", "B"):
         p = df[df["phase"] == ph]
-        for system in ("gatewise", "static"):
+        for system in ("gatewise", "static", "with_shadow"):
             out = _shares(p, system)
             rows, ratio = _groups(p, system, min_group)
             out["fpr_ratio"] = ratio
@@ -413,8 +471,12 @@ def run_closed_loop(
     *,
     minutes: float = 2.0,
     max_rps: float = 60.0,
+    scoring_url: str | None = None,
 ) -> dict[str, Any]:
-    """The whole loop (module docstring); prints as it goes, returns the result record."""
+    """The whole loop (module docstring); prints as it goes, returns the result record.
+    ``scoring_url``: the champion's service; the gateway then scores every client live."""
+    import contextlib
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from flows.build_features import build_features_flow
@@ -460,7 +522,20 @@ def run_closed_loop(
     console.print(f"policy v{v_a} in force for phase A (abuse target: {mode_a}, no overrides yet)")
     up_port, gw_port = free_port(), free_port()
     g = s.gateway
-    app = create_app(replay_settings(s, up_port))
+    rs = replay_settings(s, up_port, scoring_url, stream=f"gatewise-{run}")
+    app = create_app(rs)
+    live: LiveFeatures | None = LiveFeatures(rs) if scoring_url else None
+    if scoring_url:
+        console.print(
+            f"live scoring: the gateway asks the champion at {scoring_url} about every client "
+            "(cached, batched); a stream processor in this process turns the gateway's events "
+            "into online window features as they arrive"
+        )
+    else:
+        console.print(
+            "[yellow]no champion serving: the replay runs without live scoring (only "
+            "monitor-written overrides can act for the model)[/]"
+        )
     half = minutes * 60
     ev = traffic.events
     ev["request_id_sent"] = run + "-" + ev["request_id"]
@@ -470,6 +545,7 @@ def run_closed_loop(
     sent_parts = []
     mon: dict[str, Any] = {}
     with (
+        live if live is not None else contextlib.nullcontext(),
         ThreadedServer(upstream_app(replay=True), up_port),
         ThreadedServer(app, gw_port, proxy_headers=False),
     ):
@@ -526,6 +602,16 @@ def run_closed_loop(
             print_monitor(console, mon, "abuse")
             time.sleep(max(2.0, 2 * g.policy_poll_s))  # the gateway's next policy poll
     status = app.state.gateway.status()
+    if live is not None:
+        st = live.status
+        sc = status.get("scoring") or {}
+        console.print(
+            f"live path: stream processor applied {st['applied']:,} events in {st['batches']} "
+            f"micro-batches, pushed {st['pushed_rows']:,} feature rows online "
+            f"({st['push_failures']} failed pushes); scoring: {sc.get('lookups', 0):,} lookups, "
+            f"{sc.get('calls', 0):,} calls to the service, {sc.get('failures', 0)} failed, "
+            f"{sc.get('stale', 0)} stale, {sc.get('unavailable', 0)} unavailable"
+        )
     sent_all = pd.concat(sent_parts, ignore_index=True)
     rec = _recorded(s, run, started)
     release_labels(s, events, rec, f"{run}-B")
@@ -569,7 +655,17 @@ def run_closed_loop(
                 "reports",
             )
         },
-        "gateway": {"decisions": status["decisions"], "telemetry": status["telemetry"]},
+        "gateway": {
+            "decisions": status["decisions"],
+            "telemetry": status["telemetry"],
+            "scoring": status.get("scoring"),
+        },
+        "live_scoring": scoring_url is not None,
+        "stream": None
+        if live is None
+        else {
+            k: live.status.get(k) for k in ("applied", "batches", "pushed_rows", "push_failures")
+        },
         "outcome": out,
     }
     print_loop(console, result)

@@ -90,15 +90,23 @@ def verdicts(out: dict[str, Any]) -> list[dict[str, Any]]:
 def print_loop(console: Any, r: dict[str, Any]) -> None:
     o = r["outcome"]
     rows = []
+    names = {"static": "static per-tier"}
     for ph in ("A", "B"):
-        for system in ("gatewise", "static"):
-            x = o[f"{ph}_{system}"]
+        v = r["policy_a" if ph == "A" else "policy_b"]
+        names["gatewise"] = f"gatewise v{v}"
+        names["with_shadow"] = f"v{v} had its shadow rules enforced"
+        for system in ("gatewise", "static", "with_shadow"):
+            x = o.get(f"{ph}_{system}")
+            if x is None or (
+                system == "with_shadow"
+                and x["abusive_stopped"] + x["legitimate_harmed"]
+                == o[f"{ph}_gatewise"]["abusive_stopped"] + o[f"{ph}_gatewise"]["legitimate_harmed"]
+            ):
+                continue  # no shadow rule fired beyond what was enforced
             rows.append(
                 {
                     "phase": ph,
-                    "policy": f"gatewise v{r['policy_a' if ph == 'A' else 'policy_b']}"
-                    if system == "gatewise"
-                    else "static per-tier",
+                    "policy": names[system],
                     "abusive": x["abusive"],
                     "stopped": _pct(x["abusive_stopped_share"]),
                     "legitimate": x["legitimate"],

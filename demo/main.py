@@ -91,18 +91,19 @@ def run_demo(console: Console, s: Settings, config: Path | None = None) -> None:
 
     try:
         gateway_demo(console, s, scoring_url=scoring_url)
+        console.rule(
+            "[bold]the closed loop[/]: fresh traffic through the gateway → monitor → policy → again"
+        )
+        from demo.closed_loop import run_closed_loop
+
+        # the champion keeps serving: the loop's gateway scores every client live
+        loop = run_closed_loop(console, s, config, minutes=1.5, scoring_url=scoring_url)
     finally:
         if scoring_url:
             from serving.process import stop_service
 
             stop_service(s)
             console.print("stopped the demo's BentoML service (`.venv/bin/gatewise serve` runs it)")
-    console.rule(
-        "[bold]the closed loop[/]: fresh traffic through the gateway → monitor → policy → again"
-    )
-    from demo.closed_loop import run_closed_loop
-
-    loop = run_closed_loop(console, s, config, minutes=1.5)
     console.rule(
         "[bold]a gateway with no labels[/]: day-one score → weak labels → reviews → harm bound"
     )

@@ -370,6 +370,13 @@ def loop(
     max_rps: Annotated[
         float, typer.Option(help="average request rate the chosen span may have")
     ] = 60.0,
+    scoring_url: Annotated[
+        str | None,
+        typer.Option(
+            help="the champion's scoring service (e.g. `gatewise serve`'s URL): the replay's "
+            "gateway scores every client live; without it only monitor overrides act"
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """The closed loop, live: replay fresh traffic through the real gateway, monitor, publish
@@ -378,7 +385,9 @@ def loop(
 
     s = _settings(config)
     try:
-        run_closed_loop(_console(), s, config, minutes=minutes, max_rps=max_rps)
+        run_closed_loop(
+            _console(), s, config, minutes=minutes, max_rps=max_rps, scoring_url=scoring_url
+        )
     except ValueError as exc:
         _fail(str(exc))
 

@@ -4,7 +4,8 @@ processor (``features/stream.py``).
 Events travel in batches: one stream entry holds one Arrow IPC batch of events of one
 partition (``partition_of(client_id)``), so a consumer that owns a partition sees every event
 of its clients and no other's. Brokers: Redis Streams (default) or NATS JetStream, behind one
-small synchronous interface (``Broker``).
+small synchronous interface (``Broker``); ``memory`` keeps the stream inside one process
+(the gateway and the processor together: the demo's closed loop, tests).
 
 The publisher never blocks or fails a request: ``emit`` appends to a bounded buffer; a
 background task publishes every ``publish_interval_s``. While the broker is down the events
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Sequence
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Broker",
     "Entry",
+    "MemoryBroker",
     "RedisBroker",
     "StreamPublisher",
     "StreamSettings",
@@ -242,11 +245,120 @@ class RedisBroker:
         self.r.close()
 
 
+class _MemoryStream:
+    """One named in-process stream: per partition, entries in order and the group's cursor."""
+
+    def __init__(self, partitions: int, max_len: int) -> None:
+        self.cond = threading.Condition()
+        self.max_len = max_len
+        self.entries: dict[int, list[tuple[str, bytes, int, float]]] = {
+            p: [] for p in range(partitions)
+        }
+        self.next: dict[int, int] = dict.fromkeys(range(partitions), 0)  # first undelivered
+        self.last_id: dict[int, tuple[int, int]] = {}
+
+
+_MEMORY: dict[str, _MemoryStream] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+class MemoryBroker:
+    """A stream inside one process (``backend: memory``): the gateway and the stream processor
+    run in the same process (``gatewise demo``'s closed loop, tests), no server to start.
+    Entries of one ``name`` are shared by every broker object of that name in the process;
+    one consumer group; positions are Redis-style ``ms-seq``, so a checkpoint written against
+    one run's stream never hides the next run's entries. Nothing survives the process: a
+    restarted processor bootstraps from stored telemetry, as with a trimmed Redis stream."""
+
+    def __init__(self, cfg: StreamSettings) -> None:
+        self.cfg = cfg
+        with _MEMORY_LOCK:
+            st = _MEMORY.get(cfg.name)
+            if st is None or len(st.entries) != cfg.partitions:
+                st = _MEMORY[cfg.name] = _MemoryStream(cfg.partitions, cfg.max_len)
+        self.st = st
+
+    @staticmethod
+    def drop(name: str) -> None:
+        """Forget the stream ``name`` (its entries and cursor)."""
+        with _MEMORY_LOCK:
+            _MEMORY.pop(name, None)
+
+    def _next_id(self, p: int) -> str:
+        ms = int(time.time() * 1000)
+        last = self.st.last_id.get(p)
+        nid = (ms, 0) if last is None or ms > last[0] else (last[0], last[1] + 1)
+        self.st.last_id[p] = nid
+        return f"{nid[0]}-{nid[1]}"
+
+    def publish(self, parts: dict[int, bytes], counts: dict[int, int]) -> None:
+        st = self.st
+        with st.cond:
+            now = time.time()
+            for p, payload in parts.items():
+                q = st.entries[p]
+                q.append((self._next_id(p), payload, counts.get(p, 0), now))
+                if len(q) > st.max_len:  # trimmed like Redis MAXLEN: the oldest go
+                    cut = len(q) - st.max_len
+                    del q[:cut]
+                    st.next[p] = max(0, st.next[p] - cut)
+            st.cond.notify_all()
+
+    def ensure_group(self, partitions: Sequence[int]) -> None:
+        bad = [p for p in partitions if p not in self.st.entries]
+        if bad:
+            raise ValueError(f"partitions {bad} outside 0..{len(self.st.entries) - 1}")
+
+    def _undelivered(self, p: int) -> list[tuple[str, bytes, int, float]]:
+        return self.st.entries[p][self.st.next[p] :]
+
+    def read(
+        self, partitions: Sequence[int], consumer: str, count: int, block_ms: int
+    ) -> list[Entry]:
+        st = self.st
+        deadline = time.monotonic() + block_ms / 1000
+        with st.cond:
+            while True:
+                out = []
+                for p in partitions:
+                    got = st.entries[p][st.next[p] : st.next[p] + count]
+                    out += [Entry(p, eid, payload) for eid, payload, _, _ in got]
+                    st.next[p] += len(got)
+                left = deadline - time.monotonic()
+                if out or left <= 0:
+                    return out
+                st.cond.wait(left)
+
+    def ack(self, entries: Sequence[Entry]) -> None:
+        """Delivered entries are not redelivered in a process; nothing to keep."""
+
+    def lag(self, partitions: Sequence[int]) -> dict[str, float]:
+        entries = events = 0
+        oldest: float | None = None
+        with self.st.cond:
+            for p in partitions:
+                rest = self._undelivered(p)
+                entries += len(rest)
+                events += sum(n for _, _, n, _ in rest)
+                if rest:
+                    oldest = rest[0][3] if oldest is None else min(oldest, rest[0][3])
+        return {
+            "lag_entries": entries,
+            "lag_events": events,
+            "seconds_behind": 0.0 if oldest is None else max(0.0, time.time() - oldest),
+        }
+
+    def close(self) -> None:
+        """The stream stays with the process (another broker object of the name reads it)."""
+
+
 def make_broker(cfg: StreamSettings) -> Broker:
     if cfg.backend == "nats":
         from telemetry.nats_broker import NatsBroker
 
         return NatsBroker(cfg)
+    if cfg.backend == "memory":
+        return MemoryBroker(cfg)
     return RedisBroker(cfg)
 
 
