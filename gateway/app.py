@@ -322,7 +322,14 @@ class Gateway:
             score = await self.scorer.score(p.client_id, target.alias)
             ev["model_version"] = score.model_version
             ev["model_score"] = score.value
-            if not score.available and self.cfg.scoring.failure_mode == "closed":
+            # closed refuses only where the target enforces: a target in shadow acts on no
+            # request, with or without a score
+            fails = target.failure_mode or self.cfg.scoring.failure_mode
+            if (
+                not score.available
+                and fails == "closed"
+                and target.for_route(method, route)[0] == "enforce"
+            ):
                 ev["ratelimit_decision"] = "scoring_unavailable"
                 return _error(503, f"scoring_{score.reason}", {"retry-after": "1"})
         d = await self.core.adecide(p, method, route, score.value, now)

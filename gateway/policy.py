@@ -170,6 +170,12 @@ class TargetPolicy(_Strict):
     routes: dict[str, RouteBands] = Field(
         default_factory=dict, description="'METHOD /template' (or '* /template') -> its own"
     )
+    failure_mode: Literal["open", "closed"] | None = Field(
+        None,
+        description="no score (service down, slow, breaker open, no stale score): open lets "
+        "the limits judge, closed refuses (503) where the target enforces; None: "
+        "gateway.scoring.failure_mode",
+    )
 
     @model_validator(mode="after")
     def _bands_ascending(self) -> TargetPolicy:

@@ -156,6 +156,33 @@ def test_scoring_down_degrades_per_config(gw_settings):
     assert codes == [503] * 6 and state == "open"
 
 
+def test_the_targets_own_failure_mode_wins_and_shadow_never_refuses(gw_settings):
+    """A target's failure_mode overrides the gateway's; closed refuses only where the target
+    enforces (a target in shadow acts on no request, score or not)."""
+    s, keys = gw_settings
+    scoring = s.gateway.scoring.model_copy(update={"enabled": True, "failure_mode": "open"})
+    cfg = with_gateway(s, scoring=scoring)
+    scorer = FakeScorer({"alice": 0.99}, mode="down")
+
+    async def main(mode, target_fails):
+        p = _enforce(cfg, mode=mode)
+        t = p.targets["abuse"].model_copy(update={"failure_mode": target_fails})
+        PolicyStore(cfg.policy_dir).publish(
+            p.model_copy(update={"targets": {"abuse": t}}), reason="test"
+        )
+        async with running(cfg, Clock(), scorer) as (_, c):
+            return [
+                (await c.get("/v1/orders/1", headers=key_headers(keys["alice"]))).status_code
+                for _ in range(3)
+            ]
+
+    assert asyncio.run(main("enforce", "closed")) == [503] * 3
+    assert asyncio.run(main("enforce", None)) == [200] * 3  # the gateway's open
+    assert asyncio.run(main("shadow", "closed")) == [200] * 3
+    ev = TelemetryStore(cfg.telemetry_dir).read().to_pandas()
+    assert (ev["ratelimit_decision"] == "scoring_unavailable").sum() == 3
+
+
 def test_cache_etag_and_compression(gw_settings):
     s, keys = gw_settings
     from gateway.upstreams import upstream_app
