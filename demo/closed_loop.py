@@ -464,6 +464,56 @@ def _wait_flushed(app: Any, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+def _judge_harm(console: Any, s: Settings, current: Any) -> Any:
+    """No operator shortcut: the abuse target enforces only if its harm bound clears on the
+    recorded history (monitoring/validation.py); otherwise it stays in shadow, and says why.
+    Returns the policy in force afterwards."""
+    from gateway.policy_store import PolicyStore
+    from monitoring.validation import validate
+
+    tp = current.targets.get("abuse")
+    if tp is None or tp.mode == "enforce":
+        return current
+    try:
+        val = validate(s, target="abuse", policy=current, publish=True, author="gatewise demo")
+    except LookupError as exc:
+        console.print(f"[yellow]abuse target stays in shadow: harm bound not judged ({exc})[/]")
+        return current
+    h = val.harm
+    console.print(
+        ("[green]" if h.cleared else "[yellow]") + f"harm bound of the abuse target: {h.reason}[/]"
+    )
+    return PolicyStore(s.policy_dir).get(val.published) if val.published else current
+
+
+def _redeploy(console: Any, s: Settings, config: Path | None, trained: dict[str, Any]) -> bool:
+    """Drift asked for a new model and the monitor trained one (warm-started from the
+    champion): deploy it when its gate passed it (no --force); returns whether it serves."""
+    from flows.deploy import DeployError, deploy_flow
+
+    if not trained.get("eligible"):
+        console.print(
+            f"[yellow]the retrained v{trained.get('version')} was refused by its gate "
+            f"({'; '.join(trained.get('reasons') or [])[:300]}): the champion keeps serving[/]"
+        )
+        return False
+    try:
+        out = deploy_flow(
+            target="abuse",
+            version=str(trained["version"]),
+            config_path=str(config) if config else None,
+            data_dir=str(s.data_dir.resolve()),
+        )
+    except DeployError as exc:
+        console.print(f"[red]{exc}[/]: the champion keeps serving")
+        return False
+    console.print(
+        f"retrained v{out['version']} deployed as champion (steps: {' → '.join(out['steps'])}); "
+        f"policy v{out['policy_version']} names it; the live service answers with it"
+    )
+    return True
+
+
 def run_closed_loop(
     console: Any,
     s: Settings,
@@ -472,9 +522,12 @@ def run_closed_loop(
     minutes: float = 2.0,
     max_rps: float = 60.0,
     scoring_url: str | None = None,
+    retrain_budget_s: float = 30.0,
 ) -> dict[str, Any]:
     """The whole loop (module docstring); prints as it goes, returns the result record.
-    ``scoring_url``: the champion's service; the gateway then scores every client live."""
+    ``scoring_url``: the champion's service; the gateway then scores every client live, and
+    when drift asks for a new model the loop trains one between the phases
+    (``retrain_budget_s``, warm-started from the champion), gates and deploys it."""
     import contextlib
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -500,23 +553,7 @@ def run_closed_loop(
     current = active_or_initial(s)
     if not store.exists():
         current = store.publish(current, author="gatewise demo", reason="initial policy")
-    tp = current.targets.get("abuse")
-    if tp is not None and tp.mode != "enforce":
-        # no operator shortcut: the abuse target enforces only if its harm bound clears on the
-        # recorded history (monitoring/validation.py); otherwise it stays in shadow, and says why
-        from monitoring.validation import validate
-
-        try:
-            val = validate(s, target="abuse", policy=current, publish=True, author="gatewise demo")
-            h = val.harm
-            console.print(
-                ("[green]" if h.cleared else "[yellow]")
-                + f"harm bound of the abuse target: {h.reason}[/]"
-            )
-            if val.published:
-                current = store.get(val.published)
-        except LookupError as exc:
-            console.print(f"[yellow]abuse target stays in shadow: harm bound not judged ({exc})[/]")
+    current = _judge_harm(console, s, current)
     v_a = current.version
     mode_a = current.targets["abuse"].mode if "abuse" in current.targets else "absent"
     console.print(f"policy v{v_a} in force for phase A (abuse target: {mode_a}, no overrides yet)")
@@ -544,6 +581,7 @@ def run_closed_loop(
     started = datetime.now(UTC) - timedelta(seconds=5)
     sent_parts = []
     mon: dict[str, Any] = {}
+    retrained: dict[str, Any] | None = None
     with (
         live if live is not None else contextlib.nullcontext(),
         ThreadedServer(upstream_app(replay=True), up_port),
@@ -596,10 +634,17 @@ def run_closed_loop(
                 label_delay_minutes=0,
                 override_minutes=60,
                 adapt_limits=True,
+                retrain=scoring_url is not None,
+                retrain_cooldown_h=0.0,  # the champion is minutes old; drift says it is stale
+                retrain_budget_s=retrain_budget_s,
                 config_path=str(config) if config else None,
                 data_dir=str(s.data_dir.resolve()),
             )
             print_monitor(console, mon, "abuse")
+            trained = (mon.get("policy") or {}).get("trained")
+            if trained and _redeploy(console, s, config, trained):
+                retrained = trained
+                _judge_harm(console, s, active_or_initial(s))
             time.sleep(max(2.0, 2 * g.policy_poll_s))  # the gateway's next policy poll
     status = app.state.gateway.status()
     if live is not None:
@@ -661,6 +706,7 @@ def run_closed_loop(
             "scoring": status.get("scoring"),
         },
         "live_scoring": scoring_url is not None,
+        "retrained": retrained,
         "stream": None
         if live is None
         else {

@@ -242,6 +242,7 @@ def _retrain(
     config_path: str | None,
     data_dir: str | None,
     cooldown_h: float,
+    budget: float | None = None,
 ) -> dict[str, Any] | str:
     """Start a retraining (see ``monitor_flow``); what was done, or why not."""
     import time as _time
@@ -269,8 +270,20 @@ def _retrain(
         log.info("drift asks for a new model: training as a subflow (%s)", type(exc).__name__)
     from flows.train import train_flow
 
-    t = cast(dict[str, Any], train_flow(target=target, config_path=config_path, data_dir=data_dir))
-    return {k: t.get(k) for k in ("version", "eligible", "holdout_score", "run_id")}
+    t = cast(
+        dict[str, Any],
+        train_flow(
+            target=target,
+            budget=budget,
+            config_path=config_path,
+            data_dir=data_dir,
+            warm_start=True,
+        ),
+    )
+    return {
+        k: t.get(k)
+        for k in ("version", "eligible", "reasons", "holdout_score", "champion_score", "run_id")
+    }
 
 
 def _scored_clients(settings: Settings, start: datetime, end: datetime) -> set[str]:
@@ -460,6 +473,7 @@ def monitor_flow(
     adapt_limits: bool | None = None,
     retrain: bool = False,
     retrain_cooldown_h: float = 6.0,
+    retrain_budget_s: float | None = None,
     config_path: str | None = None,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
@@ -471,7 +485,8 @@ def monitor_flow(
     ``train`` flow now: the ``train/nightly`` deployment when this runs on a Prefect server
     that serves it (``gatewise schedule``; not waited for), else as a subflow — unless a model
     version of the target was registered in the last ``retrain_cooldown_h`` hours (drift
-    persists over several checks; one retraining answers it)."""
+    persists over several checks; one retraining answers it). A retraining here is warm-started
+    from the champion's configuration, with ``retrain_budget_s`` (default: the target's)."""
     from models.tracking import champion_run_id
     from monitoring.drift import save_report
     from monitoring.record import append_history, log_to_run, new_check_id
@@ -527,7 +542,9 @@ def monitor_flow(
         settings, target, at, hours, version, feat, scores, publish_policy
     )
     if retrain and pol["retrain"]:
-        pol["retrain_run"] = _retrain(settings, target, config_path, data_dir, retrain_cooldown_h)
+        pol["retrain_run"] = _retrain(
+            settings, target, config_path, data_dir, retrain_cooldown_h, retrain_budget_s
+        )
         if isinstance(pol["retrain_run"], dict):
             pol["trained"] = pol.pop("retrain_run")
     pol["scored_clients"] = 0 if now_scores is None else int(now_scores["client_id"].nunique())

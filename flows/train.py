@@ -29,6 +29,7 @@ def automl(
     workers: int,
     seed: int,
     labels: str = "all",
+    warm_start: bool = False,
 ) -> dict[str, Any]:
     from models.train import train_target
 
@@ -52,6 +53,7 @@ def automl(
         seed=seed,
         on_trial=on_trial,
         labels=labels,
+        **({"warm_start": True} if warm_start else {}),
     )
     log.info(
         "%s v%s: holdout %s %.4f; %s",
@@ -74,15 +76,17 @@ def train_flow(
     config_path: str | None = None,
     data_dir: str | None = None,
     labels: str = "all",
+    warm_start: bool = False,
 ) -> dict[str, Any]:
     """Search, evaluate and register a challenger for ``target``; ``labels``: all, weak or
-    reviewed (which labels train it)."""
+    reviewed (which labels train it); ``warm_start``: the champion's configuration is the
+    first trial (a retraining after drift)."""
     settings = settings_for_flow(config_path, data_dir)
     settings.target(target)  # fail fast on an unknown target
     from models.data import check_ready
 
     check_ready(settings, target, labels)  # no labels, consumers or features: say which
-    return automl(settings, target, budget, n_trials, workers, seed, labels)
+    return automl(settings, target, budget, n_trials, workers, seed, labels, warm_start)
 
 
 def train_deployment(

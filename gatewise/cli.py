@@ -377,16 +377,30 @@ def loop(
             "gateway scores every client live; without it only monitor overrides act"
         ),
     ] = None,
+    retrain_budget: Annotated[
+        float,
+        typer.Option(
+            help="when drift asks for a new model (live scoring only): the search budget in "
+            "seconds, warm-started from the champion"
+        ),
+    ] = 30.0,
     config: ConfigOpt = None,
 ) -> None:
     """The closed loop, live: replay fresh traffic through the real gateway, monitor, publish
-    the gated policy, replay again; a table and an HTML report against static limits."""
+    the gated policy (retrain, gate and deploy when drift asks), replay again; a table and an
+    HTML report against static limits."""
     from demo.closed_loop import run_closed_loop
 
     s = _settings(config)
     try:
         run_closed_loop(
-            _console(), s, config, minutes=minutes, max_rps=max_rps, scoring_url=scoring_url
+            _console(),
+            s,
+            config,
+            minutes=minutes,
+            max_rps=max_rps,
+            scoring_url=scoring_url,
+            retrain_budget_s=retrain_budget,
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -105,6 +105,7 @@ def _search(
     seed: int,
     on_trial: Callable[[Any], None] | None,
     keep_best: dict[str, Any] | None = None,
+    warm: Sequence[dict[str, Any]] = (),
 ) -> Any:
     import optuna
 
@@ -124,8 +125,10 @@ def _search(
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
     )
-    # library defaults first: cheap, robust configurations TPE then improves on
-    for cfg in default_configs(ds.task, families, text=is_text(ds.X)):
+    # a warm start first (the champion's configuration: a retraining on drifted traffic
+    # starts from what won last time), then library defaults: cheap, robust configurations
+    # TPE then improves on
+    for cfg in [*warm, *default_configs(ds.task, families, text=is_text(ds.X))]:
         study.enqueue_trial(cfg, skip_if_exists=True)
     choices = selections(ds.X.shape[1], budget if n_trials is None else None)
     procs: list[Any] = []
@@ -173,6 +176,28 @@ def _search(
     return study
 
 
+def champion_config(settings: Settings, name: str) -> dict[str, Any] | None:
+    """The search parameters of the trial that made the target's champion: its MLflow run's
+    ``optuna.study`` tag names the study in ``optuna_storage``; its best trial's parameters.
+    None when there is no champion or its study is gone (another storage, deleted)."""
+    import optuna
+
+    from models.tracking import champion_run_id, client
+
+    run_id = champion_run_id(settings, name)
+    if run_id is None:
+        return None
+    study_name = client(settings).get_run(run_id).data.tags.get("optuna.study")
+    if not study_name:
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=settings.optuna_storage)
+        return dict(study.best_trial.params)
+    except (KeyError, ValueError):  # no such study, or no finished trial
+        return None
+
+
 def run_automl(
     settings: Settings,
     ds: Dataset,
@@ -185,9 +210,11 @@ def run_automl(
     seed: int = 0,
     on_trial: Callable[[Any], None] | None = None,
     labels: str | None = None,
+    warm_start: bool = False,
 ) -> TrainResult:
     """Search → refit → evaluate on the recent holdout → gate → MLflow + registry.
-    ``labels``: the label set the dataset came from (kept as a tag)."""
+    ``labels``: the label set the dataset came from (kept as a tag); ``warm_start``: the
+    champion's configuration is the search's first trial (``champion_config``)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -201,6 +228,7 @@ def run_automl(
     metric = target.metric
     budget = budget or target.time_budget_s
     keep: dict[str, Any] = {}
+    warm = champion_config(settings, name) if warm_start else None
     study = _search(
         settings,
         ds,
@@ -214,6 +242,7 @@ def run_automl(
         seed,
         on_trial,
         keep,
+        warm=[warm] if warm else [],
     )
     best = study.best_trial
     params = best.user_attrs["params"]
@@ -316,6 +345,7 @@ def run_automl(
                 "optuna.study": study.study_name,
                 "workers": str(workers),
                 "labels": labels or "table",
+                "warm_start": "champion" if warm else "none",
             }
         )
         mlflow.log_params(

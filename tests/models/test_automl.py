@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
@@ -11,8 +12,8 @@ from models.data import DataQualityError, Dataset, check_quality, load_table
 from models.evaluate import choose_threshold, fairness_report
 from models.registry import PromotionError, promote, rollback
 from models.search import make_splits
-from models.tracking import version_info
-from models.train import run_automl
+from models.tracking import client, version_info
+from models.train import champion_config, run_automl
 from tests.models.conftest import unfair_table, xor_table
 
 
@@ -144,6 +145,17 @@ def test_gate_promote_and_rollback_in_a_real_registry(mlsettings):
     r1 = run_automl(mlsettings, _table_ds(df), "xor", fair, n_trials=3, budget=120)
     assert r1.eligible and r1.champion_version is None and r1.holdout_score > 0.8
     assert promote(mlsettings, "xor")["champion"] == r1.version
+
+    # a retraining warm-starts from the champion: its winning configuration is trial 0
+    champ = champion_config(mlsettings, "xor")
+    assert champ and champ["family"] == "hist_gradient_boosting"
+    rw = run_automl(mlsettings, _table_ds(df), "xor", fair, n_trials=1, warm_start=True)
+    run = client(mlsettings).get_run(rw.run_id)
+    assert run.data.tags["warm_start"] == "champion"
+    study = optuna.load_study(
+        study_name=run.data.tags["optuna.study"], storage=mlsettings.optuna_storage
+    )
+    assert study.trials[0].params == champ
 
     r2 = run_automl(mlsettings, _table_ds(df), "xor", _target(["linear"]), n_trials=2, budget=120)
     assert not r2.eligible and r2.champion_version == r1.version
