@@ -197,7 +197,10 @@ def save_loop_report(s: Settings, r: dict[str, Any]) -> dict[str, Path]:
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("abusive requests stopped", "legitimate requests harmed")
     )
-    for system, color in (("gatewise", "#2a9d8f"), ("static", "#e76f51")):
+    systems = [("gatewise", "#2a9d8f"), ("static", "#e76f51")]
+    if "A_with_shadow" in o:  # what the shadow rules (the live model's bands) would have done
+        systems.append(("with_shadow", "#a8dadc"))
+    for system, color in systems:
         xs = ["phase A", "phase B"]
         fig.add_bar(
             x=xs,
