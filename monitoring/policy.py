@@ -488,11 +488,10 @@ _COUNTS = ("abusive_stopped", "legitimate_harmed")
 def _shifted(full: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """``full`` with a subset's counts under policy a replaced by the same subset under b."""
     keep = (*_COUNTS, "abusive_requests", "legitimate_requests")
-    if not a or not b:
-        return {k: full[k] for k in keep}
     out = {k: full[k] for k in keep}  # what each policy enforces (shadow extras do not shift)
-    for k in _COUNTS:
-        out[k] = full[k] - a[k] + b[k]
+    if a and b:  # else the subset had no labelled requests: nothing shifts
+        for k in _COUNTS:
+            out[k] = full[k] - a[k] + b[k]
     out["abusive_stopped_share"] = out["abusive_stopped"] / max(full["abusive_requests"], 1)
     out["legitimate_harmed_share"] = out["legitimate_harmed"] / max(full["legitimate_requests"], 1)
     return out

@@ -296,3 +296,18 @@ def test_the_gate_replays_only_the_clients_a_change_touches_with_the_same_verdic
     assert full.candidate["abusive_stopped"] + full.candidate["legitimate_harmed"] > (
         base["abusive_stopped"] + base["legitimate_harmed"]
     )
+
+
+def test_a_change_that_touches_no_client_is_judged_as_the_current_outcome(two_days):
+    """No client can decide differently (no overrides, nothing per client): the gate replays
+    nobody and judges the candidate's outcome as the current one, shares included."""
+    from gateway.backtest import backtest
+
+    s = two_days
+    cur = _policy(s)
+    kw = {"label_window_minutes": s.simulator.label_window_minutes}
+    base = backtest(cur, s.telemetry_dir, labels=s.labels_dir, **kw).outcome
+    v = gate(cur, cur, s.telemetry_dir, s.labels_dir, clients=set(), current_outcome=base, **kw)
+    assert v.accepted, v.reason
+    for k in ("legitimate_harmed_share", "abusive_stopped_share", "legitimate_harmed"):
+        assert v.candidate[k] == pytest.approx(base[k])
