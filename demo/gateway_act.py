@@ -5,8 +5,10 @@
    trade-off static limits force (abuse stopped vs legitimate clients harmed).
 2. Start the demo upstreams and the gateway (uvicorn, loopback, free ports),
    create API consumers, and drive real requests for a few seconds at real
-   rate: a steady client, a scraper that bursts past its limit, an
-   enterprise partner, a revoked key and an unauthenticated probe.
+   rate: a steady client and an enterprise partner (the busiest legitimate
+   free and enterprise clients of the history, each at its own busiest
+   recorded minute: nothing it has not done before), a scraper that bursts
+   past its limit, a revoked key and an unauthenticated probe.
 3. Export the policy for Kong, envoyproxy/ratelimit and NGINX.
 """
 
@@ -26,8 +28,12 @@ from demo.servers import ThreadedServer, free_port
 __all__ = ["gateway_demo"]
 
 
-def _simulated_clients(s: Settings) -> dict[str, tuple[str, str, str | None, str | None]]:
-    """Real simulated clients for the demo roles: (client_id, tier, region, device)."""
+def _simulated_clients(
+    s: Settings, peak: dict[str, float]
+) -> dict[str, tuple[str, str, str | None, str | None]]:
+    """Real simulated clients for the demo roles: (client_id, tier, region, device);
+    ``peak``: each client's busiest recorded minute (``busiest_minute_rps``)."""
+    import pandas as pd
     import pyarrow.parquet as pq
 
     from labeling.store import LabelStore
@@ -44,20 +50,24 @@ def _simulated_clients(s: Settings) -> dict[str, tuple[str, str, str | None, str
         cid = noisy["client_id"].value_counts().index[0]
         picks["scraper"] = (cid, *cons.loc[cid, ["tier", "region", "device_type"]].tolist())
     legit = cons[~cons.index.isin(bad)]
+    # the busiest legitimate client of each tier: the one static limits are unfair to, driven
+    # live at its own busiest recorded minute (``busiest_minute_rps``)
+    peaks = pd.Series(peak, dtype=float)
     for role, tier in (("steady", "free"), ("partner", "enterprise")):
         cand = legit[legit["tier"] == tier]
         if len(cand):
-            cid = cand.index[0]
+            p = peaks.reindex(cand.index).fillna(0.0)
+            cid = str(p.idxmax()) if len(p) else cand.index[0]
             picks[role] = (cid, *cand.loc[cid, ["tier", "region", "device_type"]].tolist())
     return picks
 
 
-def _consumers(s: Settings) -> dict[str, tuple[str, str]]:
+def _consumers(s: Settings, peak: dict[str, float]) -> dict[str, tuple[str, str]]:
     """API keys for the demo roles: role → (client_id, key). Simulated clients where possible,
     so the champion scores them from their real online features."""
     from gateway.auth import ApiKey, Consumer, ConsumersFile, new_api_key
 
-    sim = _simulated_clients(s)
+    sim = _simulated_clients(s, peak)
     keys: dict[str, tuple[str, str]] = {}
     consumers = []
     for role, default_tier, roles, revoked in (
@@ -92,12 +102,36 @@ def _consumers(s: Settings) -> dict[str, tuple[str, str]]:
     return keys
 
 
+def busiest_minute_rps(s: Settings) -> dict[str, float]:
+    """Each client's busiest recorded minute, in requests per second: a legitimate client
+    driven live at that rate does nothing it has not done before."""
+    from telemetry.store import TelemetryStore
+
+    store = TelemetryStore(s.telemetry_dir)
+    if store.is_empty():
+        return {}
+    rows = (
+        store.connect()
+        .execute(
+            "SELECT client_id, max(n) / 60.0 FROM (SELECT client_id, "
+            "date_trunc('minute', timestamp) AS m, count(*) AS n FROM events "
+            "WHERE client_id IS NOT NULL GROUP BY 1, 2) GROUP BY 1"
+        )
+        .fetchall()
+    )
+    return {str(c): float(r) for c, r in rows}
+
+
 async def _drive(
     base: str,
     keys: dict[str, tuple[str, str]],
     seconds: float,
     injected: list[tuple[str, str]] | None = None,
+    rates: dict[str, float] | None = None,
 ) -> Counter[tuple[str, int]]:
+    """Drive the roles; ``rates``: requests per second of a role's client (default: the
+    demo's fixed ones)."""
+    rates = rates or {}
     import httpx
 
     out: Counter[tuple[str, int]] = Counter()
@@ -122,11 +156,12 @@ async def _drive(
                 out[(label, r.status_code)] += 1
                 await asyncio.sleep(1 / rate)
 
+    partner = rates.get("partner", 32.0)
     await asyncio.gather(
-        client("steady", 2, "/v1/orders/17"),
+        client("steady", rates.get("steady", 2.0), "/v1/orders/17"),
         client("scraper", 40, "/v1/products/5"),
-        client("partner", 30, "/v1/search"),
-        client("partner", 2, "/v1/reports/export"),
+        client("partner", partner * 15 / 16, "/v1/search"),
+        client("partner", partner / 16, "/v1/reports/export"),
         client("former", 1, "/v1/orders/1"),
         client("anonymous probe", 1, "/v1/users/1", with_key=False),
         injector(),
@@ -227,8 +262,16 @@ def gateway_demo(
         f"[bold]live gateway[/]: real HTTP for {seconds:.0f}s at real rate"
         + (f", scored by the champion at {scoring_url}" if scoring_url else "")
     )
-    keys = _consumers(s)
+    peak = busiest_minute_rps(s)
+    keys = _consumers(s, peak)
     injected: list[tuple[str, str]] = []
+    # legitimate roles at their own busiest recorded minute (at least one request in 4 s)
+    rates = {r: max(0.25, peak[keys[r][0]]) for r in ("steady", "partner") if keys[r][0] in peak}
+    if rates:
+        console.print(
+            "legitimate roles at their own busiest recorded minute: "
+            + ", ".join(f"{r} ({keys[r][0]}) {v:.2f} requests/s" for r, v in rates.items())
+        )
 
     if g.scanning.enabled and s.scanner_path().exists():
         from demo.payload_act import demo_requests
@@ -262,7 +305,9 @@ def gateway_demo(
             ThreadedServer(upstream_app(latency_scale=0.05), up_port),
             ThreadedServer(app, gw_port, proxy_headers=False),
         ):
-            counts = asyncio.run(_drive(f"http://127.0.0.1:{gw_port}", keys, seconds, injected))
+            counts = asyncio.run(
+                _drive(f"http://127.0.0.1:{gw_port}", keys, seconds, injected, rates)
+            )
     finally:
         if svc is not None and worker is not None:
             time.sleep(svc.settings.stream.publish_interval_s * 2)  # the last publish

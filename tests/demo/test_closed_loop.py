@@ -261,3 +261,33 @@ def test_a_live_replay_scores_every_client_and_streams_every_request(settings):
     # the enforced band blocked the flagged clients from their first request, and nobody else
     assert blocked[df["abusive"] == 1].all()
     assert not blocked[df["abusive"] == 0].any()
+
+
+def test_legitimate_demo_roles_are_driven_at_their_own_busiest_minute(settings):
+    """The live act drives a legitimate client no faster than it went in its history."""
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+
+    from demo.gateway_act import busiest_minute_rps
+    from telemetry.schema import EVENT_SCHEMA
+    from telemetry.store import TelemetryStore
+
+    t0 = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    rows = []
+    # a: 30 requests in minute 0, 90 in minute 1; b: 6 in minute 5
+    for cid, minute, n in (("a", 0, 30), ("a", 1, 90), ("b", 5, 6)):
+        for i in range(n):
+            rows.append(
+                {
+                    "request_id": f"{cid}-{minute}-{i}",
+                    "client_id": cid,
+                    "timestamp": t0 + timedelta(minutes=minute, seconds=i * 60 / n),
+                    "http_request_method": "GET",
+                    "url_path": "/v1/orders",
+                    "http_route": "/v1/orders",
+                    "http_response_status_code": 200,
+                }
+            )
+    TelemetryStore(settings.telemetry_dir).append(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
+    assert busiest_minute_rps(settings) == {"a": 1.5, "b": 0.1}
