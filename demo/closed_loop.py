@@ -467,12 +467,12 @@ def _wait_flushed(app: Any, timeout: float = 30.0) -> None:
 def _judge_harm(console: Any, s: Settings, current: Any) -> Any:
     """No operator shortcut: the abuse target enforces only if its harm bound clears on the
     recorded history (monitoring/validation.py); otherwise it stays in shadow, and says why.
-    Returns the policy in force afterwards."""
+    An enforcing target is judged again too (a new champion, drifted inputs): whose bound no
+    longer clears goes back to shadow. Returns the policy in force afterwards."""
     from gateway.policy_store import PolicyStore
     from monitoring.validation import validate
 
-    tp = current.targets.get("abuse")
-    if tp is None or tp.mode == "enforce":
+    if current.targets.get("abuse") is None:
         return current
     try:
         val = validate(s, target="abuse", policy=current, publish=True, author="gatewise demo")
