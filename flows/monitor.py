@@ -263,7 +263,10 @@ def _retrain(
     try:
         from prefect.deployments import run_deployment
 
-        fr: Any = run_deployment("train/nightly", parameters={"target": target}, timeout=0)
+        params: dict[str, Any] = {"target": target, "warm_start": True}
+        if budget is not None:
+            params["budget"] = budget
+        fr: Any = run_deployment("train/nightly", parameters=params, timeout=0)
         log.info("drift asks for a new model: started deployment train/nightly (%s)", fr.id)
         return f"started deployment train/nightly, flow run {fr.id}"
     except Exception as exc:  # no server, or no such deployment: train here

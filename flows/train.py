@@ -53,7 +53,7 @@ def automl(
         seed=seed,
         on_trial=on_trial,
         labels=labels,
-        **({"warm_start": True} if warm_start else {}),
+        warm_start=warm_start,
     )
     log.info(
         "%s v%s: holdout %s %.4f; %s",

@@ -42,7 +42,7 @@ def test_drift_starts_the_served_train_deployment_and_not_again_while_fresh(
     from flows.schedule import deployments
 
     ids = {d.name: d.apply() for d in deployments(settings, None)}
-    out = _retrain(settings, "abuse", None, str(settings.data_dir), 6.0)
+    out = _retrain(settings, "abuse", None, str(settings.data_dir), 6.0, budget=30.0)
     assert isinstance(out, str) and out.startswith("started deployment train/nightly")
 
     async def runs():
@@ -51,6 +51,8 @@ def test_drift_starts_the_served_train_deployment_and_not_again_while_fresh(
 
     mine = [r for r in asyncio.run(runs()) if r.deployment_id == ids["nightly"]]
     assert len(mine) == 1 and mine[0].parameters["target"] == "abuse"
+    # the retraining is warm-started from the champion, with the short budget asked for
+    assert mine[0].parameters["warm_start"] is True and mine[0].parameters["budget"] == 30.0
     # a version registered minutes ago: drift has had its answer, no second retraining
     c = mlflow.MlflowClient(settings.mlflow_uri)
     name = settings.registered_model("abuse")
