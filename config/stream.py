@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["AlertRule", "AlertStep", "StreamSettings"]
+__all__ = ["AlertRule", "AlertStep", "ScorePushSettings", "StreamSettings"]
 
 
 class AlertStep(BaseModel):
@@ -82,6 +82,39 @@ class AlertRule(BaseModel):
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class ScorePushSettings(BaseModel):
+    """``stream.score_push``: after each online push, the processor asks the scoring service
+    about the clients whose features it just wrote and pushes the scores that moved to the
+    gateways (``POST /admin/scores``), so a gateway acts on a new score within a micro-batch
+    instead of when its cached score expires (``gateway.scoring.cache_ttl_s``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    scoring_url: str | None = Field(None, description="None: serving's own URL")
+    gateway_urls: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8080"],
+        description="every gateway instance gets the moved scores",
+    )
+    api_key_env: str = Field(
+        "GATEWISE_ADMIN_KEY",
+        description="environment variable holding an API key with the gateway's admin role",
+    )
+    target: str = "abuse"
+    alias: str = "champion"
+    min_change: float = Field(
+        0.05, ge=0, le=1, description="a score is pushed when it moved at least this much"
+    )
+    max_batch: int = Field(256, ge=1, description="most ids in one /score call")
+    timeout_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _gateways(self) -> ScorePushSettings:
+        if self.enabled and not self.gateway_urls:
+            raise ValueError("score_push.gateway_urls: at least one gateway when enabled")
+        return self
+
+
 class StreamSettings(BaseModel):
     """``stream:`` in gatewise.yaml: the live path from the gateway to the online store."""
 
@@ -122,6 +155,7 @@ class StreamSettings(BaseModel):
     )
     metrics_port: int = Field(9300, ge=0, le=65535, description="0: no HTTP metrics endpoint")
     webhook_url: str | None = Field(None, description="alerts are POSTed here as well")
+    score_push: ScorePushSettings = Field(default_factory=ScorePushSettings)
     alerts: list[AlertRule] = Field(
         default_factory=list,
         description="event-pattern rules (monitoring/alerts.py); empty: the default rules",

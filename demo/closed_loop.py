@@ -153,12 +153,27 @@ def fresh_traffic(
     return LoopTraffic(sel, cons, span)
 
 
-def register_consumers(s: Settings, consumers: pd.DataFrame) -> dict[str, str]:
-    """An API key per replayed client (client_id → key); other consumers are kept."""
+def register_consumers(
+    s: Settings, consumers: pd.DataFrame, admin: str | None = None
+) -> dict[str, str]:
+    """An API key per replayed client (client_id → key); other consumers are kept. ``admin``:
+    also an operator consumer of that id with the gateway's admin role (its key under the
+    same id), e.g. for the stream's score push."""
     from gateway.auth import ApiKey, Consumer, ConsumersFile, new_api_key
 
     keys: dict[str, str] = {}
     new = []
+    if admin is not None:
+        kid, key, digest = new_api_key()
+        keys[admin] = key
+        new.append(
+            Consumer(
+                client_id=admin,
+                tier="enterprise",
+                roles=[s.gateway.admin_role],
+                api_keys=[ApiKey(id=kid, sha256=digest)],
+            )
+        )
     rows: list[Any] = list(consumers.itertuples(index=False))
     for row in rows:
         kid, key, digest = new_api_key()
@@ -212,14 +227,29 @@ class LiveFeatures:
     to the online store the scoring service reads, as the traffic arrives. It starts from
     its checkpoint or, without one, from the last ``bootstrap_hours`` of stored telemetry."""
 
-    def __init__(self, s: Settings, push: bool = True) -> None:
+    def __init__(
+        self, s: Settings, push: bool = True, score_push: tuple[str, str] | None = None
+    ) -> None:
+        """``score_push``: (gateway URL, admin API key): after each online push the scores
+        that moved go to that gateway (``features/score_push.py``)."""
         import threading
 
         from features.stream_service import StreamService
 
         self.settings = s
         self.status: dict[str, Any] = {}
-        self.svc = StreamService(s, push=push, metrics_port=0, bootstrap=True)
+        pusher = None
+        if score_push is not None:
+            from config.stream import ScorePushSettings
+            from features.score_push import ScorePusher
+
+            url, key = score_push
+            sc = s.gateway.scoring
+            cfg = ScorePushSettings(
+                enabled=True, gateway_urls=[url], target=sc.target, alias=sc.alias
+            )
+            pusher = ScorePusher(cfg, sc.url, api_key=key)
+        self.svc = StreamService(s, push=push, metrics_port=0, bootstrap=True, score_push=pusher)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.svc.run, args=(self.stop,), daemon=True)
 
@@ -234,11 +264,17 @@ class LiveFeatures:
         time.sleep(self.settings.stream.publish_interval_s * 2)  # the gateway's last publish
         self.stop.set()
         self.thread.join(timeout=60)
+        # the gateway has stopped by now: what is left goes online, not to the gateway
+        pusher, self.svc.score_push = self.svc.score_push, None
         try:
             self.svc.drain()  # what is still in the stream, then a checkpoint
             self.status = self.svc.status()
+            if pusher is not None:
+                self.status["score_push"] = pusher.stats()
         finally:
             self.svc.close()
+            if pusher is not None:
+                pusher.close()
             MemoryBroker.drop(self.settings.stream.name)
 
 
@@ -548,7 +584,8 @@ def run_closed_loop(
         f"({sp['abusive_requests']:,} abusive from {sp['abusive_clients']} clients: "
         f"{sp['scenarios']}); {sp['rule']}; drift: {sp['drift']}; skew: {sp['skew']}"
     )
-    keys = register_consumers(s, traffic.consumers)
+    admin = f"gatewise-{run}-operator"  # the stream's score push authenticates as it
+    keys = register_consumers(s, traffic.consumers, admin=admin if scoring_url else None)
     store = PolicyStore(s.policy_dir)
     current = active_or_initial(s)
     if not store.exists():
@@ -561,12 +598,14 @@ def run_closed_loop(
     g = s.gateway
     rs = replay_settings(s, up_port, scoring_url, stream=f"gatewise-{run}")
     app = create_app(rs)
-    live: LiveFeatures | None = LiveFeatures(rs) if scoring_url else None
+    live: LiveFeatures | None = None
     if scoring_url:
+        live = LiveFeatures(rs, score_push=(f"http://127.0.0.1:{gw_port}", keys[admin]))
         console.print(
             f"live scoring: the gateway asks the champion at {scoring_url} about every client "
             "(cached, batched); a stream processor in this process turns the gateway's events "
-            "into online window features as they arrive"
+            "into online window features as they arrive and pushes the scores that moved to "
+            "the gateway"
         )
     else:
         console.print(
@@ -653,9 +692,11 @@ def run_closed_loop(
         console.print(
             f"live path: stream processor applied {st['applied']:,} events in {st['batches']} "
             f"micro-batches, pushed {st['pushed_rows']:,} feature rows online "
-            f"({st['push_failures']} failed pushes); scoring: {sc.get('lookups', 0):,} lookups, "
-            f"{sc.get('calls', 0):,} calls to the service, {sc.get('failures', 0)} failed, "
-            f"{sc.get('stale', 0)} stale, {sc.get('unavailable', 0)} unavailable"
+            f"({st['push_failures']} failed pushes), {sc.get('pushed', 0):,} moved scores pushed "
+            f"to the gateway ({(st.get('score_push') or {}).get('failures', 0)} failed); "
+            f"scoring: {sc.get('lookups', 0):,} lookups, {sc.get('calls', 0):,} calls to the "
+            f"service, {sc.get('failures', 0)} failed, {sc.get('stale', 0)} stale, "
+            f"{sc.get('unavailable', 0)} unavailable"
         )
     sent_all = pd.concat(sent_parts, ignore_index=True)
     rec = _recorded(s, run, started)
@@ -710,7 +751,8 @@ def run_closed_loop(
         "stream": None
         if live is None
         else {
-            k: live.status.get(k) for k in ("applied", "batches", "pushed_rows", "push_failures")
+            k: live.status.get(k)
+            for k in ("applied", "batches", "pushed_rows", "push_failures", "score_push")
         },
         "outcome": out,
     }

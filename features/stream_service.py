@@ -91,16 +91,25 @@ class StreamService:
     bootstrap: bool = True
     metrics_port: int | None = None
     alerts: Any = None  # an engine with process/state/load_state and sinks; None: no alerts
+    # after each online push, the moved scores to the gateways (features/score_push.py);
+    # None: from stream.score_push when enabled
+    score_push: Any = None
     processor: StreamProcessor = field(init=False)
     push_failures: int = 0
     started_from: str = ""
     _server: ThreadingHTTPServer | None = None
 
     def __post_init__(self) -> None:
+        if self.score_push is None and self.settings.stream.score_push.enabled:
+            from features.score_push import ScorePusher
+
+            self.score_push = ScorePusher(
+                self.settings.stream.score_push, self.settings.serving.url
+            )
         self.processor = StreamProcessor(
             self.settings,
             self.partitions,
-            push=self._push_online if self.push else None,
+            push=self._push_online if self.push or self.score_push is not None else None,
             alerts=self.alerts,
             before_checkpoint=self.wait_pushed,
         )
@@ -127,12 +136,16 @@ class StreamService:
                     return
                 # a failed push is counted and logged, never fatal: the next batch pushes
                 # newer rows, and the batch build materialises everything anyway
-                if self._pusher is None:
-                    self._pusher = feast_pusher(self.settings)
-                self._pusher(rows)
+                if self.push:
+                    if self._pusher is None:
+                        self._pusher = feast_pusher(self.settings)
+                    self._pusher(rows)
             except Exception:
                 self.push_failures += 1
                 log.exception("online push of %d rows failed", rows.num_rows)
+            else:
+                if self.score_push is not None:  # scored from what is online now
+                    self.score_push(rows)  # counts its own failures, never raises
             finally:
                 self._pushq.task_done()
 
@@ -144,6 +157,8 @@ class StreamService:
     def status(self) -> dict[str, Any]:
         st = self.processor.status()
         st["push_failures"] = self.push_failures
+        if self.score_push is not None:
+            st["score_push"] = self.score_push.stats()
         st["started_from"] = self.started_from
         return st
 
@@ -192,6 +207,8 @@ class StreamService:
             close = getattr(s, "close", None)
             if close is not None:
                 close()
+        if self.score_push is not None:
+            self.score_push.close()
         if self.processor.broker is not None:
             self.processor.broker.close()
 

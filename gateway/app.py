@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -545,6 +547,26 @@ class Gateway:
         await asyncio.to_thread(self.reload_policy)
         return JSONResponse(new.summary(), status_code=201)
 
+    async def admin_scores(self, request: Request) -> Response:
+        """Scores pushed for clients whose score moved (``features/score_push.py``):
+        ``{"model_version": "7", "alias": "champion", "results": [{"id": .., "score": ..}]}``;
+        each becomes the client's fresh cached score. 400 names the first bad field."""
+        a = self._admin(request)
+        if isinstance(a, Response):
+            return a
+        if self.scorer is None:
+            return _error(409, "scoring_disabled", detail="gateway.scoring.enabled is false")
+        try:
+            body = json.loads(await request.body())
+            rows = _pushed_scores(body)
+        except ValueError as exc:
+            return _error(400, "invalid_scores", detail=str(exc))
+        mv = body.get("model_version")
+        alias = body.get("alias")
+        for cid, value in rows:
+            self.scorer.put(cid, value, None if mv is None else str(mv), alias)
+        return JSONResponse({"accepted": len(rows)})
+
     async def admin_history(self, request: Request) -> Response:
         a = self._admin(request)
         if isinstance(a, Response):
@@ -589,6 +611,7 @@ class Gateway:
                 "failures": self.scorer.failures,
                 "stale": self.scorer.stale,
                 "unavailable": self.scorer.unavailable,
+                "pushed": self.scorer.pushed,
             },
         }
 
@@ -633,6 +656,32 @@ class Gateway:
         ]
 
 
+def _pushed_scores(body: Any) -> list[tuple[str, float | None]]:
+    """(client id, score) pairs of a ``POST /admin/scores`` body; ValueError names the field."""
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object with `results`")
+    for k in ("model_version", "alias"):
+        if body.get(k) is not None and not isinstance(body[k], str | int):
+            raise ValueError(f"`{k}` must be a string")
+    results = body.get("results")
+    if not isinstance(results, list):
+        raise ValueError("`results` must be a list of {id, score}")
+    out: list[tuple[str, float | None]] = []
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or not isinstance(r.get("id"), str) or not r["id"]:
+            raise ValueError(f"results[{i}].id must be a non-empty string")
+        v = r.get("score")
+        if v is not None and (
+            isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not math.isfinite(v)
+            or not 0 <= v <= 1
+        ):
+            raise ValueError(f"results[{i}].score must be a number in [0, 1] or null, not {v!r}")
+        out.append((r["id"], None if v is None else float(v)))
+    return out
+
+
 def _error(
     status: int, reason: str, headers: dict[str, str] | None = None, detail: str = ""
 ) -> Response:
@@ -661,6 +710,7 @@ def create_app(settings: Settings, **kw: Any) -> Starlette:
             Route("/admin/policy", gw.admin_policy, methods=["GET", "PUT"]),
             Route("/admin/policy/history", gw.admin_history),
             Route("/admin/status", gw.admin_status),
+            Route("/admin/scores", gw.admin_scores, methods=["POST"]),
             Route("/{path:path}", gw.handle, methods=methods),
         ],
         lifespan=lifespan,

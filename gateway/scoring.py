@@ -70,6 +70,16 @@ class ScoringClient:
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = self.failures = 0  # /score calls, failed calls
         self.lookups = self.stale = self.unavailable = 0  # score() answers
+        self.pushed = 0  # scores pushed by the stream (``put``)
+
+    def put(
+        self, client_id: str, value: float | None, model_version: str | None, alias: str | None
+    ) -> None:
+        """A score pushed to the gateway (``POST /admin/scores``: the stream processor, for a
+        client whose score moved): it counts as a fresh answer of the service."""
+        key = (alias or self.cfg.alias, client_id)
+        self._cache[key] = (self.clock(), Score(value, model_version, True, "pushed"))
+        self.pushed += 1
 
     async def score(self, client_id: str, alias: str | None = None) -> Score:
         alias = alias or self.cfg.alias

@@ -211,7 +211,8 @@ def test_a_live_replay_scores_every_client_and_streams_every_request(settings):
     ev = t.events
     bad = set(ev.loc[ev["abusive"] == 1, "client_id"])
     assert bad, "the chosen span has abusive clients"
-    keys = register_consumers(s, t.consumers)
+    keys = register_consumers(s, t.consumers, admin="operator")
+    assert set(keys) == set(ev["client_id"]) | {"operator"}
     p = default_policy(
         s.static_limits_per_minute, s.gateway.route_costs, [{"min_score": 0.9, "action": "block"}]
     )
@@ -235,8 +236,10 @@ def test_a_live_replay_scores_every_client_and_streams_every_request(settings):
     app = create_app(live_s)
     started = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=5)
     with (
-        LiveFeatures(live_s, push=False) as live,
         ThreadedServer(scorer, sc),
+        LiveFeatures(
+            live_s, push=False, score_push=(f"http://127.0.0.1:{gw}", keys["operator"])
+        ) as live,
         ThreadedServer(upstream_app(replay=True), up),
         ThreadedServer(app, gw, proxy_headers=False),
     ):
@@ -254,7 +257,10 @@ def test_a_live_replay_scores_every_client_and_streams_every_request(settings):
     asked = {i for ids in calls for i in ids}
     assert asked == set(ev["client_id"])
     assert scoring["failures"] == 0 and scoring["lookups"] == len(ev)
-    assert 0 < scoring["calls"] == len(calls) < len(ev) / 5
+    assert 0 < scoring["calls"] < len(calls) < len(ev) / 5  # the rest: the score push's
+    # the processor pushed each client's score once (they never move here) to the gateway
+    sp = live.status["score_push"]
+    assert sp["failures"] == 0 and 0 < sp["pushed"] == scoring["pushed"] <= len(asked)
     rec = _recorded(s, "lv1", started.to_pydatetime())
     df = rec.merge(ev.assign(request_id="lv1-" + ev["request_id"])[["request_id", "abusive"]])
     blocked = df["ratelimit_decision"] == "block"

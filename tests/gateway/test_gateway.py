@@ -156,6 +156,38 @@ def test_scoring_down_degrades_per_config(gw_settings):
     assert codes == [503] * 6 and state == "open"
 
 
+def test_pushed_scores_act_without_a_call_and_a_bad_push_names_its_field(gw_settings):
+    """POST /admin/scores (the stream's score push): admins only; a pushed score is the
+    client's fresh score (the next request needs no call); a bad body changes nothing."""
+    s, keys = gw_settings
+    s = with_gateway(s, scoring=s.gateway.scoring.model_copy(update={"enabled": True}))
+    scorer = FakeScorer({"alice": 0.1})
+    push = {"model_version": "8", "results": [{"id": "alice", "score": 0.97}]}
+    bad = {"results": [{"id": "alice", "score": 0.2}, {"id": "bob", "score": 1.7}]}
+
+    async def main():
+        _enforce(s)
+        async with running(s, Clock(), scorer) as (gw, c):
+            alice, bob = key_headers(keys["alice"]), key_headers(keys["bob"])
+            before = await c.get("/v1/orders/1", headers=alice)
+            calls = scorer.calls
+            forbidden = await c.post("/admin/scores", headers=alice, json=push)
+            pushed = await c.post("/admin/scores", headers=bob, json=push)
+            after = await c.get("/v1/orders/1", headers=alice)
+            refused = await c.post("/admin/scores", headers=bob, json=bad)
+            again = await c.get("/v1/orders/1", headers=alice)
+            return before, calls, forbidden, pushed, after, refused, again, scorer.calls, gw
+
+    before, calls, forbidden, pushed, after, refused, again, calls_end, gw = asyncio.run(main())
+    assert before.status_code == 200 and calls == 1
+    assert forbidden.status_code == 403 and pushed.json() == {"accepted": 1}
+    assert after.status_code == 403 and after.json()["error"] == "block"
+    assert refused.status_code == 400 and "results[1].score" in refused.json()["detail"]
+    assert again.status_code == 403  # the bad push did not lower alice's score to 0.2
+    assert calls_end == calls  # pushed scores are fresh: no call to the service
+    assert gw.status()["scoring"]["pushed"] == 1
+
+
 def test_the_targets_own_failure_mode_wins_and_shadow_never_refuses(gw_settings):
     """A target's failure_mode overrides the gateway's; closed refuses only where the target
     enforces (a target in shadow acts on no request, score or not)."""
