@@ -199,11 +199,24 @@ def prepare(s: Settings, a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def add_consumers(s: Settings, rows: list[dict[str, Any]]) -> dict[str, str]:
-    """API keys for the given simulated clients: client_id -> key."""
+def add_consumers(
+    s: Settings, rows: list[dict[str, Any]], admin: str | None = None
+) -> dict[str, str]:
+    """API keys for the given simulated clients: client_id -> key; ``admin``: also an operator
+    with the gateway's admin role (the score push authenticates as it)."""
     from gateway.auth import ApiKey, Consumer, ConsumersFile, new_api_key
 
     keys, consumers = {}, []
+    if admin is not None:
+        kid, key, digest = new_api_key()
+        keys[admin] = key
+        consumers.append(
+            Consumer(
+                client_id=admin,
+                roles=[s.gateway.admin_role],
+                api_keys=[ApiKey(id=kid, sha256=digest)],
+            )
+        )
     for r in rows:
         kid, key, digest = new_api_key()
         keys[r["client_id"]] = key
@@ -508,7 +521,9 @@ def measure_batch_run(s: Settings) -> dict[str, float]:
 
 
 # processes -----------------------------------------------------------------------------
-def start_processor(procs: Procs, s: Settings, cfg: Path, port: int) -> subprocess.Popen[bytes]:
+def start_processor(
+    procs: Procs, s: Settings, cfg: Path, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``gatewise stream`` (the command, in its own process group), ready when its ``/status``
     answers; fails with the log tail if it exits or is not up in 300 s."""
     env = {
@@ -517,6 +532,7 @@ def start_processor(procs: Procs, s: Settings, cfg: Path, port: int) -> subproce
         if not k.startswith("GATEWISE_") or k == "GATEWISE_SHARED_DATA"
     }
     env |= {"GATEWISE_DATA_DIR": str(s.data_dir), "GATEWISE_CONFIG": str(cfg)}
+    env |= extra_env or {}
     cmd = [sys.executable, "-m", "gatewise", "stream", "-c", str(cfg)]
     log = s.data_dir / "stream.log"
     p = procs.start([*cmd, "--metrics-port", str(port)], log, cwd=REPO, env=env)
@@ -554,6 +570,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--throttle-factor", type=float, default=0.01, help="share of the limit a throttle keeps"
+    )
+    ap.add_argument(
+        "--score-push",
+        action="store_true",
+        help="the processor pushes moved scores to the gateway (stream.score_push)",
     )
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--flood-share", type=float, default=0.06)
@@ -597,7 +618,8 @@ def main() -> None:
         cand = free[: a.flooders * 3]
         chosen = {r["client_id"] for r in cand}
         background = [r for r in legit if r["client_id"] not in chosen][: a.legit]
-        keys = add_consumers(s, cand + background)
+        operator = "bench-operator"
+        keys = add_consumers(s, cand + background, admin=operator if a.score_push else None)
 
         port_sv, port_up, port_gw, port_st = free_port(), free_port(), free_port(), free_port()
         with console.status("starting the BentoML service"):
@@ -637,7 +659,19 @@ def main() -> None:
 
         with console.status("starting the stream processor (bootstrap from the stored day)"):
             t = time.perf_counter()
-            proc = start_processor(procs, s, cfg_path, port_st)
+            push_env = (
+                {
+                    "GATEWISE_STREAM__SCORE_PUSH__ENABLED": "true",
+                    "GATEWISE_STREAM__SCORE_PUSH__SCORING_URL": scorer,
+                    "GATEWISE_STREAM__SCORE_PUSH__GATEWAY_URLS": json.dumps(
+                        [f"http://127.0.0.1:{port_gw}"]
+                    ),
+                    "GATEWISE_ADMIN_KEY": keys[operator],
+                }
+                if a.score_push
+                else None
+            )
+            proc = start_processor(procs, s, cfg_path, port_st, push_env)
             st0 = processor_status(port_st) or {}
         console.print(
             f"stream processor pid {proc.pid} up in {time.perf_counter() - t:.0f} s, "
@@ -848,6 +882,13 @@ def main() -> None:
                 "background_requests": bg_total,
                 "background_refused_by_model": bg_model,
                 "publisher": gw_status["stream"],
+                "score_push": a.score_push,
+                "scoring": gw_status["scoring"],
+                "scoring_failed_share": (
+                    gw_status["scoring"]["failures"] / gw_status["scoring"]["calls"]
+                    if gw_status["scoring"]["calls"]
+                    else None
+                ),
                 "setup_s": {
                     k: prep[k] for k in ("simulate_s", "build_s", "materialize_s", "train_s")
                 },
