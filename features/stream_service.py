@@ -78,6 +78,9 @@ def metrics_text(status: dict[str, Any]) -> str:
     g("watermark_age_seconds", status.get("watermark_age_s"))
     g("last_batch_seconds", status.get("last_batch_s"))
     g("busy_seconds", status.get("busy_s"), "counter")
+    sp = status.get("score_push") or {}
+    for k in ("asked", "pushed", "failures"):
+        g(f"score_push_{k}_total", sp.get(k), "counter")
     return "\n".join(lines) + "\n"
 
 

@@ -87,3 +87,14 @@ def test_batches_follow_max_batch():
     p = _pusher(w, max_batch=2)
     assert p(_rows(*w.scores)) == 5
     assert [len(b) for b in w.score_calls] == [2, 2, 1]
+
+
+def test_the_processor_metrics_count_the_push():
+    from features.stream_service import metrics_text
+
+    text = metrics_text(
+        {"consumer": "p0-1", "applied": 10, "score_push": {"asked": 5, "pushed": 2, "failures": 1}}
+    )
+    assert 'gatewise_stream_score_push_pushed_total{consumer="p0-1"} 2.0' in text
+    assert 'gatewise_stream_score_push_failures_total{consumer="p0-1"} 1.0' in text
+    assert "score_push" not in metrics_text({"consumer": "p0-1", "applied": 10})
