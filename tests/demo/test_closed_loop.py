@@ -15,6 +15,19 @@ def _small(settings, clients=300):
     return settings.model_copy(update={"simulator": sim})
 
 
+def _calm(live):
+    """Replay fidelity, not breakers (tested in tests/gateway): replayed 5xx runs would open a
+    service's breaker and the gateway would answer 503 for the upstream."""
+    g = live.gateway
+    calm = {
+        n: sv.model_copy(
+            update={"breaker": sv.breaker.model_copy(update={"failure_threshold": 10_000})}
+        )
+        for n, sv in g.services.items()
+    }
+    return live.model_copy(update={"gateway": g.model_copy(update={"services": calm})})
+
+
 def test_fresh_traffic_is_a_new_day_of_the_same_clients(settings):
     from demo.closed_loop import fresh_traffic
     from telemetry.simulator import simulate
@@ -123,17 +136,7 @@ def test_replay_through_the_real_gateway_keeps_ids_statuses_and_rate(settings):
     ev = t.events
     keys = register_consumers(s, t.consumers)
     up, gw = free_port(), free_port()
-    live = replay_settings(s, up)
-    # replay fidelity, not breakers (tested in tests/gateway): replayed 5xx runs would open a
-    # service's breaker and the gateway would answer 503 for the upstream
-    g = live.gateway
-    calm = {
-        n: sv.model_copy(
-            update={"breaker": sv.breaker.model_copy(update={"failure_threshold": 10_000})}
-        )
-        for n, sv in g.services.items()
-    }
-    live = live.model_copy(update={"gateway": g.model_copy(update={"services": calm})})
+    live = _calm(replay_settings(s, up))
     app = create_app(live)
     started = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=5)
     with (
@@ -225,14 +228,7 @@ def test_a_live_replay_scores_every_client_and_streams_every_request(settings):
     live_s = replay_settings(s, up, f"http://127.0.0.1:{sc}", stream="gatewise-test-live")
     assert live_s.stream.enabled and live_s.stream.backend == "memory"
     assert live_s.gateway.scoring.enabled
-    g = live_s.gateway
-    calm = {
-        n: sv.model_copy(
-            update={"breaker": sv.breaker.model_copy(update={"failure_threshold": 10_000})}
-        )
-        for n, sv in g.services.items()
-    }
-    live_s = live_s.model_copy(update={"gateway": g.model_copy(update={"services": calm})})
+    live_s = _calm(live_s)
     app = create_app(live_s)
     started = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=5)
     with (
