@@ -111,6 +111,13 @@ _FIELDS: list[tuple[str, pa.DataType, bool, str | None, str]] = [
         None,
         "payload policy band: log | challenge | block | shadow_challenge | shadow_block",
     ),
+    (
+        "attributes",
+        pa.map_(pa.string(), pa.string()),
+        True,
+        None,
+        "log variables no field above takes (http_referer, server_name, ...); null if none",
+    ),
 ]
 
 EVENT_SCHEMA = pa.schema(
@@ -176,6 +183,7 @@ class TelemetryEvent(BaseModel):
     scan_score: float | None = Field(default=None, ge=0, le=1)
     scan_label: str | None = None
     scan_action: str | None = None
+    attributes: dict[str, str] | None = None
 
     @field_validator("timestamp")
     @classmethod
@@ -194,7 +202,11 @@ def events_to_table(events: list[TelemetryEvent]) -> pa.Table:
 
 
 def table_to_events(table: pa.Table) -> list[TelemetryEvent]:
-    return [TelemetryEvent(**row) for row in conform(table).to_pylist()]
+    rows = conform(table).to_pylist()
+    for row in rows:  # Arrow gives a map as (key, value) pairs
+        if row["attributes"] is not None:
+            row["attributes"] = dict(row["attributes"])
+    return [TelemetryEvent(**row) for row in rows]
 
 
 def conform(table: pa.Table, schema: pa.Schema = EVENT_SCHEMA) -> pa.Table:

@@ -38,6 +38,7 @@ _DUCK = {
     "int16": "SMALLINT",
     "int64": "BIGINT",
     "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
+    "map<string, string>": "MAP(VARCHAR, VARCHAR)",
 }
 
 __all__ = ["AppendResult", "TelemetryStore"]

@@ -12,32 +12,50 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pyarrow as pa
 
-from telemetry.ingest.adapters import ADAPTERS, JSON_FORMATS
+from telemetry.ingest.fields import fields_from_vars, unescape
+from telemetry.ingest.formats import FormatError, LogFormat, known_names, resolve
 from telemetry.ingest.normalize import RejectError, device_from_user_agent
-from telemetry.ingest.readers import file_fingerprint, iter_json_records, iter_lines
+from telemetry.ingest.readers import (
+    file_fingerprint,
+    iter_json_records,
+    iter_line_batches,
+)
 from telemetry.schema import EVENT_SCHEMA
 from telemetry.store import TelemetryStore
 
-__all__ = ["FORMATS", "IngestReport", "ingest_files"]
+__all__ = [
+    "FORMATS",
+    "FormatError",
+    "IngestReport",
+    "LogFormat",
+    "ingest_files",
+    "parse_record",
+    "resolve",
+]
 
-FORMATS = tuple(ADAPTERS)
+FORMATS = tuple(known_names())
+MAX_REJECTS_PER_REASON = 100
 
 
 @dataclass
 class FileReport:
     path: str
+    format: str = ""
     read: int = 0
     accepted: int = 0
     rejected: int = 0
     duplicate: int = 0
+    fast: int = 0  # records the columnar fast path parsed
 
 
 @dataclass
@@ -45,6 +63,10 @@ class IngestReport:
     files: list[FileReport] = field(default_factory=list)
     rejects_path: Path | None = None
     reasons: dict[str, int] = field(default_factory=dict)
+    # one example per reason: {"file", "line", "reason", "raw"}
+    examples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejects_kept: int = 0  # records written to the rejects file (the rest are counted)
+    detected: dict[str, str] = field(default_factory=dict)  # path -> what --format auto chose
     seconds: float = 0.0
 
     def _sum(self, name: str) -> int:
@@ -66,13 +88,13 @@ class IngestReport:
     def duplicate(self) -> int:
         return self._sum("duplicate")
 
+    @property
+    def fast(self) -> int:
+        return self._sum("fast")
 
-def _records(path: Path, fmt: str) -> Iterator[tuple[int, int, bytes, Any, str | None]]:
-    if fmt in JSON_FORMATS:
-        yield from iter_json_records(path)
-    else:
-        for lineno, offset, line in iter_lines(path):
-            yield lineno, offset, line, line, None
+    @property
+    def reject_share(self) -> float:
+        return self.rejected / self.read if self.read else 0.0
 
 
 def _derived_id(fingerprint: bytes, offset: int, raw: bytes) -> str:
@@ -82,111 +104,254 @@ def _derived_id(fingerprint: bytes, offset: int, raw: bytes) -> str:
     return h.hexdigest()
 
 
-class _Quarantine:
-    """Rejected records, appended to one JSON-lines file per run (opened lazily)."""
+_VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
 
-    def __init__(self, path: Path) -> None:
+
+def reason_key(reason: str) -> str:
+    """The kind of a reject reason: values and numbers blanked, so one bad field is one kind."""
+    return _VALUE.sub("…", reason.split(":")[0]).strip()
+
+
+class _Quarantine:
+    """Rejected records, in one JSON-lines file per run (opened lazily): the first
+    ``per_reason`` records of each kind of reason, within ``budget`` bytes (never more
+    than the input's size), and the counts of all in ``<name>.summary.json``."""
+
+    def __init__(self, path: Path, budget: int, per_reason: int = MAX_REJECTS_PER_REASON) -> None:
         self.path = path
+        self.budget = budget
+        self.per_reason = per_reason
         self.fh: IO[str] | None = None
         self.reasons: dict[str, int] = {}
+        self.examples: dict[str, dict[str, Any]] = {}
+        self.kept = 0
+        self.bytes = 0
 
     def add(self, path: Path, lineno: int, offset: int, reason: str, raw: bytes) -> None:
+        key = reason_key(reason)
+        n = self.reasons.get(key, 0)
+        self.reasons[key] = n + 1
+        text = raw.decode("utf-8", errors="replace")
+        rec = {"file": str(path), "line": lineno, "offset": offset, "reason": reason, "raw": text}
+        if n == 0:
+            self.examples[key] = {**rec, "raw": text[:300]}
+        if n >= self.per_reason:
+            return
+        line = json.dumps(rec) + "\n"
+        if self.bytes + len(line) > self.budget:
+            return
         if self.fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        rec = {
-            "file": str(path),
-            "line": lineno,
-            "offset": offset,
-            "reason": reason,
-            "raw": raw.decode("utf-8", errors="replace"),
-        }
-        self.fh.write(json.dumps(rec) + "\n")
-        key = reason.split(":")[0]
-        self.reasons[key] = self.reasons.get(key, 0) + 1
+        self.fh.write(line)
+        self.bytes += len(line)
+        self.kept += 1
 
     def close(self) -> Path | None:
-        if self.fh is None:
+        if not self.reasons:
             return None
-        self.fh.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.fh is not None:
+            self.fh.close()
+        else:
+            self.path.touch()
+        summary = {"counts": self.reasons, "kept": self.kept, "examples": self.examples}
+        self.path.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1))
         return self.path
+
+
+def parse_record(fmt: LogFormat, value: Any) -> dict[str, Any]:
+    """One record (a text line, or a JSON object) -> contract fields; RejectError says why not."""
+    if fmt.json_adapter is not None:
+        if not isinstance(value, dict):
+            raise RejectError("not a JSON object")
+        return fmt.json_adapter(value)
+    line = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+    found = fmt.variables(line)
+    if found is None:
+        if line.count('"') % 2:
+            raise RejectError("unbalanced quotes (truncated line?)")
+        raise RejectError(f"does not match the {fmt.name} format")
+    return fields_from_vars({k: unescape(v) for k, v in found.items()})
 
 
 def ingest_files(
     paths: list[Path],
-    fmt: str,
+    fmt: str | LogFormat,
     store: TelemetryStore,
     *,
     rejects_dir: Path,
     consumers: dict[str, dict[str, Any]] | None = None,
     batch_size: int = 50_000,
     on_progress: Callable[[int], None] | None = None,
+    fast: bool = True,
 ) -> IngestReport:
-    """Parse ``paths`` in format ``fmt`` and append the events to ``store``.
+    """Parse ``paths`` in format ``fmt`` (a LogFormat, a name or a definition, see
+    ``formats.resolve``, or ``auto``: detected per file) and append the events to ``store``.
 
     Args:
         consumers: client_id -> {tier, region, device_type} for attributes logs lack.
         on_progress: called with the number of records handled since the last call.
+        fast: parse text formats with the columnar fast path (the per-record parser
+            takes only what it leaves); False parses every record one by one.
     """
-    if fmt not in ADAPTERS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    auto = fmt == "auto"
+    log_format = fmt if isinstance(fmt, LogFormat) else None if auto else resolve(str(fmt))
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"log file {p} does not exist")
     report = IngestReport()
     started = time.perf_counter()
-    quarantine = _Quarantine(rejects_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{fmt}.jsonl")
+    budget = sum(Path(p).stat().st_size for p in paths)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", log_format.name if log_format else "auto")[:40]
+    quarantine = _Quarantine(rejects_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{slug}.jsonl", budget)
     try:
         for path in map(Path, paths):
-            fr = FileReport(str(path))
+            if auto:
+                from telemetry.ingest.detect import detect_format
+
+                found = detect_format(path)
+                log_format = found.format
+                report.detected[str(path)] = found.describe()
+            assert log_format is not None
+            fr = FileReport(str(path), format=log_format.name)
             report.files.append(fr)
-            _ingest_one(path, fmt, store, fr, quarantine, consumers, batch_size, on_progress)
+            ctx = _Ctx(path, file_fingerprint(path), store, fr, quarantine, consumers, on_progress)
+            if log_format.is_json:
+                _ingest_json(ctx, log_format, batch_size)
+            else:
+                _ingest_text(ctx, log_format, batch_size, fast)
     finally:
         report.rejects_path = quarantine.close()
         report.reasons = quarantine.reasons
+        report.examples = quarantine.examples
+        report.rejects_kept = quarantine.kept
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _ingest_one(
-    path: Path,
-    fmt: str,
-    store: TelemetryStore,
-    fr: FileReport,
-    quarantine: _Quarantine,
-    consumers: dict[str, dict[str, Any]] | None,
-    batch_size: int,
-    on_progress: Callable[[int], None] | None,
-) -> None:
-    adapter = ADAPTERS[fmt]
-    fingerprint = file_fingerprint(path)
+@dataclass
+class _Ctx:
+    path: Path
+    fingerprint: bytes
+    store: TelemetryStore
+    fr: FileReport
+    quarantine: _Quarantine
+    consumers: dict[str, dict[str, Any]] | None
+    on_progress: Callable[[int], None] | None
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            res = self.store.append(table)
+            self.fr.accepted += res.written
+            self.fr.duplicate += res.duplicates
+
+    def reject(self, lineno: int, offset: int, reason: str, raw: bytes) -> None:
+        self.quarantine.add(self.path, lineno, offset, reason, raw)
+        self.fr.rejected += 1
+
+    def progress(self, n: int) -> None:
+        if self.on_progress and n:
+            self.on_progress(n)
+
+
+def _ingest_json(ctx: _Ctx, fmt: LogFormat, batch_size: int) -> None:
     rows: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        res = store.append(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
-        fr.accepted += res.written
-        fr.duplicate += res.duplicates
-        if on_progress:
-            on_progress(len(rows))
-        rows.clear()
-
-    for lineno, offset, raw, value, error in _records(path, fmt):
-        fr.read += 1
+    for lineno, offset, raw, value, error in iter_json_records(ctx.path):
+        ctx.fr.read += 1
         try:
             if error:
                 raise RejectError(error)
-            ev = adapter(value)
-            _complete(ev, fingerprint, offset, raw, consumers)
+            ev = parse_record(fmt, value)
+            _complete(ev, ctx.fingerprint, offset, raw, ctx.consumers)
             rows.append(ev)
         except RejectError as exc:
-            quarantine.add(path, lineno, offset, str(exc), raw)
-            fr.rejected += 1
-            if on_progress:
-                on_progress(1)
+            ctx.reject(lineno, offset, str(exc), raw)
+            ctx.progress(1)
         if len(rows) >= batch_size:
-            flush()
+            ctx.write(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
+            ctx.progress(len(rows))
+            rows.clear()
     if rows:
-        flush()
+        ctx.write(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
+        ctx.progress(len(rows))
+
+
+def _ingest_text(ctx: _Ctx, fmt: LogFormat, batch_size: int, fast: bool) -> None:
+    for linenos, offsets, lines in iter_line_batches(ctx.path, batch_size):
+        ctx.fr.read += len(lines)
+        table = parse_lines(ctx, fmt, linenos, offsets, lines, fast)
+        ctx.write(table)
+        ctx.progress(len(lines))
+
+
+def parse_lines(
+    ctx: _Ctx,
+    fmt: LogFormat,
+    linenos: np.ndarray,
+    offsets: np.ndarray,
+    lines: list[bytes],
+    fast: bool,
+) -> pa.Table:
+    """A batch of lines -> the table of accepted events in line order (rejects go to
+    the quarantine): the fast path first, the per-record parser for what it leaves."""
+    n = len(lines)
+    parts: list[tuple[np.ndarray, pa.Table]] = []
+    left = np.arange(n)
+    if fast and n:
+        from telemetry.ingest.fast import complete_fast, parse_fast
+
+        text = pa.array(lines, pa.binary()).view(pa.string())
+        fb = parse_fast(fmt, text)
+        if len(fb.taken):
+
+            def ids(rows: np.ndarray) -> list[str]:
+                pick = fb.taken[rows]
+                return [
+                    _derived_id(ctx.fingerprint, int(offsets[i]), lines[i]) for i in pick.tolist()
+                ]
+
+            cols, back = complete_fast(fb.columns, ids, ctx.consumers)
+            keep = np.flatnonzero(~back)
+            idx = pa.array(keep)
+            table = pa.table(
+                {
+                    f.name: (
+                        cols[f.name].take(idx).cast(f.type)
+                        if f.name in cols
+                        else pa.nulls(len(keep), f.type)
+                    )
+                    for f in EVENT_SCHEMA
+                },
+                schema=EVENT_SCHEMA,
+            )
+            parts.append((fb.taken[keep], table))
+            left = np.sort(np.concatenate([fb.left, fb.taken[back]]))
+            ctx.fr.fast += len(keep)
+        else:
+            left = fb.left
+    rows: list[dict[str, Any]] = []
+    row_idx: list[int] = []
+    for i in left.tolist():
+        raw = lines[i]
+        try:
+            ev = parse_record(fmt, raw)
+            _complete(ev, ctx.fingerprint, int(offsets[i]), raw, ctx.consumers)
+        except RejectError as exc:
+            ctx.reject(int(linenos[i]), int(offsets[i]), str(exc), raw)
+            continue
+        rows.append(ev)
+        row_idx.append(i)
+    if rows:
+        parts.append(
+            (np.array(row_idx, dtype=np.int64), pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
+        )
+    if not parts:
+        return EVENT_SCHEMA.empty_table()
+    if len(parts) == 1:
+        return parts[0][1]
+    order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
+    return pa.concat_tables([p[1] for p in parts]).take(pa.array(order))
 
 
 def _complete(

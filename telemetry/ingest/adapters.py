@@ -8,91 +8,14 @@ A record that cannot be mapped raises ``RejectError`` with the reason.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from typing import Any
 
-from telemetry.ingest.normalize import (
-    RejectError,
-    method_or_other,
-    none_if_dash,
-    parse_clf_time,
-    parse_time,
-    route_template,
-    split_target,
-    to_float,
-    to_int,
-)
+from telemetry.ingest.fields import address, fields_from_vars, request_fields
+from telemetry.ingest.normalize import RejectError, parse_time, to_float, to_int
 
-__all__ = [
-    "ADAPTERS",
-    "JSON_FORMATS",
-    "parse_combined",
-    "parse_envoy",
-    "parse_kong",
-    "parse_nginx_json",
-]
+__all__ = ["caddy_vars", "nginx_json_vars", "parse_envoy", "parse_kong", "traefik_vars"]
 
 Fields = dict[str, Any]
-
-_COMBINED = re.compile(
-    rb'^(\S+) (\S+) (\S+) \[([^\]]+)\] "((?:[^"\\]|\\.)*)" (\d{3}) (\d+|-)'
-    rb'(?: "((?:[^"\\]|\\.)*)" "((?:[^"\\]|\\.)*)")?\s*$'
-)
-_REQUEST_LINE = re.compile(r"^([A-Za-z]+) (\S+)(?: HTTP/\d(?:\.\d)?)?$")
-
-
-def _unescape(b: bytes | None) -> str | None:
-    if b is None:
-        return None
-    s = b.decode("utf-8", errors="replace")
-    return s.replace('\\"', '"').replace("\\\\", "\\") if "\\" in s else s
-
-
-def _request_fields(method: str, target: str) -> Fields:
-    path, query = split_target(target)
-    return {
-        "http_request_method": method_or_other(method),
-        "url_path": path,
-        "url_query": query,
-        "http_route": route_template(path),
-    }
-
-
-def _request_line(line: str | None) -> Fields:
-    """``GET /x?y HTTP/1.1`` -> method/path/query/route; anything else (probes,
-    TLS bytes sent to a plain port) is kept as method ``_OTHER`` with the raw
-    text as its path, so such requests stay visible rather than dropped."""
-    m = _REQUEST_LINE.match(line or "")
-    if m:
-        return _request_fields(m.group(1), m.group(2))
-    return {
-        "http_request_method": "_OTHER",
-        "url_path": (line or "")[:2048],
-        "url_query": None,
-        "http_route": "_OTHER",
-    }
-
-
-def parse_combined(line: bytes) -> Fields:
-    """NGINX/Apache ``combined`` (and ``common``) log format."""
-    m = _COMBINED.match(line)
-    if not m:
-        if line.count(b'"') % 2:
-            raise RejectError("unbalanced quotes (truncated line?)")
-        raise RejectError("not in combined log format")
-    addr, _ident, user, ts, req, status, size, _ref, ua = m.groups()
-    user_s = user.decode("utf-8", errors="replace")
-    fields = {
-        "timestamp": parse_clf_time(ts.decode()),
-        "client_address": addr.decode(),
-        "client_id": None if user_s == "-" else user_s,
-        "http_response_status_code": int(status),
-        "response_bytes": None if size == b"-" else int(size),
-        "user_agent": none_if_dash(_unescape(ua)),
-    }
-    fields.update(_request_line(_unescape(req)))
-    return fields
 
 
 def _first(rec: dict[str, Any], *keys: str) -> Any:
@@ -109,55 +32,6 @@ def _status(v: Any) -> int:
     if not 100 <= code <= 599:
         raise RejectError(f"status {code} is not an HTTP status code")
     return code
-
-
-def _address(v: Any) -> str | None:
-    """First address of an X-Forwarded-For list, without a port."""
-    v = none_if_dash(v)
-    if v is None:
-        return None
-    first = str(v).split(",")[0].strip()
-    if first.startswith("["):  # [v6]:port
-        return first[1 : first.find("]")]
-    if first.count(":") == 1:  # v4:port
-        return first.split(":")[0]
-    return first
-
-
-def parse_nginx_json(rec: dict[str, Any]) -> Fields:
-    """NGINX ``log_format ... escape=json`` records, keyed by NGINX variable names."""
-    ts = _first(rec, "msec", "time_iso8601", "time_local", "timestamp", "time", "@timestamp")
-    fields: Fields = {
-        "timestamp": parse_time(ts, "time (msec, time_iso8601 or time_local)"),
-        "client_address": _address(_first(rec, "remote_addr", "client_ip", "http_x_forwarded_for")),
-        "client_id": none_if_dash(_first(rec, "consumer", "http_x_consumer_id", "remote_user")),
-        "api_key_id": none_if_dash(_first(rec, "api_key_id", "http_x_api_key_id")),
-        "http_response_status_code": _status(_first(rec, "status")),
-        "response_bytes": to_int(_first(rec, "body_bytes_sent", "bytes_sent"), "body_bytes_sent"),
-        "request_bytes": to_int(_first(rec, "request_length"), "request_length"),
-        "duration_ms": to_float(_first(rec, "request_time"), "request_time", 1000.0),
-        "upstream_duration_ms": to_float(
-            _first(rec, "upstream_response_time"), "upstream_response_time", 1000.0
-        ),
-        "user_agent": _first(rec, "http_user_agent", "user_agent"),
-        "request_id": _first(rec, "request_id", "http_x_request_id"),
-        "upstream_service": _first(
-            rec, "upstream_service", "proxy_host", "upstream_addr", "upstream"
-        ),
-        "cache_status": _first(rec, "upstream_cache_status"),
-    }
-    method = _first(rec, "request_method")
-    uri = _first(rec, "request_uri")
-    if method and uri:
-        fields.update(_request_fields(method, uri))
-    elif method and _first(rec, "uri"):
-        target = rec["uri"] + (f"?{rec['args']}" if none_if_dash(rec.get("args")) else "")
-        fields.update(_request_fields(method, target))
-    elif _first(rec, "request"):
-        fields.update(_request_line(rec["request"]))
-    else:
-        raise RejectError("missing request (request, or request_method with request_uri/uri)")
-    return fields
 
 
 def _obj(rec: dict[str, Any], key: str) -> dict[str, Any]:
@@ -201,7 +75,7 @@ def parse_kong(rec: dict[str, Any]) -> Fields:
     }
     if fields["upstream_duration_ms"] is not None and fields["upstream_duration_ms"] < 0:
         fields["upstream_duration_ms"] = None  # Kong logs -1 when no upstream was reached
-    fields.update(_request_fields(method, target))
+    fields.update(request_fields({"request_method": method, "request_uri": target}))
     return fields
 
 
@@ -219,7 +93,7 @@ def parse_envoy(rec: dict[str, Any]) -> Fields:
         "request_id": _first(rec, "request_id", "x_request_id"),
         "client_id": _first(rec, "consumer", "x_consumer_id"),
         "api_key_id": _first(rec, "api_key_id"),
-        "client_address": _address(
+        "client_address": address(
             _first(
                 rec,
                 "x_forwarded_for",
@@ -239,14 +113,83 @@ def parse_envoy(rec: dict[str, Any]) -> Fields:
         "upstream_service": _first(rec, "upstream_cluster", "upstream_host"),
         "cache_status": _first(rec, "cache_status"),
     }
-    fields.update(_request_fields(str(method), str(path)))
+    fields.update(request_fields({"request_method": str(method), "request_uri": str(path)}))
     return fields
 
 
-ADAPTERS: dict[str, Callable[[Any], Fields]] = {
-    "combined": parse_combined,
-    "nginx-json": parse_nginx_json,
-    "kong": parse_kong,
-    "envoy": parse_envoy,
-}
-JSON_FORMATS = frozenset({"nginx-json", "kong", "envoy"})
+def nginx_json_vars(rec: dict[str, Any]) -> Fields:
+    """NGINX ``log_format ... escape=json`` records keyed by NGINX variable names
+    (other keys become attributes)."""
+    return fields_from_vars(rec)
+
+
+def _header(headers: Any, name: str) -> Any:
+    if not isinstance(headers, dict):
+        return None
+    for k, v in headers.items():
+        if str(k).lower() == name:
+            return v[0] if isinstance(v, list) and v else v
+    return None
+
+
+def caddy_vars(rec: dict[str, Any]) -> Fields:
+    """Caddy's JSON access log (``log { format json }``): one ``http.log.access`` record."""
+    req = rec.get("request")
+    if not isinstance(req, dict):
+        raise RejectError("missing request object (not a Caddy access log record?)")
+    headers = req.get("headers")
+    resp_headers = rec.get("resp_headers")
+    v: dict[str, Any] = {
+        "msec": rec.get("ts"),
+        "remote_addr": req.get("client_ip") or req.get("remote_ip"),
+        "remote_user": rec.get("user_id"),
+        "request_method": req.get("method"),
+        "request_uri": req.get("uri"),
+        "status": rec.get("status"),
+        "body_bytes_sent": rec.get("size"),
+        "request_length": rec.get("bytes_read"),
+        "request_time": rec.get("duration"),
+        "http_user_agent": _header(headers, "user-agent"),
+        "http_x_request_id": _header(headers, "x-request-id"),
+        "http_x_forwarded_for": _header(headers, "x-forwarded-for"),
+        "http_referer": _header(headers, "referer"),
+        "host": req.get("host"),
+        "server_protocol": req.get("proto"),
+        "upstream_cache_status": _header(resp_headers, "x-cache-status"),
+    }
+    return fields_from_vars(v)
+
+
+def traefik_vars(rec: dict[str, Any]) -> Fields:
+    """Traefik's JSON access log: CLF-like keys, durations in nanoseconds, kept
+    headers as ``request_<Name>``."""
+    if "RequestMethod" not in rec and "DownstreamStatus" not in rec:
+        raise RejectError("missing RequestMethod/DownstreamStatus (not a Traefik access log?)")
+
+    def ns(key: str) -> Any:
+        x = rec.get(key)
+        return None if x is None else float(x) / 1e9
+
+    user = rec.get("ClientUsername")
+    v: dict[str, Any] = {
+        "time_iso8601": rec.get("StartUTC") or rec.get("time"),
+        "remote_addr": rec.get("ClientHost") or rec.get("ClientAddr"),
+        "remote_user": None if user == "-" else user,
+        "request_method": rec.get("RequestMethod"),
+        "request_uri": rec.get("RequestPath"),
+        "status": rec.get("DownstreamStatus"),
+        "body_bytes_sent": rec.get("DownstreamContentSize"),
+        "request_length": rec.get("RequestContentSize"),
+        "request_time": ns("Duration"),
+        "upstream_response_time": ns("OriginDuration") if rec.get("OriginStatus") else None,
+        "upstream_service": rec.get("ServiceName"),
+        "upstream_addr_url": rec.get("ServiceURL"),
+        "router": rec.get("RouterName"),
+        "host": rec.get("RequestHost"),
+        "server_protocol": rec.get("RequestProtocol"),
+        "http_user_agent": rec.get("request_User-Agent"),
+        "http_x_request_id": rec.get("request_X-Request-Id"),
+        "http_x_forwarded_for": rec.get("request_X-Forwarded-For"),
+        "http_referer": rec.get("request_Referer"),
+    }
+    return fields_from_vars(v)

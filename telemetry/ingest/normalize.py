@@ -93,9 +93,12 @@ def to_int(v: Any, field: str, *, required: bool = False) -> int | None:
             raise RejectError(f"missing {field}")
         return None
     try:
-        return int(float(v))
-    except (TypeError, ValueError):
+        n = int(float(v))
+    except (TypeError, ValueError, OverflowError):
         raise RejectError(f"{field} is not a number: {str(v)[:40]!r}") from None
+    if not -(2**63) <= n < 2**63:
+        raise RejectError(f"{field} is out of range: {str(v)[:40]!r}")
+    return n
 
 
 def to_float(v: Any, field: str, scale: float = 1.0) -> float | None:
