@@ -33,7 +33,20 @@ ConfigOpt = Annotated[
         "--config", "-c", help="gatewise.yaml to use (default: ./gatewise.yaml or $GATEWISE_CONFIG)"
     ),
 ]
-FORMATS = ("combined", "nginx-json", "kong", "envoy")
+# formats ``simulate --emit`` writes (telemetry/ingest/emit.py EMITTERS)
+FORMATS = (
+    "combined",
+    "nginx:main",
+    "nginx:gatewise",
+    "apache:common",
+    "apache:vhost_combined",
+    "haproxy",
+    "envoy:default",
+    "alb",
+    "nginx-json",
+    "kong",
+    "envoy",
+)
 
 
 def _console() -> Any:
@@ -108,33 +121,6 @@ def simulate(
     from demo.steps import simulation
 
     simulation(_console(), s, emit)
-
-
-@app.command()
-def ingest(
-    files: Annotated[list[Path], typer.Argument(help="log files (plain or gzip)")],
-    format: Annotated[
-        str, typer.Option("--format", "-f", help=f"log format: {', '.join(FORMATS)}")
-    ] = "combined",
-    consumers: Annotated[
-        Path | None,
-        typer.Option(help="consumers table (CSV/Parquet: client_id, tier, region, device_type)"),
-    ] = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Ingest gateway logs; prints accepted, rejected and duplicate counts."""
-    if format not in FORMATS:
-        _fail(f"--format: unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        _fail(f"no such file: {', '.join(missing)}")
-    s = _settings(config)
-    from gatewise import report
-
-    try:
-        report.ingest(_console(), s, files, format, consumers)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
 
 
 @telemetry_app.command("summary")
@@ -417,6 +403,10 @@ cli_serving.register(app)
 from gatewise import cli_stream  # noqa: E402
 
 cli_stream.register(app)
+
+from gatewise import cli_ingest  # noqa: E402
+
+cli_ingest.register(app)
 
 from gatewise import cli_monitor  # noqa: E402
 

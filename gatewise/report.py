@@ -100,8 +100,15 @@ def automl_fit(
 
 
 def ingest(
-    console: Console, s: Settings, files: list[Path], fmt: str, consumers_path: Path | None
+    console: Console,
+    s: Settings,
+    files: list[Path],
+    fmt: Any,
+    consumers_path: Path | None,
+    *,
+    fast: bool = True,
 ) -> Any:
+    """Batch ingest with progress; ``fmt`` is ``auto``, a name, a definition or a LogFormat."""
     from telemetry.consumers import load_consumers, merge_consumers, read_consumers
     from telemetry.ingest import ingest_files
     from telemetry.store import TelemetryStore
@@ -139,10 +146,14 @@ def ingest(
             consumers=consumers,
             batch_size=s.ingest.batch_lines,
             on_progress=lambda n: progress.advance(task, n),
+            fast=fast,
         )
+    for path, said in rep.detected.items():
+        console.print(f"{path}: {said}")
     rows = [
         {
             "file": f.path,
+            "format": f.format,
             "read": f.read,
             "accepted": f.accepted,
             "rejected": f.rejected,
@@ -150,16 +161,28 @@ def ingest(
         }
         for f in rep.files
     ]
-    console.print(table(f"ingest ({fmt})", rows))
+    console.print(table("ingest", rows))
     console.print(f"accepted {rep.accepted}")
     console.print(f"rejected {rep.rejected}")
     console.print(f"duplicate {rep.duplicate}")
     console.print(
-        f"read {rep.read} in {rep.seconds:.1f}s ({rep.read / max(rep.seconds, 1e-9):,.0f} records/s)"
+        f"read {rep.read} in {rep.seconds:.1f}s ({rep.read / max(rep.seconds, 1e-9):,.0f} records/s"
+        f"{f', {rep.fast / rep.read:.0%} by the fast path' if rep.read and rep.fast else ''})"
     )
+    if rep.reasons:
+        style = "red" if rep.reject_share > 0.1 else "yellow"
+        console.print(f"[{style}]why records were rejected ({rep.reject_share:.1%} of them):[/]")
+        for key, n in sorted(rep.reasons.items(), key=lambda kv: -kv[1])[:5]:
+            ex = rep.examples[key]
+            console.print(f"  {n:,} × {ex['reason']}", markup=False, highlight=False)
+            console.print(
+                f"      e.g. {ex['file']} line {ex['line']}: {ex['raw'][:160]}",
+                markup=False,
+                highlight=False,
+            )
     if rep.rejects_path:
-        reasons = ", ".join(
-            f"{k}: {v}" for k, v in sorted(rep.reasons.items(), key=lambda kv: -kv[1])
+        console.print(
+            f"rejects: {rep.rejects_path} (first {rep.rejects_kept:,} records; counts and "
+            f"examples in {rep.rejects_path.with_suffix('.summary.json').name})"
         )
-        console.print(f"rejects (line, reason, raw): {rep.rejects_path}  [{reasons}]")
     return rep

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -102,6 +103,17 @@ def _derived_id(fingerprint: bytes, offset: int, raw: bytes) -> str:
     h.update(offset.to_bytes(8, "little"))
     h.update(raw)
     return h.hexdigest()
+
+
+def _derived_ids(fingerprint: bytes, offsets: np.ndarray, lines: list[bytes]) -> list[str]:
+    """``_derived_id`` of many lines, with the fingerprint hashed once."""
+    h0 = hashlib.blake2b(fingerprint, digest_size=16)
+    out = []
+    for off, raw in zip(offsets.tolist(), lines, strict=True):
+        h = h0.copy()
+        h.update(off.to_bytes(8, "little") + raw)
+        out.append(h.hexdigest())
+    return out
 
 
 _VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
@@ -299,17 +311,23 @@ def parse_lines(
     parts: list[tuple[np.ndarray, pa.Table]] = []
     left = np.arange(n)
     if fast and n:
-        from telemetry.ingest.fast import complete_fast, parse_fast
+        from telemetry.ingest.fast import ascii_only, complete_fast, parse_fast, start_extract
 
-        text = pa.array(lines, pa.binary()).view(pa.string())
-        fb = parse_fast(fmt, text)
+        text, is_ascii = ascii_only(pa.array(lines, pa.binary()).view(pa.string()))
+        # the regex runs in pool threads while this thread derives the request ids (Python:
+        # the two overlap on two cores); formats that log a request id skip that
+        extracted = start_extract(text, fmt.fast_regex, threads=max(1, (os.cpu_count() or 1) - 1))
+        pre: list[str] | None = None
+        if not {"request_id", "http_x_request_id"} & set(fmt.names):
+            pre = _derived_ids(ctx.fingerprint, offsets, lines)
+        fb = parse_fast(fmt, text, extracted, is_ascii)
         if len(fb.taken):
 
             def ids(rows: np.ndarray) -> list[str]:
-                pick = fb.taken[rows]
-                return [
-                    _derived_id(ctx.fingerprint, int(offsets[i]), lines[i]) for i in pick.tolist()
-                ]
+                pick = fb.taken[rows].tolist()
+                if pre is not None:
+                    return [pre[i] for i in pick]
+                return _derived_ids(ctx.fingerprint, offsets[pick], [lines[i] for i in pick])
 
             cols, back = complete_fast(fb.columns, ids, ctx.consumers)
             keep = np.flatnonzero(~back)

@@ -53,7 +53,9 @@ class Detection:
 class DetectionError(FormatError):
     def __init__(self, path: Path, ranking: list[Candidate], sample_line: str, sampled: int):
         self.ranking = ranking
-        best = "; ".join(f"{c.name} {c.share:.0%}" for c in ranking[:3]) or "none"
+        best = "; ".join(f"{c.name} {c.share:.0%}" for c in ranking[:3] if c.share) or (
+            "none parses any"
+        )
         super().__init__(
             f"{path}: no known format parses most of the first {sampled} records "
             f"(best: {best}). Sample line: {sample_line[:200]!r}. Give the format with "

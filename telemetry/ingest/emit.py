@@ -36,6 +36,17 @@ _BASE = (
 # contract fields each format carries through a round trip
 CARRIED: dict[str, tuple[str, ...]] = {
     "combined": _BASE,
+    "nginx:main": _BASE,
+    "apache:common": tuple(c for c in _BASE if c != "user_agent"),
+    "apache:vhost_combined": _BASE,
+    "nginx:gatewise": (
+        *_BASE,
+        "request_id",
+        "api_key_id",
+        "request_bytes",
+        "duration_ms",
+        "upstream_duration_ms",
+    ),
     "nginx-json": (
         *_BASE,
         "request_id",
@@ -185,7 +196,106 @@ def emit_envoy(r: Row) -> str:
     )
 
 
+def emit_nginx_main(r: Row) -> str:
+    # NGINX's default main format: combined plus X-Forwarded-For (none here)
+    return emit_combined(r) + ' "-"'
+
+
+def _nx(s: str | None) -> str:
+    """NGINX's escaping of a logged value: ``"``, ``\\`` and bytes outside ASCII as \\xHH."""
+    if s is None or s == "":
+        return "-"
+    out: list[str] = []
+    for ch in s:
+        if ch in '"\\' or not (32 <= ord(ch) < 127):
+            out.extend(f"\\x{b:02X}" for b in ch.encode())
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def emit_nginx_gatewise(r: Row) -> str:
+    # the NGINX log_format docs/ingest.md recommends (formats.NGINX_GATEWISE)
+    ts = r["timestamp"].timestamp()
+    up = _ms(r["upstream_duration_ms"], 0.001, 6)
+    return (
+        f'{ts:.3f} {r["client_address"]} "-" "{r["http_request_method"]} {_nx(_target(r))} HTTP/1.1" '
+        f"{r['http_response_status_code']} {r['response_bytes'] if r['response_bytes'] is not None else 0} "
+        f"{r['request_bytes'] if r['request_bytes'] is not None else 0} "
+        f'{_ms(r["duration_ms"], 0.001, 6)} "{up}" "{_nx(r["user_agent"])}" "-" '
+        f'{r["request_id"]} "{_nx(r["client_id"])}" "{_nx(r["api_key_id"])}"'
+    )
+
+
+def emit_apache_common(r: Row) -> str:
+    size = "-" if r["response_bytes"] is None else str(r["response_bytes"])
+    return (
+        f"{r['client_address']} - {r['client_id']} [{_clf_time(r['timestamp'])}] "
+        f'"{r["http_request_method"]} {_target(r)} HTTP/1.1" {r["http_response_status_code"]} {size}'
+    )
+
+
+def emit_apache_vhost(r: Row) -> str:
+    size = "-" if r["response_bytes"] is None else str(r["response_bytes"])
+    return (
+        f"api.example.com:443 {r['client_address']} - {r['client_id']} "
+        f"[{_clf_time(r['timestamp'])}] "
+        f'"{r["http_request_method"]} {_target(r)} HTTP/1.1" {r["http_response_status_code"]} '
+        f'{size} "-" "{_q(r["user_agent"])}"'
+    )
+
+
+def _int_ms(v: float | None) -> str:
+    return "-1" if v is None else str(round(v))
+
+
+def emit_haproxy(r: Row) -> str:
+    ts = r["timestamp"].astimezone(UTC)
+    clf = _clf_time(ts)[:-6] + f".{ts.microsecond // 1000:03d}"
+    return (
+        f"{r['client_address']}:443 [{clf}] https-in {r['upstream_service'] or 'api'}/srv1 "
+        f"0/0/0/{_int_ms(r['upstream_duration_ms'])}/{_int_ms(r['duration_ms'])} "
+        f"{r['http_response_status_code']} {r['response_bytes'] or 0} - - ---- 1/1/0/0/0 0/0 "
+        f'"{r["http_request_method"]} {_target(r)} HTTP/1.1"'
+    )
+
+
+def emit_envoy_text(r: Row) -> str:
+    ts = r["timestamp"].astimezone(UTC)
+    iso = ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    return (
+        f'[{iso}] "{r["http_request_method"]} {_target(r)} HTTP/1.1" '
+        f"{r['http_response_status_code']} - {r['request_bytes'] or 0} {r['response_bytes'] or 0} "
+        f"{_int_ms(r['duration_ms'])} {'-' if r['upstream_duration_ms'] is None else round(r['upstream_duration_ms'])} "
+        f'"{r["client_address"]}" "{_q(r["user_agent"])}" "{r["request_id"]}" '
+        f'"api.example.com" "10.0.0.5:8080"'
+    )
+
+
+def emit_alb(r: Row) -> str:
+    ts = r["timestamp"].astimezone(UTC)
+    iso = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    up = "-1" if r["upstream_duration_ms"] is None else f"{r['upstream_duration_ms'] / 1000:.3f}"
+    return (
+        f"https {iso} app/api-lb/50dc6c495c0c9188 {r['client_address']}:2817 10.0.0.1:80 "
+        f"0.000 {up} 0.000 {r['http_response_status_code']} {r['http_response_status_code']} "
+        f"{r['request_bytes'] or 0} {r['response_bytes'] or 0} "
+        f'"{r["http_request_method"]} https://api.example.com:443{_target(r)} HTTP/1.1" '
+        f'"{_q(r["user_agent"])}" ECDHE-RSA-AES128-GCM-SHA256 TLSv1.2 '
+        f"arn:aws:elasticloadbalancing:us-east-2:123456789012:targetgroup/api/73e2d6bc24d8a067 "
+        f'"Root=1-{r["request_id"][:24]}" "api.example.com" "-" 0 {iso} "forward" "-" "-" '
+        f'"10.0.0.1:80" "200" "-" "-"'
+    )
+
+
 EMITTERS: dict[str, Callable[[Row], str]] = {
+    "nginx:main": emit_nginx_main,
+    "nginx:gatewise": emit_nginx_gatewise,
+    "apache:common": emit_apache_common,
+    "apache:vhost_combined": emit_apache_vhost,
+    "haproxy": emit_haproxy,
+    "envoy:default": emit_envoy_text,
+    "alb": emit_alb,
     "combined": emit_combined,
     "nginx-json": emit_nginx_json,
     "kong": emit_kong,

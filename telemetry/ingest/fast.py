@@ -13,7 +13,9 @@ test_formats.py`` checks fast == per-record on generated lines, request ids incl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +36,6 @@ from telemetry.ingest.normalize import (
     RejectError,
     device_from_user_agent,
     method_or_other,
-    route_template,
 )
 from telemetry.schema import TS
 
@@ -45,8 +46,7 @@ __all__ = ["FastBatch", "parse_fast"]
 _UNSAFE = r"[\\\x00-\x1f\x7f]"
 _DIGITS = r"^\d{1,15}$"
 _NUMBER = r"^\d{1,15}(?:\.\d{1,9})?$"
-_REQUEST = r"^(?P<m>[A-Za-z]+) (?P<t>\S+)(?: HTTP/\d(?:\.\d)?)?$"
-_TARGET = r"^(?P<p>[^?]*)(?P<q>\?.*)?$"
+_REQUEST_SHAPE = r"^[A-Za-z]+ \S+(?: HTTP/\d(?:\.\d)?)?$"
 
 _TYPES: dict[str, pa.DataType] = {
     "str": pa.string(),
@@ -93,6 +93,23 @@ def _map_unique(
     return mapped, rej.to_numpy(zero_copy_only=False)
 
 
+def _on_unique(col: pa.Array, fn: Callable[[pa.Array], Any]) -> Any:
+    """A column-wise ``fn`` run over the distinct values only, its results taken back to the
+    rows (timestamps and paths repeat: a busy log has a few distinct values per second)."""
+    enc = pc.dictionary_encode(col)
+    out = fn(enc.dictionary)
+    if isinstance(out, tuple):
+        return tuple(_take_back(o, enc.indices) for o in out)
+    return _take_back(out, enc.indices)
+
+
+def _take_back(values: Any, indices: pa.Array) -> Any:
+    if isinstance(values, np.ndarray):  # a mask: rows whose index is null are False
+        idx = pc.fill_null(indices, 0).to_numpy(zero_copy_only=False)
+        return values[idx] & _np(indices.is_valid())
+    return values.take(indices)
+
+
 def _np(mask: Any) -> np.ndarray:
     return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
 
@@ -105,6 +122,8 @@ def _convert_col(src: Source, col: pa.Array) -> tuple[pa.Array, np.ndarray]:
         return col, np.zeros(n, bool)
     if k in ("int", "status", "float", "epoch"):
         pattern = _NUMBER if k in ("float", "epoch") else _DIGITS
+        if k == "float" and src.neg_none:  # -1 = "no upstream": null, as convert() reads it
+            pattern = r"^-?\d{1,15}(?:\.\d{1,9})?$"
         good = _np(pc.match_substring_regex(col, pattern))
         left = _np(col.is_valid()) & ~good
         safe = pc.if_else(pa.array(good), col, pa.nulls(n, pa.string()))
@@ -118,7 +137,10 @@ def _convert_col(src: Source, col: pa.Array) -> tuple[pa.Array, np.ndarray]:
             )
         x = safe.cast(pa.float64())
         if k == "float":
-            return pc.multiply(x, src.scale), left
+            v = pc.multiply(x, src.scale)
+            if src.neg_none:
+                v = pc.if_else(pc.less(v, 0), pa.nulls(n, pa.float64()), v)
+            return v, left
         # epoch seconds (or milliseconds) -> microseconds, rounded half to even as Python does
         xs = x.to_numpy(zero_copy_only=False)
         xs = np.where(xs > 1e11, xs / 1000.0, xs)
@@ -126,7 +148,90 @@ def _convert_col(src: Source, col: pa.Array) -> tuple[pa.Array, np.ndarray]:
         mask = np.isnan(us)
         us = np.where(mask, 0, us).astype(np.int64)
         return pa.array(us, pa.int64(), mask=mask).cast(TS), left
+    if src.var == "time_local":
+        return _on_unique(col, _clf_times)
+    if k == "haproxy_time":
+        return _haproxy_times(col)
+    if k == "time":
+        return _iso_times(col, lambda c: _map_unique(c, lambda v: convert(src, v), TS))
     return _map_unique(col, lambda v: convert(src, v), _TYPES[k])
+
+
+_ISO = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$"
+
+
+def _iso_times(
+    col: pa.Array, rest: Callable[[pa.Array], tuple[pa.Array, np.ndarray]]
+) -> tuple[pa.Array, np.ndarray]:
+    """ISO 8601 with a zone (``$time_iso8601``, Envoy, ALB) cast by Arrow, which checks what
+    ``datetime.fromisoformat`` checks; anything else (or a batch Arrow refuses) by ``rest``."""
+    n = len(col)
+    shape = _np(pc.match_substring_regex(col, _ISO))
+    if not shape.any():
+        return rest(col)
+    try:
+        cast = pc.if_else(pa.array(shape), col, "1970-01-01T00:00:00Z").cast(TS)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return rest(col)
+    if shape.all() or not _np(col.is_valid())[~shape].any():
+        return pc.if_else(pa.array(shape), cast, pa.nulls(n, TS)), np.zeros(n, bool)
+    other, bad = rest(pc.if_else(pa.array(shape), pa.nulls(n, pa.string()), col))
+    return pc.if_else(pa.array(shape), cast, other), bad & ~shape
+
+
+def _haproxy_times(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``06/Feb/2009:12:14:14.655`` (no zone: UTC) as ``fields.haproxy_time`` reads it: the
+    date by ``_clf_times``, then the first three digits of the fraction as milliseconds."""
+    n = len(col)
+    shape = _np(pc.match_substring_regex(col, r"^.{20}\.\d+$"))
+    safe = pc.if_else(pa.array(shape), col, "01/Jan/1970:00:00:00.0")
+    head = pc.binary_join_element_wise(pc.utf8_slice_codeunits(safe, 0, 20), "+0000", " ")
+    ts, bad = _clf_times(head)
+    ms = pc.utf8_rpad(pc.utf8_slice_codeunits(safe, 21, 24), 3, "0").cast(pa.int64())
+    us = pc.add(ts.cast(pa.int64()), pc.multiply(ms, 1000))
+    ok = shape & ~bad
+    out = pc.if_else(pa.array(ok), us.cast(TS), pa.nulls(n, TS))
+    return out, _np(col.is_valid()) & ~ok
+
+
+_MONTHS = pa.array(
+    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+)
+_CLF = r"^\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}$"
+
+
+def _clf_times(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``10/Oct/2000:13:55:36 -0700`` column -> UTC timestamps, field by field in numpy, with
+    every check ``normalize.parse_clf_time`` makes (a bad day, hour or zone goes back to it)."""
+    shape = _np(pc.match_substring_regex(col, _CLF))
+    safe = pc.if_else(pa.array(shape), col, "01/Jan/1970:00:00:00 +0000")
+
+    def part(a: int, b: int) -> np.ndarray:
+        return np.asarray(
+            pc.utf8_slice_codeunits(safe, a, b).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        )
+
+    month = np.asarray(
+        pc.fill_null(pc.index_in(pc.utf8_slice_codeunits(safe, 3, 6), _MONTHS), -1).to_numpy(
+            zero_copy_only=False
+        )
+    )
+    day, year = part(0, 2), part(7, 11)
+    hh, mm, ss = part(12, 14), part(15, 17), part(18, 20)
+    sign = np.where(np.asarray(pc.utf8_slice_codeunits(safe, 21, 22).to_pylist()) == "-", -1, 1)
+    off = sign * (part(22, 24) * 60 + part(24, 26))
+    good = shape & (month >= 0) & (year >= 1) & (hh < 24) & (mm < 60) & (ss < 60)
+    good &= np.abs(off) < 24 * 60
+    ym = (np.clip(year, 1, 9999) - 1970) * 12 + np.clip(month, 0, 11)
+    start = ym.astype("datetime64[M]").astype("datetime64[D]")
+    days_in = (ym + 1).astype("datetime64[M]").astype("datetime64[D]") - start
+    good &= (day >= 1) & (day <= days_in.astype(np.int64))
+    days = (start - np.datetime64("1970-01-01", "D")).astype(np.int64) + day - 1
+    secs = days * 86400 + hh * 3600 + mm * 60 + ss - off * 60
+    us = np.where(good, secs * 1_000_000, 0)
+    ts = pa.array(us, pa.int64(), mask=~good).cast(TS)
+    present = _np(col.is_valid())
+    return ts, present & ~good
 
 
 def _field(vars_: dict[str, pa.Array], field: str, n: int) -> tuple[pa.Array | None, np.ndarray]:
@@ -163,9 +268,11 @@ def _request(vars_: dict[str, pa.Array], n: int) -> tuple[dict[str, pa.Array], n
         ok = _np(pc.and_(method.is_valid(), uri.is_valid()))
         ok &= _np(pc.match_substring_regex(method, r"^[A-Za-z]+$"))
     elif "request" in vars_:
-        m = pc.extract_regex(vars_["request"], _REQUEST)
-        ok = _np(m.is_valid())
-        method, target = m.field("m"), m.field("t")
+        # validated by a capture-free match (RE2's fast DFA), then split on the spaces
+        req = vars_["request"]
+        ok = _np(pc.match_substring_regex(req, _REQUEST_SHAPE))
+        parts = pc.split_pattern(pc.if_else(pa.array(ok), req, "_ /"), " ", max_splits=2)
+        method, target = pc.list_element(parts, 0), pc.list_element(parts, 1)
     else:
         return {}, np.ones(n, bool)
     # absolute-form targets (proxies, load balancers): the path starts after the host
@@ -174,17 +281,51 @@ def _request(vars_: dict[str, pa.Array], n: int) -> tuple[dict[str, pa.Array], n
     stripped = pc.if_else(pc.equal(stripped, ""), "/", stripped)
     target = pc.if_else(pc.fill_null(absolute, False), stripped, target)
     ok &= _np(pc.starts_with(target, "/"))
-    parts = pc.extract_regex(target, _TARGET)
-    path = parts.field("p")
-    q = parts.field("q")
-    query = pc.if_else(pc.equal(q, ""), pa.nulls(n, pa.string()), pc.utf8_slice_codeunits(q, 1))
+    pq_ = pc.split_pattern(target, "?", max_splits=1)
+    path = pc.list_element(pq_, 0)
+    has_q = pc.equal(pc.list_value_length(pq_), 2)
+    query = pc.if_else(
+        has_q,
+        pc.list_element(pc.if_else(has_q, pq_, pa.scalar(["", ""], pq_.type)), 1),
+        pa.nulls(n, pa.string()),
+    )
     out = {
         "http_request_method": _map_unique(method, method_or_other, pa.string())[0],
         "url_path": path,
         "url_query": query,
-        "http_route": _map_unique(path, route_template, pa.string())[0],
+        "http_route": _on_unique(path, route_templates),
     }
     return out, ~ok
+
+
+_ID_SEG = (
+    r"^(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,})$"
+)
+
+
+def route_templates(path: pa.Array) -> pa.Array:
+    """``normalize.route_template`` column-wise (ASCII paths): split on ``/``, segments that
+    are numbers, UUIDs, long hex or token-like (20+ word characters, a quarter digits) become
+    ``{id}``, joined again."""
+    segs = pc.split_pattern(path, "/")
+    flat = pc.list_flatten(segs)
+    token = pc.and_(
+        pc.match_substring_regex(flat, r"^[A-Za-z0-9_]{20,}$"),
+        pc.greater_equal(
+            pc.multiply(pc.count_substring_regex(flat, r"\d"), 4), pc.utf8_length(flat)
+        ),
+    )
+    is_id = pc.and_(
+        pc.greater(pc.utf8_length(flat), 0),
+        pc.or_(pc.match_substring_regex(flat, _ID_SEG), token),
+    )
+    flat = pc.if_else(is_id, "{id}", flat)
+    lengths = pc.fill_null(pc.list_value_length(segs), 0).to_numpy(zero_copy_only=False)
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    lists = pa.ListArray.from_arrays(pa.array(bounds), flat, mask=pc.is_null(segs))
+    joined = pc.binary_join(lists, "/")
+    return pc.if_else(pc.equal(path, ""), "/", joined)
 
 
 def _attributes(vars_: dict[str, pa.Array], n: int) -> pa.Array:
@@ -209,14 +350,46 @@ def _attributes(vars_: dict[str, pa.Array], n: int) -> pa.Array:
     )
 
 
-def parse_fast(fmt: LogFormat, text: pa.Array) -> FastBatch:
-    """Parse a batch of lines (a string array, raw as written) in format ``fmt``."""
+_POOL: ThreadPoolExecutor | None = None
+
+
+def start_extract(text: pa.Array, regex: str, threads: int | None = None) -> Callable[[], Any]:
+    """``extract_regex`` over slices of the batch in pool threads (RE2 runs without the GIL,
+    so the caller's Python work goes on meanwhile); call the result to get the struct array."""
+    global _POOL
+    n = len(text)
+    workers = threads or max(1, min((os.cpu_count() or 1), 4))
+    if n < 20_000:
+        return lambda: pc.extract_regex(text, regex)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(4, thread_name_prefix="ingest-regex")
+    step = -(-n // max(workers, 2))
+    futs = [_POOL.submit(pc.extract_regex, text.slice(a, step), regex) for a in range(0, n, step)]
+    return lambda: pa.concat_arrays([f.result() for f in futs])
+
+
+def ascii_only(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Non-ASCII lines blanked (no regex ever sees invalid UTF-8), and which were ASCII."""
+    ascii_ = _np(pc.string_is_ascii(text))
+    return pc.if_else(pa.array(ascii_), text, ""), ascii_
+
+
+def parse_fast(
+    fmt: LogFormat,
+    text: pa.Array,
+    extracted: Callable[[], Any] | None = None,
+    ascii_: np.ndarray | None = None,
+) -> FastBatch:
+    """Parse a batch of lines in format ``fmt``. With ``extracted`` (from ``start_extract``,
+    started by the caller), ``text`` and ``ascii_`` are what ``ascii_only`` gave."""
     n = len(text)
     assert fmt.regex is not None
-    ascii_ = _np(pc.string_is_ascii(text))
-    text = pc.if_else(pa.array(ascii_), text, "")
-    m = pc.extract_regex(text, fmt.regex)
-    left = ~ascii_ | ~_np(m.is_valid()) | _np(pc.match_substring_regex(text, _UNSAFE))
+    if extracted is None or ascii_ is None:
+        text, ascii_ = ascii_only(text)
+        extracted = start_extract(text, fmt.fast_regex)
+    unsafe = _np(pc.match_substring_regex(text, _UNSAFE))
+    m = extracted()
+    left = ~ascii_ | ~_np(m.is_valid()) | unsafe
     vars_: dict[str, pa.Array] = {}
     for i, var in enumerate(fmt.names):
         if var in vars_:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
@@ -73,22 +74,38 @@ def iter_line_batches(
                 carry = buf
                 continue
             carry = buf[cut + 1 :]
-            yield from _batches(buf[:cut].split(b"\n"), lineno, base, max_lines, last=False)
+            body = buf[:cut]
+            yield from _batches(body.split(b"\n"), lineno, base, max_lines, _odd(body))
             lineno += buf.count(b"\n", 0, cut + 1)
             base += cut + 1
         if carry:
-            yield from _batches([carry], lineno, base, max_lines, last=True)
+            yield from _batches([carry], lineno, base, max_lines, _odd(carry))
+
+
+_WS_AFTER_NL = re.compile(rb"\n[ \t\x0b\x0c]")
+
+
+def _odd(block: bytes) -> bool:
+    """Whether a block has carriage returns or lines starting with whitespace (only then
+    can a line need stripping or be whitespace only): scans of the block, not of lines."""
+    return (
+        b"\r" in block
+        or block[:1] in (b" ", b"\t", b"\x0b", b"\x0c")
+        or _WS_AFTER_NL.search(block) is not None
+    )
 
 
 def _batches(
-    parts: list[bytes], lineno: int, base: int, max_lines: int, last: bool
+    parts: list[bytes], lineno: int, base: int, max_lines: int, odd: bool
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[bytes]]]:
     lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)) + 1
     starts = base + np.concatenate([[0], np.cumsum(lens)[:-1]])
     numbers = lineno + np.arange(len(parts), dtype=np.int64)
-    if any(b"\r" in p[-1:] for p in parts):
+    if odd:  # CRLF line ends, or lines that may be whitespace only
         parts = [p.rstrip(b"\r") for p in parts]
-    keep = np.fromiter((bool(p.strip()) for p in parts), dtype=bool, count=len(parts))
+        keep = np.fromiter((bool(p.strip()) for p in parts), dtype=bool, count=len(parts))
+    else:
+        keep = lens > 1  # only empty lines are blank
     if not keep.all():
         idx = np.flatnonzero(keep)
         parts = [parts[i] for i in idx.tolist()]

@@ -256,6 +256,18 @@ class Tailer:
             if not chunks:
                 stop.wait(self.poll_s)
 
+    def first_line(self, chunk: Chunk, limit: int = 4096) -> bytes | None:
+        """The first line (with its newline, at most ``limit`` bytes) of the file a chunk came
+        from, read through the open file: what ``readers.file_fingerprint`` gives for it, so
+        ids derived while following match those of a later batch ingest of the same file."""
+        for f in self._files:
+            for src in f.queue:
+                if src.inode == chunk.inode and f.name == chunk.path:
+                    head = os.pread(src.fd, limit, 0)
+                    cut = head.find(b"\n")
+                    return head if cut < 0 else head[: cut + 1]
+        return None
+
     def positions(self) -> dict[str, dict[str, Any]]:
         """What the checkpoint holds: {path: {inode, offset, fingerprint, updated[, done]}}."""
         with self._lock:

@@ -81,7 +81,8 @@ def run_simulation(
     if emit:
         from telemetry.ingest.emit import emit_table
 
-        emitted = emit_path or settings.data_dir / "emitted" / f"{name}.{emit}.log"
+        slug = emit.replace(":", "_")  # nginx:main -> nginx_main: no colon in file names
+        emitted = emit_path or settings.data_dir / "emitted" / f"{name}.{slug}.log"
         emit_table(result.events, emit, emitted)
     return SimulationRun(
         result, appended, name, truth_labels, settings.consumers_path, emitted, t1 - t0, t2 - t1

@@ -40,6 +40,64 @@ def test_ingest_prints_counts_that_add_up(env, shared_data):
     assert "accepted 0" in res.output and "duplicate 9999" in res.output
 
 
+def test_emit_formats_are_the_emitters():
+    from gatewise.cli import FORMATS
+    from telemetry.ingest.emit import EMITTERS
+
+    assert set(FORMATS) == set(EMITTERS)
+
+
+def test_ingest_auto_detects_and_a_wrong_format_fails_loudly(env):
+    from tests.conftest import FIXTURES
+
+    main = FIXTURES / "logs" / "nginx" / "main.log"
+    res = runner.invoke(app, ["ingest", str(main)])  # --format auto
+    assert res.exit_code == 0, res.output
+    assert "format: nginx:main (100% of 61 sampled records parse" in " ".join(res.output.split())
+    res = runner.invoke(app, ["ingest", "--format", "combined", str(main)])
+    assert res.exit_code == 1  # every record rejected: not a silent 0
+    out = " ".join(res.output.split())
+    assert "61 × does not match the combined format" in out
+    assert "61 of 61 records rejected" in out and "try --format nginx:main" in out
+    env.mkdir(parents=True, exist_ok=True)
+    bad = env / "bad.log"
+    bad.write_text("hello\nworld\n")
+    res = runner.invoke(app, ["ingest", str(bad)])
+    assert res.exit_code == 2 and "no known format parses most" in res.output
+    res = runner.invoke(app, ["ingest", "--format", "apache:'%h %Z'", str(bad)])
+    assert res.exit_code == 2 and "unknown directive %Z" in res.output
+
+
+def test_ingest_reads_the_format_from_nginx_conf(env):
+    from tests.conftest import FIXTURES
+
+    logs = FIXTURES / "logs" / "nginx"
+    args = ["ingest", "--nginx-conf", str(logs / "nginx.conf"), "--log-format", "api"]
+    res = runner.invoke(app, [*args, str(logs / "api.log")])
+    assert res.exit_code == 0, res.output
+    assert "accepted 61" in res.output
+    res = runner.invoke(
+        app, ["ingest", "--nginx-conf", str(logs / "nginx.conf"), str(logs / "api.log")]
+    )
+    assert res.exit_code == 2 and "go together" in res.output
+
+
+def test_ingest_follow_stops_when_idle(env, monkeypatch):
+    from tests.conftest import FIXTURES
+
+    monkeypatch.setenv("GATEWISE_STREAM__BACKEND", "memory")  # the stream inside the process
+
+    env.mkdir(parents=True, exist_ok=True)
+    log = env / "live.log"
+    log.write_bytes((FIXTURES / "logs" / "haproxy" / "httplog.log").read_bytes())
+    res = runner.invoke(app, ["ingest", "--follow", "--idle-exit", "0.5", str(log)])
+    assert res.exit_code == 0, res.output
+    assert "format: haproxy" in res.output
+    assert "read 61: accepted 61, rejected 0, duplicate 0" in res.output
+    res = runner.invoke(app, ["ingest", "--follow", "--idle-exit", "0.5", str(log)])
+    assert "read 0" in res.output  # resumed at the checkpoint: nothing again
+
+
 def test_simulate_then_summary(env):
     res = runner.invoke(
         app, ["simulate", "--clients", "50", "--days", "0.1", "--seed", "1", "--emit", "kong"]

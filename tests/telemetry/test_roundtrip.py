@@ -23,7 +23,12 @@ def _floor_seconds(t: pa.Table) -> pa.Table:
     return t.set_column(i, "timestamp", pc.floor_temporal(t.column("timestamp"), unit="second"))
 
 
-@pytest.mark.parametrize("fmt", ["combined", "nginx-json", "kong", "envoy"])
+SECOND_RESOLUTION = ("combined", "nginx:main", "apache:common", "apache:vhost_combined")
+
+
+@pytest.mark.parametrize(
+    "fmt", [*SECOND_RESOLUTION, "nginx:gatewise", "nginx-json", "kong", "envoy"]
+)
 def test_round_trip(small_sim, tmp_path, fmt):
     events = small_sim.events
     log = tmp_path / f"traffic.{fmt}.log.gz"
@@ -38,7 +43,7 @@ def test_round_trip(small_sim, tmp_path, fmt):
     )
     cols = list(CARRIED[fmt])
     want, got = events.select(cols), store.read().select(cols)
-    if fmt == "combined":  # the combined format has one-second resolution and no request id
+    if fmt in SECOND_RESOLUTION:  # one-second resolution and no request id
         want = _floor_seconds(want)
         key = [(c, "ascending") for c in cols]
     else:
