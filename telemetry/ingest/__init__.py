@@ -30,6 +30,8 @@ from telemetry.ingest.readers import (
     file_fingerprint,
     iter_json_records,
     iter_line_batches,
+    iter_lines,
+    json_records_of,
 )
 from telemetry.schema import EVENT_SCHEMA
 from telemetry.store import TelemetryStore
@@ -230,7 +232,7 @@ def ingest_files(
             report.files.append(fr)
             ctx = _Ctx(path, file_fingerprint(path), store, fr, quarantine, consumers, on_progress)
             if log_format.is_json:
-                _ingest_json(ctx, log_format, batch_size)
+                _ingest_json(ctx, log_format, batch_size, fast)
             else:
                 _ingest_text(ctx, log_format, batch_size, fast)
     finally:
@@ -267,9 +269,65 @@ class _Ctx:
             self.on_progress(n)
 
 
-def _ingest_json(ctx: _Ctx, fmt: LogFormat, batch_size: int) -> None:
+def _json_lines(path: Path, sample: int = 200) -> bool:
+    """Whether the file starts as JSON lines (values whole on one line), not pretty-printed."""
+    import itertools
+
+    seen = whole = 0
+    for _, _, raw in itertools.islice(iter_lines(path), sample):
+        seen += 1
+        whole += raw.lstrip()[:1] == b"{" and raw.rstrip()[-1:] == b"}"
+    return seen > 0 and whole >= 0.9 * seen  # a cut line or two: still JSON lines
+
+
+def _ingest_json(ctx: _Ctx, fmt: LogFormat, batch_size: int, fast: bool) -> None:
+    if fast and fmt.json_vars is not None and _json_lines(ctx.path):
+        for linenos, offsets, lines in iter_line_batches(ctx.path, batch_size):
+            ctx.write(_json_batch(ctx, fmt, linenos, offsets, lines))
+        return
+    _json_records(ctx, fmt, iter_json_records(ctx.path), batch_size)
+
+
+def _json_batch(
+    ctx: _Ctx, fmt: LogFormat, linenos: np.ndarray, offsets: np.ndarray, lines: list[bytes]
+) -> pa.Table:
+    """A batch of JSON lines: Arrow's JSON reader and the column-wise conversions, the
+    per-record reader for what they leave (or for the whole batch, when Arrow refuses it)."""
+    from telemetry.ingest.fast import parse_fast_json
+
+    fb = parse_fast_json(fmt, lines)
+    parts = []
+    if len(fb.taken):
+        parts.append(_fast_table(ctx, fb, offsets, lines, None))
+    ctx.fr.read += len(lines) - len(fb.left)
+    slow_rows: list[dict[str, Any]] = []
+    slow_idx: list[int] = []
+    for i in fb.left.tolist():
+        one = [(int(linenos[i]), int(offsets[i]), lines[i])]
+        for _lineno, offset, raw, value, error in json_records_of(one):
+            ctx.fr.read += 1  # a line of an array holds several records
+            try:
+                if error:
+                    raise RejectError(error)
+                ev = parse_record(fmt, value)
+                _complete(ev, ctx.fingerprint, offset, raw, ctx.consumers)
+            except RejectError as exc:
+                ctx.reject(int(linenos[i]), offset, str(exc), raw)
+                continue
+            slow_rows.append(ev)
+            slow_idx.append(i)
+    if slow_rows:
+        parts.append(
+            (np.array(slow_idx, np.int64), pa.Table.from_pylist(slow_rows, schema=EVENT_SCHEMA))
+        )
+    ctx.progress(len(lines))
+    return _in_line_order(parts)
+
+
+def _json_records(ctx: _Ctx, fmt: LogFormat, records: Any, batch_size: int) -> None:
+    """The per-record JSON path: parse, complete, write in batches."""
     rows: list[dict[str, Any]] = []
-    for lineno, offset, raw, value, error in iter_json_records(ctx.path):
+    for lineno, offset, raw, value, error in records:
         ctx.fr.read += 1
         try:
             if error:
@@ -311,7 +369,7 @@ def parse_lines(
     parts: list[tuple[np.ndarray, pa.Table]] = []
     left = np.arange(n)
     if fast and n:
-        from telemetry.ingest.fast import ascii_only, complete_fast, parse_fast, start_extract
+        from telemetry.ingest.fast import ascii_only, parse_fast, start_extract
 
         text, is_ascii = ascii_only(pa.array(lines, pa.binary()).view(pa.string()))
         # the regex runs in pool threads while this thread derives the request ids (Python:
@@ -322,32 +380,8 @@ def parse_lines(
             pre = _derived_ids(ctx.fingerprint, offsets, lines)
         fb = parse_fast(fmt, text, extracted, is_ascii)
         if len(fb.taken):
-
-            def ids(rows: np.ndarray) -> list[str]:
-                pick = fb.taken[rows].tolist()
-                if pre is not None:
-                    return [pre[i] for i in pick]
-                return _derived_ids(ctx.fingerprint, offsets[pick], [lines[i] for i in pick])
-
-            cols, back = complete_fast(fb.columns, ids, ctx.consumers)
-            keep = np.flatnonzero(~back)
-            idx = pa.array(keep)
-            table = pa.table(
-                {
-                    f.name: (
-                        cols[f.name].take(idx).cast(f.type)
-                        if f.name in cols
-                        else pa.nulls(len(keep), f.type)
-                    )
-                    for f in EVENT_SCHEMA
-                },
-                schema=EVENT_SCHEMA,
-            )
-            parts.append((fb.taken[keep], table))
-            left = np.sort(np.concatenate([fb.left, fb.taken[back]]))
-            ctx.fr.fast += len(keep)
-        else:
-            left = fb.left
+            parts.append(_fast_table(ctx, fb, offsets, lines, pre))
+        left = fb.left
     rows: list[dict[str, Any]] = []
     row_idx: list[int] = []
     for i in left.tolist():
@@ -364,12 +398,50 @@ def parse_lines(
         parts.append(
             (np.array(row_idx, dtype=np.int64), pa.Table.from_pylist(rows, schema=EVENT_SCHEMA))
         )
+    return _in_line_order(parts)
+
+
+def _in_line_order(parts: list[tuple[np.ndarray, pa.Table]]) -> pa.Table:
+    """Tables of rows (with their line indices) -> one table in line order."""
     if not parts:
         return EVENT_SCHEMA.empty_table()
     if len(parts) == 1:
         return parts[0][1]
     order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
     return pa.concat_tables([p[1] for p in parts]).take(pa.array(order))
+
+
+def _fast_table(
+    ctx: _Ctx, fb: Any, offsets: np.ndarray, lines: list[bytes], pre: list[str] | None
+) -> tuple[np.ndarray, pa.Table]:
+    """The fast path's rows completed (ids, client, attributes) as a contract table, with
+    their line indices; rows ``complete_fast`` gives back join ``fb.left``."""
+    from telemetry.ingest.fast import complete_fast
+
+    def ids(rows: np.ndarray) -> list[str]:
+        pick = fb.taken[rows].tolist()
+        if pre is not None:
+            return [pre[i] for i in pick]
+        return _derived_ids(ctx.fingerprint, offsets[pick], [lines[i] for i in pick])
+
+    cols, back = complete_fast(fb.columns, ids, ctx.consumers)
+    keep = np.flatnonzero(~back)
+    idx = pa.array(keep)
+    table = pa.table(
+        {
+            f.name: (
+                cols[f.name].take(idx).cast(f.type)
+                if f.name in cols
+                else pa.nulls(len(keep), f.type)
+            )
+            for f in EVENT_SCHEMA
+        },
+        schema=EVENT_SCHEMA,
+    )
+    ctx.fr.fast += len(keep)
+    if back.any():
+        fb.left = np.sort(np.concatenate([fb.left, fb.taken[back]]))
+    return fb.taken[keep], table
 
 
 def _complete(

@@ -13,6 +13,7 @@ test_formats.py`` checks fast == per-record on generated lines, request ids incl
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -329,13 +330,13 @@ def route_templates(path: pa.Array) -> pa.Array:
 
 
 def _attributes(vars_: dict[str, pa.Array], n: int) -> pa.Array:
-    names = [v for v in vars_ if v not in ATTRIBUTE_EXCLUDE]
+    names = sorted(v for v in vars_ if v not in ATTRIBUTE_EXCLUDE)
     typ = pa.map_(pa.string(), pa.string())
     if not names:
         return pa.nulls(n, typ)
     cols = [vars_[v] for v in names]
     valid = np.stack([_np(c.is_valid()) for c in cols], axis=1)
-    rows, idx = np.nonzero(valid)  # row-major: each row's variables in definition order
+    rows, idx = np.nonzero(valid)  # row-major: each row's variables in name order
     counts = valid.sum(axis=1)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     cols = [
@@ -392,11 +393,22 @@ def parse_fast(
     left = ~ascii_ | ~_np(m.is_valid()) | unsafe
     vars_: dict[str, pa.Array] = {}
     for i, var in enumerate(fmt.names):
-        if var in vars_:
-            continue
-        col = m.field(f"_v{i}")
-        # "-" and "" are what servers write for "no value"; an optional group that did not take part gives ""
-        vars_[var] = pc.if_else(pc.is_in(col, pa.array(["-", ""])), pa.nulls(n, pa.string()), col)
+        if var not in vars_:
+            vars_[var] = m.field(f"_v{i}")
+    return columns_from_vars(vars_, n, left)
+
+
+def _no_dash(col: pa.Array) -> pa.Array:
+    """ "-" and "" are what servers write for "no value" (and what an optional group that did
+    not take part gives): null, as ``none_if_dash`` reads them."""
+    dash = pc.or_(pc.equal(col, "-"), pc.equal(col, ""))
+    return pc.if_else(dash, pa.nulls(len(col), pa.string()), col)
+
+
+def columns_from_vars(vars_: dict[str, pa.Array], n: int, left: np.ndarray) -> FastBatch:
+    """Variables (string columns, one per variable) -> the contract's columns for the rows
+    the column-wise conversions are sure of; ``left`` marks rows already left."""
+    vars_ = {k: _no_dash(v) for k, v in vars_.items()}
     cols: dict[str, pa.Array] = {}
     for field in SOURCES:
         vals, bad = _field(vars_, field, n)
@@ -415,6 +427,94 @@ def parse_fast(
     taken = np.flatnonzero(~left)
     idx = pa.array(taken)
     return FastBatch({k: v.take(idx) for k, v in cols.items()}, taken, np.flatnonzero(left))
+
+
+def _read_json(lines: list[bytes], schema: pa.Schema) -> pa.Table | None:
+    import io
+
+    import pyarrow.json as pj
+
+    try:
+        return pj.read_json(
+            io.BytesIO(b"\n".join(lines)),
+            read_options=pj.ReadOptions(block_size=1 << 20),  # blocks parsed in parallel
+            parse_options=pj.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="infer"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def _json_segments(
+    lines: list[bytes],
+    a: int,
+    b: int,
+    schema: pa.Schema,
+    out: list[tuple[int, pa.Table]],
+    floor: int = 64,
+) -> None:
+    """Read lines[a:b] at once; when Arrow refuses (a broken line, a number where a string
+    was), halve until the refused lines are found (segments under 64 lines are left whole
+    to the per-record reader; small batches are halved down to the line): one bad line costs a few reads, not the batch."""
+    tbl = _read_json(lines[a:b], schema)
+    if tbl is not None and tbl.num_rows == b - a:
+        out.append((a, tbl))
+    elif b - a > floor:
+        mid = (a + b) // 2
+        _json_segments(lines, a, mid, schema, out, floor)
+        _json_segments(lines, mid, b, schema, out, floor)
+
+
+def parse_fast_json(fmt: LogFormat, lines: list[bytes]) -> FastBatch:
+    """A batch of JSON lines whose keys are variables (``fmt.json_vars``), read by Arrow's
+    JSON reader with every key as a string. Lines Arrow refuses, rows with escapes or
+    non-ASCII bytes, and rows with a value that is not a string are left to the per-record
+    reader (which also gives the reasons)."""
+    assert fmt.json_vars is not None
+    n = len(lines)
+    # every key is read as a string: the keys of up to 64 lines spread over the batch (a
+    # key only later lines have is inferred; a value that is not a string is left)
+    keys: dict[str, None] = {}
+    for raw in lines[:: max(1, n // 64)]:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            keys.update(dict.fromkeys(rec))
+    schema = pa.schema([(k, pa.string()) for k in keys])
+    segments: list[tuple[int, pa.Table]] = []
+    _json_segments(lines, 0, n, schema, segments, floor=max(1, min(64, n // 256)))
+    read = np.zeros(n, bool)
+    tables = []
+    for a, tbl in segments:
+        read[a : a + tbl.num_rows] = True
+        tables.append(tbl)
+    rows = np.flatnonzero(read)
+    if not len(rows):
+        return FastBatch({}, rows, np.arange(n))
+    tbl = pa.concat_tables(tables, promote_options="permissive")
+    raw = pa.array([lines[i] for i in rows.tolist()], pa.binary()).view(pa.string())
+    m = len(rows)
+    left = ~_np(pc.string_is_ascii(raw))
+    left |= _np(pc.match_substring_regex(pc.if_else(pa.array(~left), raw, ""), r"[\\]"))
+    vars_: dict[str, pa.Array] = {}
+    for name, col in zip(tbl.column_names, tbl.columns, strict=True):
+        arr = col.combine_chunks()
+        if pa.types.is_null(arr.type):
+            continue
+        if not pa.types.is_string(arr.type):
+            left |= _np(arr.is_valid())
+            continue
+        vars_[fmt.json_vars.get(name, name)] = arr
+    fb = columns_from_vars(vars_, m, left)
+    # back to the batch's row numbers
+    return FastBatch(
+        fb.columns,
+        rows[fb.taken],
+        np.sort(np.concatenate([np.flatnonzero(~read), rows[fb.left]])),
+    )
 
 
 def complete_fast(

@@ -262,7 +262,7 @@ def request_fields(rec: dict[str, Any]) -> Fields:
 
 def attributes_of(rec: dict[str, Any]) -> dict[str, str] | None:
     out = {}
-    for k, v in rec.items():
+    for k, v in sorted(rec.items()):  # name order: the same map whatever the log's key order
         if k in ATTRIBUTE_EXCLUDE or none_if_dash(v) is None:
             continue
         text = v if isinstance(v, str) else json.dumps(v) if isinstance(v, dict | list) else str(v)

@@ -70,6 +70,9 @@ class LogFormat:
     regex: str | None = None
     names: tuple[str, ...] = ()  # variable of each capture group, in order
     json_adapter: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # JSON records whose keys are variables (after this renaming): the columnar fast path
+    # reads them; None for JSON formats with nested records (their adapter only)
+    json_vars: dict[str, str] | None = None
     # what the user pastes into their server's config to log this format
     config_line: str = ""
     # what this format cannot tell the models
@@ -197,6 +200,7 @@ def nginx_json_format(template: str, name: str) -> LogFormat:
         name=name,
         definition=template,
         json_adapter=adapter,
+        json_vars=rename,
         config_line=f"log_format gatewise escape=json '{template}';",
     )
 
@@ -497,6 +501,7 @@ def _json_formats() -> dict[str, LogFormat]:
             name="nginx-json",
             definition="NGINX log_format escape=json with variable names as keys",
             json_adapter=adapters.nginx_json_vars,
+            json_vars={},
             config_line="see docs/ingest.md (log_format gatewise escape=json '{...}')",
         ),
         "kong": LogFormat(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -17,6 +17,7 @@ __all__ = [
     "iter_json_records",
     "iter_line_batches",
     "iter_lines",
+    "json_records_of",
     "open_maybe_gzip",
 ]
 
@@ -55,7 +56,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
 
 
 def iter_line_batches(
-    path: Path, max_lines: int = 50_000, block: int = 4 << 20
+    path: Path, max_lines: int = 50_000, block: int = 16 << 20
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[bytes]]]:
     """Batches of (line numbers from 1, byte offsets, lines without their newline) with
     the same lines, numbers and offsets as ``iter_lines`` (blank lines skipped), read
@@ -129,6 +130,11 @@ def _expand(lineno: int, offset: int, raw: bytes, value: Any) -> Iterator[Record
 
 
 def iter_json_records(path: Path) -> Iterator[Record]:
+    """``json_records_of`` the lines of ``path``."""
+    return json_records_of(iter_lines(path))
+
+
+def json_records_of(lines: Iterable[tuple[int, int, bytes]]) -> Iterator[Record]:
     """Every JSON object in a file of JSON lines, of pretty-printed JSON values,
     or of arrays of objects (Kong's batched http-log).
 
@@ -147,7 +153,7 @@ def iter_json_records(path: Path) -> Iterator[Record]:
             yield lineno, offset, line, None, msg
         pending.clear()
 
-    for lineno, offset, line in iter_lines(path):
+    for lineno, offset, line in lines:
         head = line.lstrip()[:1]
         if head in (b"{", b"["):
             try:

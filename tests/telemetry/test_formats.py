@@ -641,3 +641,65 @@ def test_real_nginx_and_apache_fields(tmp_path):
     assert all(e["duration_ms"] is not None for e in caddy)
     haproxy = events("haproxy/httplog_capture.log")
     assert any(dict(e["attributes"])["captured_request_headers"] for e in haproxy)
+
+
+# -- JSON lines keyed by variables (nginx-json): Arrow's JSON reader against json.loads ------
+
+_JSON_KEYS = (
+    "msec",
+    "time_iso8601",
+    "remote_addr",
+    "remote_user",
+    "request_method",
+    "request_uri",
+    "request",
+    "status",
+    "body_bytes_sent",
+    "request_time",
+    "upstream_response_time",
+    "http_user_agent",
+    "request_id",
+    "http_referer",
+)
+
+
+@st.composite
+def json_lines(draw: st.DrawFn) -> list[str]:
+    out = []
+    for _ in range(draw(st.integers(1, 20))):
+        when = _T0 + timedelta(seconds=draw(seconds))
+        odd = draw(st.integers(0, 9)) < 3
+        extra = draw(st.lists(st.sampled_from(_JSON_KEYS), max_size=6, unique=True))
+        keys = list(dict.fromkeys(["msec", "remote_addr", "request", "status", *extra]))
+        rec: dict = {}
+        for k in keys:
+            v: object = draw(_var_strategy(k, when, odd))
+            if odd and draw(st.integers(0, 5)) == 0 and str(v).isdigit():
+                v = int(str(v))  # a JSON number, as a hand-written log_format may give
+            rec[k] = v
+        line = json.dumps(rec, ensure_ascii=odd and draw(st.booleans()))
+        if draw(st.integers(0, 12)) == 0:
+            line = line[: draw(st.integers(0, len(line)))]  # a cut line
+        out.append(line)
+    return out
+
+
+def test_json_fast_path_equals_per_record_path():
+    took = []
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(lines=json_lines())
+    def check(lines):
+        with tempfile.TemporaryDirectory() as d:
+            log = Path(d) / "x.jsonl"
+            log.write_text("\n".join(lines) + "\n")
+            got = []
+            for fast in (False, True):
+                store = TelemetryStore(Path(d) / f"s{fast}")
+                rep = ingest_files([log], "nginx-json", store, rejects_dir=Path(d) / "r", fast=fast)
+                got.append((store.read().to_pylist(), rep.reasons, rep.read, rep.fast))
+        assert got[0][:3] == got[1][:3]
+        took.append(got[1][3])
+
+    check()
+    assert sum(took) > 0, "the JSON fast path never took a line"
