@@ -66,6 +66,10 @@ def run_demo(console: Console, s: Settings, config: Path | None = None) -> None:
     console.rule("[bold]gatewise demo[/]: simulate → store → summarize")
     run = simulation(console, s, emit=None)
     summary(console, s)
+    console.rule("your gateway's logs: NGINX, HAProxy, ALB formats detected and parsed in batches")
+    from demo.ingest_act import ingest_demo
+
+    ingest_demo(console, s, run)
     console.rule("why static limits are not enough")
     static_baseline(console, s, run)
     console.rule("features: Prefect flow build_features → Feast")

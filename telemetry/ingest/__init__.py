@@ -118,7 +118,7 @@ def _derived_ids(fingerprint: bytes, offsets: np.ndarray, lines: list[bytes]) ->
     return out
 
 
-_VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
+_VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|\b\d{3,}\b")
 
 
 def reason_key(reason: str) -> str:
