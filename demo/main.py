@@ -66,7 +66,7 @@ def run_demo(console: Console, s: Settings, config: Path | None = None) -> None:
     console.rule("[bold]gatewise demo[/]: simulate → store → summarize")
     run = simulation(console, s, emit=None)
     summary(console, s)
-    console.rule("your gateway's logs: NGINX, HAProxy, ALB formats detected and parsed in batches")
+    console.rule("your gateway's logs: NGINX, HAProxy and ALB formats, detected")
     from demo.ingest_act import ingest_demo
 
     ingest_demo(console, s, run)
