@@ -7,7 +7,6 @@ import csv
 import io
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from analytics.source import Filters, Source
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +48,6 @@ def _write_history(root: Path) -> Path:
     return root / "telemetry"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if not CHROMIUM.exists():
@@ -75,7 +69,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     app = create_app(
         Settings(data_dir=base / "data", analytics=fast), {"history": [store], "live": [live]}
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -33,6 +32,7 @@ from gateway.exporters import (
     to_nginx,
 )
 from gateway.policy import Policy, default_policy, parse_policy
+from tests.conftest import free_port, nginx_binary
 
 ROUTE = "GET /v1/reports/export"
 BANDS = [{"min_score": 0.5, "action": "throttle"}, {"min_score": 0.9, "action": "block"}]
@@ -488,13 +488,6 @@ def test_envoy_checker_catches_what_ratelimit_rejects() -> None:
 # ---------------------------------------------------------------- NGINX
 
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if not found:
-        pytest.skip("nginx not installed: .ci/run installs it")
-    return found
-
-
 def nginx_conf(tmp: Path, parts: dict[str, str], port: int, upstream: str, extra: str = "") -> Path:
     (tmp / "gatewise_http.conf").write_text(parts["http"])
     (tmp / "gatewise_location.conf").write_text(parts["location"])
@@ -558,12 +551,6 @@ def test_nginx_snippets_follow_the_policy(policy: Policy) -> None:
         to_nginx(make_policy(overrides=[{"client_id": "a b", "action": "block", "reason": "r"}]))
     with pytest.raises(ValueError, match="zone_size"):
         to_nginx(policy, zone_size="lots")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.integration

@@ -6,7 +6,6 @@ comes back once, with the fields the format carries."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import time
@@ -19,26 +18,14 @@ import pytest
 from telemetry.ingest import ingest_files
 from telemetry.ingest.formats import NGINX_GATEWISE, NGINX_MAIN, from_nginx_conf
 from telemetry.store import TelemetryStore
+from tests.conftest import free_port, nginx_binary
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _nginx() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if not found:
-        pytest.skip("nginx not installed: .ci/run installs it")
-    return found
-
-
 def test_logs_written_by_a_running_nginx(tmp_path: Path) -> None:
-    nginx = _nginx()
-    port, upstream = _free_port(), _free_port()
+    nginx = nginx_binary()
+    port, upstream = free_port(), free_port()
     temp = " ".join(
         f"{k}_temp_path {tmp_path / k};"
         for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
