@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from telemetry.ingest import FileReport, LogFormat, _Ctx, _Quarantine, parse_lines
+from telemetry.ingest import FileReport, LogFormat, _Ctx, _json_batch, _Quarantine, parse_lines
 from telemetry.ingest.tail import Chunk, Tailer
 from telemetry.schema import EVENT_SCHEMA
 from telemetry.store import TelemetryStore
@@ -82,8 +82,11 @@ class Follower:
         store_rows: int = 50_000,
         rotate_wait_s: float = 5.0,
     ) -> None:
-        if fmt.is_json:
-            raise ValueError(f"--follow reads text logs; {fmt.name} is a JSON format")
+        if fmt.is_json and fmt.json_vars is None:
+            raise ValueError(
+                f"--follow reads text logs and JSON lines keyed by variables (nginx-json); "
+                f"{fmt.name} records are nested: ingest its files in batches"
+            )
         self.fmt = fmt
         self.store = store
         self.publish = publish
@@ -127,9 +130,12 @@ class Follower:
         )
         offsets = np.array([o for o, _ in chunk.lines], dtype=np.int64)
         lines = [raw for _, raw in chunk.lines]
-        fr.read += len(lines)
         # line numbers are unknown while following: the rejects name the byte offset
-        return parse_lines(ctx, self.fmt, np.zeros(len(lines), np.int64), offsets, lines, True)
+        linenos = np.zeros(len(lines), np.int64)
+        if self.fmt.is_json:
+            return _json_batch(ctx, self.fmt, linenos, offsets, lines)  # counts what it reads
+        fr.read += len(lines)
+        return parse_lines(ctx, self.fmt, linenos, offsets, lines, True)
 
     def _send(self, table: pa.Table) -> None:
         if self.publish is None or table.num_rows == 0:

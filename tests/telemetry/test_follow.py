@@ -93,6 +93,49 @@ def test_follow_rotation_ids_match_a_batch_ingest(tmp_path):
     assert again.accepted == 0 and again.duplicate == 125
 
 
+def test_follow_nginx_json_lines(tmp_path):
+    import json
+
+    log = tmp_path / "access.json"
+    recs = [
+        {
+            "msec": f"{1796450000 + i}.250",
+            "remote_addr": f"10.0.0.{i % 9 + 1}",
+            "request": f"GET /v1/items/{i} HTTP/1.1",
+            "status": "200",
+            "http_user_agent": "curl/8.5.0",
+        }
+        for i in range(40)
+    ]
+    _append(log, [json.dumps(r) for r in recs[:30]])
+    store = TelemetryStore(tmp_path / "t")
+    f = Follower(
+        [log],
+        resolve("nginx-json"),
+        store,
+        checkpoint=tmp_path / "cp.json",
+        rejects_dir=tmp_path / "r",
+        store_every_s=0.0,
+    )
+    _drain(f)
+    _append(log, [json.dumps(r) for r in recs[30:]] + ['{"msec": "cut'])
+    _drain(f)
+    f.close()
+    assert (f.stats.read, f.stats.accepted, f.stats.rejected) == (41, 40, 1)
+    batch = TelemetryStore(tmp_path / "batch")
+    ingest_files([log], "nginx-json", batch, rejects_dir=tmp_path / "r")
+    ids = set(store.read().column("request_id").to_pylist())
+    assert set(batch.read().column("request_id").to_pylist()) == ids and len(ids) == 40
+    with pytest.raises(ValueError, match="nested"):
+        Follower(
+            [log],
+            resolve("kong"),
+            store,
+            checkpoint=tmp_path / "cp2.json",
+            rejects_dir=tmp_path / "r",
+        )
+
+
 def test_publish_failure_keeps_the_store_whole(tmp_path):
     log = tmp_path / "access.log"
     _append(log, _lines(20))
