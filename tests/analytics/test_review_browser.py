@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.analytics.test_dashboard_browser import ARGS, CHROMIUM, WAIT_MS, _free_port
+from tests.analytics.test_dashboard_browser import ARGS, CHROMIUM, WAIT_MS
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ def review_server(unlabelled_day, tmp_path_factory) -> Iterator[dict[str, Any]]:
     assert len(items) == 8
     save_queue(s, items, {"since": items[0].since, "until": items[0].until, "harm": None})
     app = create_app(s, {"gateway": [s.telemetry_dir]})
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     )
