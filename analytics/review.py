@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -88,7 +89,7 @@ class ReviewApi:
                 if it["client_id"] not in done
                 else ("abusive" if done[it["client_id"]] else "legitimate")
             )
-        return JSONResponse(doc)
+        return JSONResponse(_finite(doc))
 
     async def answer(self, request: Request) -> Response:
         from labeling.io import LabelImportError
@@ -123,3 +124,15 @@ class ReviewApi:
         except LabelImportError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         return JSONResponse({"ok": True, "client_id": item["client_id"], "windows": n})
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities (a feature with no data, a rate over nothing) as null: JSON has no
+    NaN, and Starlette refuses to send one (the page then showed an empty queue)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
