@@ -39,11 +39,13 @@ def _append(path: Path, lines: list[str]) -> None:
         fh.write("".join(x + "\n" for x in lines))
 
 
-def _follower(tmp_path: Path, log: Path, **kw) -> tuple[TelemetryStore, Follower]:
+def _follower(
+    tmp_path: Path, log: Path, fmt: str = "nginx:main", **kw
+) -> tuple[TelemetryStore, Follower]:
     store = TelemetryStore(tmp_path / "t")
     f = Follower(
         [log],
-        resolve("nginx:main"),
+        resolve(fmt),
         store,
         checkpoint=tmp_path / "cp.json",
         rejects_dir=tmp_path / "r",
@@ -108,15 +110,7 @@ def test_follow_nginx_json_lines(tmp_path):
         for i in range(40)
     ]
     _append(log, [json.dumps(r) for r in recs[:30]])
-    store = TelemetryStore(tmp_path / "t")
-    f = Follower(
-        [log],
-        resolve("nginx-json"),
-        store,
-        checkpoint=tmp_path / "cp.json",
-        rejects_dir=tmp_path / "r",
-        store_every_s=0.0,
-    )
+    store, f = _follower(tmp_path, log, "nginx-json", store_every_s=0.0)
     _drain(f)
     _append(log, [json.dumps(r) for r in recs[30:]] + ['{"msec": "cut'])
     _drain(f)
