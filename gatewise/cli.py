@@ -429,6 +429,10 @@ from gatewise import cli_review  # noqa: E402
 
 cli_review.register(app)
 
+from gatewise import cli_dataplane  # noqa: E402
+
+cli_dataplane.register(app)
+
 
 def main() -> None:  # pragma: no cover
     app()

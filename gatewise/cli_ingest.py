@@ -124,7 +124,12 @@ def _follow(
     consumers_path: Path | None,
     with_stream: bool,
     idle_exit: float | None,
+    *,
+    checkpoint: Path | None = None,
+    caption: Any = None,
 ) -> None:
+    """Follow ``files`` until Ctrl-C (or ``idle_exit`` seconds without a line); ``caption()``
+    adds a line to the live table (the data plane's sync status)."""
     from rich.live import Live
     from rich.table import Table
 
@@ -165,7 +170,7 @@ def _follow(
             files,
             fmt,
             TelemetryStore(s.telemetry_dir),
-            checkpoint=s.data_dir / "follow" / "checkpoint.json",
+            checkpoint=checkpoint or s.data_dir / "follow" / "checkpoint.json",
             rejects_dir=s.rejects_dir,
             publish=lambda t: publish_table(broker, t, parts),
             consumers=consumers,
@@ -196,6 +201,7 @@ def _follow(
             f"{f' ({st.publish_failures} failed publishes)' if st.publish_failures else ''}; "
             f"{time.monotonic() - started:,.0f}s"
             + (f"; online rows pushed {svc.status().get('pushed_rows')}" if svc else "")
+            + (f"\n{caption()}" if caption is not None else "")
         )
         return t
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from telemetry.ingest.fields import (
     ATTRIBUTE_EXCLUDE,
+    ROUTE_VAR,
     SECRET_NAME,
     SOURCES,
     Source,
@@ -423,6 +424,9 @@ def columns_from_vars(vars_: dict[str, pa.Array], n: int, left: np.ndarray) -> F
     req, bad = _request(vars_, n)
     left |= bad
     cols.update(req)
+    route = vars_.get(ROUTE_VAR)
+    if route is not None and "http_route" in cols:
+        cols["http_route"] = pc.if_else(route.is_valid(), route, cols["http_route"])
     cols["attributes"] = _attributes(vars_, n)
     taken = np.flatnonzero(~left)
     idx = pa.array(taken)

@@ -35,6 +35,7 @@ from telemetry.ingest.normalize import (
 
 __all__ = [
     "ATTRIBUTE_EXCLUDE",
+    "ROUTE_VAR",
     "SOURCES",
     "Source",
     "address",
@@ -85,8 +86,14 @@ SOURCES: dict[str, tuple[Source, ...]] = {
         _s("client_ip", "addr"),
         _s("http_x_forwarded_for", "addr"),
     ),
-    "client_id": (_s("consumer"), _s("http_x_consumer_id"), _s("remote_user")),
+    "client_id": (
+        _s("gw_client_id"),
+        _s("consumer"),
+        _s("http_x_consumer_id"),
+        _s("remote_user"),
+    ),
     "api_key_id": (
+        _s("gw_api_key_id"),
         _s("api_key_id"),
         _s("http_x_api_key_id"),
         # the key itself is never stored: its keyed hash stands in as the key's id
@@ -107,15 +114,27 @@ SOURCES: dict[str, tuple[Source, ...]] = {
         _s("upstream_response_time_ms", "float", 1.0, True),
     ),
     "user_agent": (_s("http_user_agent"), _s("user_agent")),
-    "request_id": (_s("request_id"), _s("http_x_request_id")),
+    "request_id": (_s("gw_request_id"), _s("request_id"), _s("http_x_request_id")),
     "upstream_service": (
+        _s("gw_service"),
         _s("upstream_service"),
         _s("proxy_host"),
         _s("upstream_addr"),
         _s("upstream"),
     ),
     "cache_status": (_s("upstream_cache_status"),),
+    # what a gatewise data plane decided (gateway/dataplane: the NGINX + Lua access log)
+    "ratelimit_decision": (_s("gw_decision"),),
+    "auth_result": (_s("gw_auth"),),
+    "policy_version": (_s("gw_policy_version"),),
+    "model_version": (_s("gw_model_version"),),
+    "model_score": (_s("gw_score", "float"),),
+    "tier": (_s("gw_tier"),),
+    "region": (_s("gw_region"),),
+    "device_type": (_s("gw_device_type"),),
 }
+# the route template a gateway matched (``gw_route``) wins over the one guessed from the path
+ROUTE_VAR = "gw_route"
 # the request itself: request_method + request_uri, request_method + uri (+ args), or request
 REQUEST_VARS = ("request", "request_method", "request_uri", "uri", "args")
 # variables that never become attributes: those a contract field takes, and the
@@ -123,7 +142,7 @@ REQUEST_VARS = ("request", "request_method", "request_uri", "uri", "args")
 # X-Forwarded-For stays an attribute even when it only backs up remote_addr
 ATTRIBUTE_EXCLUDE = frozenset(
     {s.var for srcs in SOURCES.values() for s in srcs} - {"http_x_forwarded_for"}
-) | frozenset({*REQUEST_VARS, "_", "ident"})
+) | frozenset({*REQUEST_VARS, ROUTE_VAR, "_", "ident"})
 
 # attribute names whose values are credentials: stored as a hash, never in clear
 SECRET_NAME = re.compile(r"authorization|api_?key|apikey|token|secret|passw|cookie|session", re.I)
@@ -286,5 +305,8 @@ def fields_from_vars(rec: dict[str, Any]) -> Fields:
     if out["http_response_status_code"] is None:
         raise RejectError("missing status")
     out.update(request_fields(rec))
+    route = none_if_dash(rec.get(ROUTE_VAR))
+    if route is not None:
+        out["http_route"] = str(route)
     out["attributes"] = attributes_of(rec)
     return out
