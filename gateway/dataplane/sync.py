@@ -51,15 +51,16 @@ class SyncStatus:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def compile_active(settings: Any) -> str:
+def compile_active(settings: Any, consumers: ConsumersFile | None = None) -> str:
     """The bundle text of the active policy (the initial one is published if there is none)
-    and the consumers file; PolicyError/ValueError name what is wrong."""
+    and the consumers (default: the file); PolicyError/ValueError name what is wrong."""
     policy = PolicyStore(settings.policy_dir).publish_if_absent(
         initial_policy(settings),
         author="gatewise dataplane",
         reason="initial policy from gatewise.yaml (static tier limits, abuse target in shadow)",
     )
-    consumers = ConsumersFile.load(settings.gateway_consumers_path)
+    if consumers is None:
+        consumers = ConsumersFile.load(settings.gateway_consumers_path)
     return bundle_text(compile_bundle(policy, consumers, settings.gateway))
 
 
@@ -80,6 +81,7 @@ class DataPlaneSync:
         self._stamp: tuple[Any, ...] | None = None
         self._digest: str | None = None
         self._scoring = scoring_client
+        self._consumers: tuple[Any, ConsumersFile] | None = None
 
     def _files(self) -> tuple[Path, Path]:
         return self.store.active_path, self.s.gateway_consumers_path
@@ -95,7 +97,12 @@ class DataPlaneSync:
         return tuple(out)
 
     def compile(self) -> str:
-        return compile_active(self.s)
+        """The bundle now; the consumers file is parsed again only when it changed (the
+        policy changes far more often than the consumers)."""
+        stamp = self._stamps()[1]
+        if self._consumers is None or self._consumers[0] != stamp:
+            self._consumers = (stamp, ConsumersFile.load(self.s.gateway_consumers_path))
+        return compile_active(self.s, self._consumers[1])
 
     def sync_once(self, force: bool = False) -> bool:
         """Push when the policy or consumers changed; True when a new bundle went out."""

@@ -217,3 +217,22 @@ def test_access_log_becomes_telemetry_events(plane, tmp_path):
     assert ok["policy_version"] == str(admin.status()["policy_version"])
     assert ok["upstream_service"] == "orders" and ok["http_response_status_code"] == 200
     assert anon["auth_result"] == "missing_credentials" and anon["http_response_status_code"] == 401
+
+
+def test_admin_takes_an_admin_api_key_as_the_score_push_sends_it(plane):
+    """``stream.score_push`` posts moved scores with an API key of the admin role (the same
+    request it sends the Python gateway): the data plane's admin server takes it."""
+    from gateway.dataplane.sync import DataPlaneSync
+
+    s, r, admin = plane
+    sc = Scenario([Client("ops", roles=("consumer", "admin")), Client("user")], policy_doc(), [])
+    keys = _write_consumers(s, sc)
+    _publish(s, sc, sc.policy)
+    DataPlaneSync(s, admin, r.root).sync_once(force=True)
+    body = {"model_version": "9", "alias": "champion", "results": [{"id": "q", "score": 0.2}]}
+    url = r.admin_url + "/admin/scores"
+    ok = httpx.post(url, json=body, headers={"x-api-key": keys["ops"]})
+    assert ok.status_code == 200 and ok.json() == {"accepted": 1}
+    assert httpx.post(url, json=body, headers={"x-api-key": keys["user"]}).status_code == 403
+    assert httpx.post(url, json=body).status_code == 401
+    assert admin.status()["scores"]["model_version"] == "9"

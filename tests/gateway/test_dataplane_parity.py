@@ -102,6 +102,9 @@ def plane(tmp_path_factory: pytest.TempPathFactory, stub_upstream: int):
             "roles": roles,
             "scoring": g.scoring.model_copy(update={"enabled": True, "cache_ttl_s": 3600.0}),
             "scanning": g.scanning.model_copy(update={"enabled": False}),
+            # anonymous callers name themselves: each scenario's are its own (not the address
+            # every scenario shares, whose limit state would carry over in NGINX)
+            "client_id_header": "X-Client-Id",
         }
     )
     s = s.model_copy(update={"gateway": g})
@@ -224,8 +227,8 @@ def _publish(s: Any, sc: Scenario, doc: dict[str, Any]) -> None:
     PolicyStore(s.policy_dir).publish(parse_policy(doc), author="test", reason="parity")
 
 
-def _headers(step: Step, keys: dict[str, str], rid: str) -> dict[str, str]:
-    h = {"x-request-id": rid}
+def _headers(step: Step, keys: dict[str, str], rid: str, suffix: str) -> dict[str, str]:
+    h = {"x-request-id": rid, "x-client-id": f"anon-{suffix}"}
     if step.who == "bad":
         h["x-api-key"] = "gw_nosuchkey_" + "x" * 20
     elif step.who == "bearer":
@@ -285,7 +288,7 @@ async def _run(plane: Any, sc: Scenario) -> list[tuple[Step, Result, Result]]:
                     admin.push_scores([{"id": k, "score": v} for k, v in pushed.items()], "7")
                 rid = uuid.uuid4().hex
                 rids.append(rid)
-                h = _headers(step, keys, rid)
+                h = _headers(step, keys, rid, sc.suffix)
                 py_status[rid] = await py.request(step.method, step.path, headers=h)
                 ng_status[rid] = await ng.request(step.method, step.path, headers=h)
     finally:
