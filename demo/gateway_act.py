@@ -212,13 +212,78 @@ def _stream_report(console: Console, svc: Any) -> None:
         svc.close()
 
 
+def _nginx_drive(
+    console: Console,
+    live: Settings,
+    port: int,
+    up_port: int,
+    keys: dict[str, tuple[str, str]],
+    seconds: float,
+    rates: dict[str, float],
+    scoring_url: str | None,
+) -> tuple[Counter[tuple[str, int]], dict[str, Any]]:
+    """The same traffic through NGINX enforcing the live policy (``gateway/dataplane``):
+    render, start, push the policy and the champion's scores, drive, then ingest NGINX's
+    access log into the telemetry store (what ``gatewise dataplane nginx`` follows live)."""
+    from gateway.dataplane.nginx import DataPlaneAdmin, NginxProcess, render
+    from gateway.dataplane.sync import DataPlaneSync
+    from gateway.upstreams import upstream_app
+    from telemetry.ingest import ingest_files
+    from telemetry.store import TelemetryStore
+
+    r = render(
+        live.gateway,
+        live.data_dir / "dataplane" / "demo",
+        port=port,
+        admin_port=free_port(),
+        workers=1,
+    )
+    proc = NginxProcess(r)
+    proc.start()
+    admin = DataPlaneAdmin(r.admin_url, r.token)
+    sync = DataPlaneSync(live, admin, r.root)
+    stop = threading.Event()
+    try:
+        sync.sync_once(force=True)
+        pushed = sync.refresh_scores() if scoring_url else 0
+        console.print(
+            f"NGINX data plane on {r.url}: policy v{sync.status.enforced} enforced by Lua, "
+            f"{pushed} champion scores pushed; access log {r.access_log}"
+        )
+        worker = threading.Thread(target=sync.run, args=(stop,), name="dp-sync", daemon=True)
+        worker.start()
+        with ThreadedServer(upstream_app(latency_scale=0.05), up_port):
+            counts = asyncio.run(_drive(r.url, keys, seconds, None, rates))
+        st = admin.status()
+    finally:
+        stop.set()
+        proc.stop()  # flushes the access log
+        admin.close()
+    rep = ingest_files(
+        [r.access_log],
+        "nginx-json",
+        TelemetryStore(live.telemetry_dir),
+        rejects_dir=live.rejects_dir,
+    )
+    f = rep.files[0]
+    status = {
+        "decisions": st["decisions"],
+        "policy_version": st["policy_version"],
+        "telemetry": {"emitted": f.read, "written": f.accepted, "dropped": f.rejected},
+    }
+    return counts, status
+
+
 def gateway_demo(
-    console: Console, s: Settings, seconds: float = 8.0, scoring_url: str | None = None
+    console: Console,
+    s: Settings,
+    seconds: float = 8.0,
+    scoring_url: str | None = None,
+    dataplane: str = "python",
 ) -> None:
-    from demo.steps import backtest_report, table
+    from demo.steps import backtest_report
     from gateway.app import create_app
     from gateway.backtest import backtest
-    from gateway.exporters import export
     from gateway.policy import default_policy, initial_policy
     from gateway.policy_store import PolicyStore
     from gateway.upstreams import upstream_app
@@ -273,7 +338,7 @@ def gateway_demo(
             + ", ".join(f"{r} ({keys[r][0]}) {v:.2f} requests/s" for r, v in rates.items())
         )
 
-    if g.scanning.enabled and s.scanner_path().exists():
+    if g.scanning.enabled and s.scanner_path().exists() and dataplane == "python":
         from demo.payload_act import demo_requests
 
         injected = demo_requests()
@@ -291,6 +356,13 @@ def gateway_demo(
     if scoring_url:  # the champion just deployed scores every consumer (abuse target in shadow)
         update["scoring"] = g.scoring.model_copy(update={"enabled": True, "url": scoring_url})
     live = s.model_copy(update={"gateway": g.model_copy(update=update)})
+    if dataplane == "nginx":
+        counts, status = _nginx_drive(
+            console, live, gw_port, up_port, keys, seconds, rates, scoring_url
+        )
+        _report(console, s, keys, counts, status, scoring_url, [], "NGINX data plane")
+        _exports(console, s, store)
+        return
     svc = _live_stream(console, live)
     if svc is not None:
         live = svc.settings
@@ -316,6 +388,22 @@ def gateway_demo(
             svc.drain()  # what is still in the stream, then a checkpoint
             _stream_report(console, svc)
     status = app.state.gateway.status()  # after shutdown: the telemetry buffer is drained
+    _report(console, s, keys, counts, status, scoring_url, injected, "gateway")
+    _exports(console, s, store)
+
+
+def _report(
+    console: Console,
+    s: Settings,
+    keys: dict[str, tuple[str, str]],
+    counts: Counter[tuple[str, int]],
+    status: dict[str, Any],
+    scoring_url: str | None,
+    injected: list[tuple[str, str]],
+    plane: str,
+) -> None:
+    from demo.steps import table
+
     if scoring_url:
         from telemetry.store import TelemetryStore
 
@@ -348,9 +436,15 @@ def gateway_demo(
     console.print(table("responses by client (429 = throttled, 401 = refused credentials)", rows))
     t = status["telemetry"]
     console.print(
-        f"decisions {status['decisions']}; telemetry events emitted {t['emitted']:,}, "
+        f"{plane}: decisions {status['decisions']}; telemetry events emitted {t['emitted']:,}, "
         f"written {t['written']:,}, dropped {t['dropped']}; policy v{status['policy_version']}"
     )
+
+
+def _exports(console: Console, s: Settings, store: Any) -> None:
+    from gateway.exporters import export
+
+    g = s.gateway
     out = s.data_dir / "exports"
     out.mkdir(parents=True, exist_ok=True)
     for fmt, name in (
@@ -359,7 +453,14 @@ def gateway_demo(
         ("nginx", "nginx-limits.conf"),
     ):
         (out / name).write_text(export(store.load(), fmt))
-    console.print(f"policy exported for Kong, envoyproxy/ratelimit and NGINX under {out}/")
+    from gateway.dataplane.nginx import render
+    from gateway.dataplane.sync import compile_active
+
+    render(g, out / "nginx-lua", admin_port=g.port + 1, bundle=compile_active(s))
+    console.print(
+        f"policy exported for Kong, envoyproxy/ratelimit and NGINX under {out}/, and as an NGINX"
+        f" + Lua data plane in {out / 'nginx-lua'} (`gatewise dataplane nginx` runs it live)"
+    )
     console.print(
         "run it yourself: `.venv/bin/gatewise upstreams` and `.venv/bin/gatewise gateway`, "
         f"then `curl -H 'x-api-key: …' localhost:{g.port}/v1/orders/1` (keys: `gatewise consumers add`)"

@@ -57,7 +57,9 @@ def _abusive_roles() -> tuple[str, ...]:
     return ABUSE_SCENARIOS
 
 
-def run_demo(console: Console, s: Settings, config: Path | None = None) -> None:
+def run_demo(
+    console: Console, s: Settings, config: Path | None = None, dataplane: str = "python"
+) -> None:
     # the simulated history ends now, so the live replay at the end continues it (its clients'
     # 1 h and 24 h features have context) instead of arriving weeks after it
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -94,7 +96,7 @@ def run_demo(console: Console, s: Settings, config: Path | None = None) -> None:
     from demo.gateway_act import gateway_demo
 
     try:
-        gateway_demo(console, s, scoring_url=scoring_url)
+        gateway_demo(console, s, scoring_url=scoring_url, dataplane=dataplane)
         console.rule(
             "[bold]the closed loop[/]: fresh traffic through the gateway → monitor → policy → again"
         )

@@ -342,12 +342,30 @@ def rollback(
 
 
 @app.command()
-def demo(config: ConfigOpt = None) -> None:
+def demo(
+    dataplane: Annotated[
+        str,
+        typer.Option(
+            help="what enforces the live gateway act: python (the embedded gateway) or nginx "
+            "(NGINX + Lua enforcing the same policy; needs nginx-light, "
+            "libnginx-mod-http-lua, lua-cjson)"
+        ),
+    ] = "python",
+    config: ConfigOpt = None,
+) -> None:
     """Run everything built so far end to end on embedded defaults."""
     from demo.main import run_demo
 
+    if dataplane not in ("python", "nginx"):
+        _fail(f"--dataplane {dataplane!r}: choose python or nginx")
+    if dataplane == "nginx":
+        from gateway.dataplane.nginx import check
+
+        missing = check()
+        if missing:
+            _fail("--dataplane nginx needs: " + "; ".join(missing))
     s = _settings(config)
-    run_demo(_console(), s, config)
+    run_demo(_console(), s, config, dataplane)
 
 
 @app.command()
