@@ -95,19 +95,29 @@ async def running(
     clock: Clock | None = None,
     scorer: FakeScorer | None = None,
     upstream: Any = None,
+    upstream_url: str | None = None,
     **kw: Any,
 ) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    """The real gateway app in process; upstreams are the demo services over ASGI."""
+    """The real gateway app in process. Upstreams are the demo services over ASGI (httpx), or,
+    with ``upstream_url``, every service is that real server on loopback, reached through the
+    gateway's default client (``gateway/forward.py``)."""
     from gateway.app import create_app
     from gateway.upstreams import upstream_app
 
     clock = clock or Clock()
-    up = upstream if upstream is not None else upstream_app()
+    if upstream_url is None:
+        up = upstream if upstream is not None else upstream_app()
+        kw["transport"] = httpx.ASGITransport(app=up)
+    else:
+        services = {
+            n: svc.model_copy(update={"instances": [upstream_url]})
+            for n, svc in settings.gateway.services.items()
+        }
+        settings = with_gateway(settings, services=services)
     app = create_app(
         settings,
         clock=clock,
         monotonic=clock.monotonic,
-        transport=httpx.ASGITransport(app=up),
         scoring_transport=httpx.MockTransport(scorer.handler) if scorer else None,
         **kw,
     )
@@ -125,3 +135,29 @@ async def running(
 
 def key_headers(key: str, **extra: str) -> dict[str, str]:
     return {"x-api-key": key, **extra}
+
+
+@asynccontextmanager
+async def serving(app: Any, **config: Any) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free loopback port in the running event loop (a real
+    upstream for the gateway's own client); yields its base URL. ``config``: more
+    ``uvicorn.Config`` options."""
+    import asyncio
+
+    import uvicorn
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    opts: dict[str, Any] = {"log_level": "warning", "lifespan": "off", "access_log": False}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **(opts | config)))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises why it could not start
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

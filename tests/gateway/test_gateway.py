@@ -1,17 +1,28 @@
 """The gateway in process: auth, RBAC, limits, scoring degradation, cache, breaker,
-policy reload and the admin API, telemetry under a concurrent burst."""
+policy reload and the admin API, telemetry under a concurrent burst; its default upstream
+client (``gateway/forward.py``) against real servers on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+from typing import Any
 
 import pytest
 
+from gateway.forward import Http1Forwarder, Timeouts, UpstreamUnreachable
 from gateway.policy import Override
 from gateway.policy_store import PolicyStore
 from telemetry.store import TelemetryStore
-from tests.gateway.conftest import Clock, FakeScorer, key_headers, running, with_gateway
+from tests.gateway.conftest import (
+    Clock,
+    FakeScorer,
+    key_headers,
+    running,
+    serving,
+    with_gateway,
+)
 
 
 def test_auth_rbac_and_anonymous_routes(gw_settings):
@@ -390,6 +401,267 @@ def test_unwritable_store_at_shutdown_spills_events(gw_settings, monkeypatch):
 
 def _broken(*a, **k):
     raise OSError("disk full")
+
+
+# the default client against real upstreams on loopback ---------------------------------
+def _loopback_upstream(state: dict) -> Any:
+    """A real upstream for the gateway's own client; ``?mode=`` picks how it answers."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    async def handle(request: Request) -> Response:
+        state["hits"] = state.get("hits", 0) + 1
+        q = request.query_params
+        mode = q.get("mode", "echo")
+        if mode == "slow":
+            await asyncio.sleep(float(q.get("s", "1")))
+        if mode == "fail":
+            return JSONResponse({"error": "down"}, status_code=503)
+        if mode == "big":  # chunked, no content-length: the gateway cannot know its size
+
+            async def chunks():
+                for i in range(int(q["n"])):
+                    yield (b"%06d" % i) * 1000
+
+            return StreamingResponse(chunks(), media_type="text/plain")
+        if mode == "gzip":
+            body = json.dumps({"data": "y" * 4000}).encode()
+            return Response(
+                gzip.compress(body),
+                headers={"content-encoding": "gzip"},
+                media_type="application/json",
+            )
+        if mode == "hop":
+            hop = {"connection": "x-internal", "x-internal": "secret", "x-kept": "yes"}
+            return Response(b"{}", headers=hop, media_type="application/json")
+        return JSONResponse(
+            {
+                "method": request.method,
+                "raw_path": request.scope["raw_path"].decode(),
+                "query": request.scope["query_string"].decode(),
+                "headers": dict(request.headers),
+                "body": (await request.body()).decode(),
+            }
+        )
+
+    methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]
+    return Starlette(routes=[Route("/{path:path}", handle, methods=methods)])
+
+
+def _fast_timeouts(s, timeout_s: float = 0.3):
+    svcs = {
+        n: v.model_copy(update={"timeout_s": timeout_s, "health_path": None})
+        for n, v in s.gateway.services.items()
+    }
+    return with_gateway(s, services=svcs)
+
+
+def test_default_client_forwards_path_headers_and_body_and_drops_hop_by_hop(gw_settings):
+    """Over a real loopback connection: the path and query as the client sent them, the
+    client's headers minus hop-by-hop ones (and those its Connection header names) and the
+    API key, the gateway's own headers added, a POST body passed on; the upstream's
+    hop-by-hop response headers dropped."""
+    s, keys = gw_settings
+    state: dict = {}
+
+    async def main():
+        async with (
+            serving(_loopback_upstream(state)) as url,
+            running(_fast_timeouts(s), upstream_url=url) as (gw, c),
+        ):
+            h = key_headers(
+                keys["bob"],
+                **{
+                    "connection": "keep-alive, x-secret-hop",
+                    "x-secret-hop": "1",
+                    "keep-alive": "timeout=5",
+                    "te": "trailers",
+                    "proxy-authorization": "Basic eA==",
+                    "x-custom": "kept",
+                    "user-agent": "test-agent/1",
+                },
+            )
+            got = await c.get("/v1/orders/7%20x?q=a%20b&mode=echo", headers=h)
+            posted = await c.post("/v1/orders", headers=key_headers(keys["bob"]), content=b"hi")
+            hop = await c.get("/v1/orders/1?mode=hop", headers=key_headers(keys["bob"]))
+            assert isinstance(gw.http, Http1Forwarder)
+            return got, posted, hop
+
+    got, posted, hop = asyncio.run(main())
+    assert got.status_code == 200
+    e = got.json()
+    assert e["raw_path"] == "/v1/orders/7%20x" and e["query"] == "q=a%20b&mode=echo"
+    sent = e["headers"]
+    for dropped in ("x-secret-hop", "keep-alive", "te", "proxy-authorization", "x-api-key"):
+        assert dropped not in sent, dropped
+    assert sent["x-custom"] == "kept" and sent["user-agent"] == "test-agent/1"
+    assert sent["x-consumer-id"] == "bob" and sent["x-consumer-tier"] == "enterprise"
+    assert sent["x-request-id"] == got.headers["x-request-id"]
+    assert sent["host"].startswith("127.0.0.1:")
+    assert "accept-encoding" not in sent  # the hop to the upstream stays uncompressed
+    assert posted.status_code == 200 and posted.json()["body"] == "hi"
+    assert posted.json()["headers"]["content-length"] == "2"
+    assert hop.status_code == 200 and hop.headers["x-kept"] == "yes"
+    assert "x-internal" not in hop.headers
+
+
+def test_default_client_timeouts_retries_unreachable_and_breaker(gw_settings):
+    """A slow upstream: 504 after the idempotent retry (two attempts), one attempt for a POST;
+    nothing listening: 502, and after five failures the breaker answers 503 itself."""
+    from tests.conftest import free_port
+
+    s, keys = gw_settings
+    s = _fast_timeouts(s, timeout_s=0.2)
+    state: dict = {}
+    h = key_headers(keys["bob"])
+
+    async def slow():
+        async with (
+            serving(_loopback_upstream(state), timeout_graceful_shutdown=1) as url,
+            running(s, upstream_url=url) as (_gw, c),
+        ):
+            got = await c.get("/v1/orders/1?mode=slow&s=1", headers=h)
+            hits_get = state["hits"]
+            posted = await c.post("/v1/orders?mode=slow&s=1", headers=h, content=b"{}")
+            return got, hits_get, posted, state["hits"] - hits_get
+
+    got, hits_get, posted, hits_post = asyncio.run(slow())
+    assert got.status_code == 504 and got.json()["error"] == "upstream_timeout" and hits_get == 2
+    assert posted.status_code == 504 and hits_post == 1
+
+    async def unreachable():
+        async with running(s, upstream_url=f"http://127.0.0.1:{free_port()}") as (gw, c):
+            codes = [(await c.get("/v1/orders/1", headers=h)) for _ in range(4)]
+            inst = gw.upstreams["orders"].instances[0]
+            return codes, inst.breaker.state
+
+    rs, state_after = asyncio.run(unreachable())
+    # GET: two attempts per request; the third request's first attempt is the fifth failure,
+    # which opens the breaker; the fourth is answered by the breaker
+    assert [r.status_code for r in rs] == [502, 502, 502, 503]
+    assert rs[0].json()["error"] == "upstream_unreachable"
+    assert rs[3].json()["error"] == "circuit_open" and "retry-after" in rs[3].headers
+    assert state_after == "open"
+
+
+def test_default_client_streams_large_bodies_and_recompresses(gw_settings):
+    """A body larger than the cache takes streams through chunk by chunk, whole, gzipped on
+    the fly when the client asks; its event is recorded when it ends, with its size. An
+    upstream's gzip body is decoded on the way in and compressed per client on the way out."""
+    s, keys = gw_settings
+    s = with_gateway(
+        _fast_timeouts(s, timeout_s=5.0),
+        cache=s.gateway.cache.model_copy(update={"max_body_bytes": 64 * 1024}),
+    )
+    state: dict = {}
+    h = key_headers(keys["bob"], **{"accept-encoding": "identity"})  # httpx asks for gzip
+    expected = b"".join((b"%06d" % i) * 1000 for i in range(100))  # 600 kB
+
+    async def main():
+        async with (
+            serving(_loopback_upstream(state)) as url,
+            running(s, upstream_url=url) as (_gw, c),
+        ):
+            plain = await c.get("/v1/orders/1?mode=big&n=100", headers=h)
+            zipped = await c.get(
+                "/v1/orders/2?mode=big&n=100", headers={**h, "accept-encoding": "gzip"}
+            )
+            gz_plain = await c.get("/v1/orders/3?mode=gzip", headers=h)
+            gz_zipped = await c.get(
+                "/v1/orders/4?mode=gzip", headers={**h, "accept-encoding": "gzip"}
+            )
+            again = await c.get("/v1/orders/5?mode=echo", headers=h)  # the pool still works
+            return plain, zipped, gz_plain, gz_zipped, again
+
+    plain, zipped, gz_plain, gz_zipped, again = asyncio.run(main())
+    assert plain.status_code == 200 and plain.content == expected
+    assert "content-length" not in plain.headers  # streamed (chunked)
+    assert "content-encoding" not in plain.headers
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.content == expected
+    assert len(zipped.headers.get("content-length", "")) == 0
+    assert gz_plain.json() == {"data": "y" * 4000} and "content-encoding" not in gz_plain.headers
+    assert gz_zipped.headers["content-encoding"] == "gzip"
+    assert gz_zipped.json() == {"data": "y" * 4000}
+    assert again.status_code == 200
+    ev = TelemetryStore(s.telemetry_dir).read().to_pandas().set_index("url_path")
+    assert ev.loc["/v1/orders/1", "response_bytes"] == len(expected)
+    assert ev.loc["/v1/orders/2", "response_bytes"] < len(expected)  # gzipped on the wire
+    assert len(ev) == 5
+
+
+async def _close_on_second_request(reader, writer):
+    """An upstream that answers the first request on a connection with keep-alive, then
+    closes on the next one without answering (an idle timeout racing a reused connection)."""
+    n = 0
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        n += 1
+        lines = head.decode("latin-1").lower().split("\r\n")
+        length = sum(int(x.split(":")[1]) for x in lines if x.startswith("content-length:"))
+        await reader.readexactly(length)
+        if n > 1:
+            writer.close()
+            return
+        body = b"" if lines[0].startswith("head ") else b"ok"
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n" + body)
+        await writer.drain()
+
+
+def test_a_reused_connection_closed_before_answering_is_retried_once_for_idempotent_methods():
+    """The pool's stale-connection race: a GET goes again on a new connection; a POST (which
+    the upstream may have acted on) fails as unreachable rather than being sent twice."""
+
+    async def main():
+        srv = await asyncio.start_server(_close_on_second_request, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        fwd = Http1Forwarder()
+        await fwd.start()
+        t = Timeouts(5.0, 1.0)
+        try:
+            first = await fwd.request("GET", url + "/a", {}, b"", t)
+            second = await fwd.request("GET", url + "/b", {}, b"", t)  # reused, then again
+            with pytest.raises(UpstreamUnreachable):
+                await fwd.request("POST", url + "/c", {}, b"x", t)  # reused: not sent again
+            posted = await fwd.request("POST", url + "/d", {}, b"x", t)  # a new connection
+            # a HEAD answer has no body, whatever its content-length says
+            head = await fwd.request("HEAD", url + "/e", {}, b"", t)
+        finally:
+            await fwd.aclose()
+            srv.close()
+            await srv.wait_closed()
+        return first, second, posted, head
+
+    first, second, posted, head = asyncio.run(main())
+    assert [r.status for r in (first, second, posted, head)] == [200] * 4
+    assert (first.body, second.body, posted.body, head.body) == (b"ok", b"ok", b"ok", b"")
+
+
+def test_stopping_while_health_checks_hit_a_refusing_upstream_returns(gw_settings):
+    """Stopping cancels the health checks even when every check fails at once (connection
+    refused): the cancel must not be lost in the client's connect timeout."""
+    from tests.conftest import free_port
+
+    s, _ = gw_settings
+    svcs = {
+        n: v.model_copy(
+            update={"instances": [f"http://127.0.0.1:{free_port()}"], "health_interval_s": 0.01}
+        )
+        for n, v in s.gateway.services.items()
+    }
+    s = with_gateway(s, services=svcs)
+
+    async def main():
+        from gateway.app import create_app
+
+        gw = create_app(s).state.gateway
+        await gw.start()
+        await asyncio.sleep(0.2)  # many refused checks
+        await asyncio.wait_for(gw.stop(), 60)  # a guard against hanging, not a timing
+        return [t.done() for t in gw._tasks]
+
+    assert all(asyncio.run(main()))
 
 
 @pytest.mark.integration
