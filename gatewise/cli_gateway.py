@@ -38,31 +38,35 @@ def gateway(
             f"note: no consumers at {s.gateway_consumers_path}; add one with `gatewise consumers add`",
             err=True,
         )
+    serve: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "proxy_headers": False,  # gateway.trusted_proxies decides (gateway/addresses.py)
+        **_fast_server(),
+    }
     if workers > 1:
         os.environ["GATEWISE_CONFIG"] = str(
             config or os.environ.get("GATEWISE_CONFIG", "gatewise.yaml")
         )
-        uvicorn.run(
-            "gateway.app:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=False,  # the gateway reads forwarded headers from trusted proxies only
-        )
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **serve)
         return
     from gateway.app import create_app
 
-    uvicorn.run(
-        create_app(s),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,  # gateway.trusted_proxies decides (gateway/addresses.py)
-    )
+    uvicorn.run(create_app(s), **serve)
+
+
+def _fast_server() -> dict[str, str]:
+    """uvloop and httptools where installed (both are dependencies; uvloop is not on Windows).
+    Measured in the gateway (docs/benchmarks.md, issue 24): h11 in place of httptools costs
+    ~50% more CPU per request, the asyncio loop in place of uvloop ~7% more."""
+    import importlib.util
+
+    return {
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+    }
 
 
 def upstreams(
