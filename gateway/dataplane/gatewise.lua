@@ -55,7 +55,7 @@ local NULL = cjson.null
 local STATUS = { allow = 200, throttle = 429, challenge = 403, block = 403 }
 local ANON_ROLES = { "anonymous" }
 
-local cfg = { token = nil }
+local cfg = { token = nil, workers = 1 }
 local B, B_gen = nil, nil -- this worker's decoded bundle and the generation it came from
 local route_cache, route_cache_n = {}, 0
 
@@ -268,8 +268,10 @@ end
 
 local function gcra(client, checks, now)
   local dict = shared.gw_limits
+  -- one worker runs one request's Lua to completion (no yield in between): no lock needed;
+  -- with several, a per-client lock makes the read-modify-write atomic across them
   local lk = "L" .. client
-  local locked = lock(dict, lk)
+  local locked = cfg.workers > 1 and lock(dict, lk)
   local new_tats = {}
   local worst_wait, worst_i, worst_tat = -1, 0, 0
   for i = 1, #checks do
@@ -406,21 +408,36 @@ M.decide = decide
 
 -- scores ---------------------------------------------------------------------------------------
 -- available, score, model version: no heartbeat within max_stale_s = the feed is down
-local function lookup_score(cid)
+local feed_alive, feed_mv, feed_checked = false, nil, -1
+
+local function lookup_score(cid, now)
   local dict = shared.gw_scores
-  if not dict:get("\0feed") then
+  if now - feed_checked >= 0.1 then -- the heartbeat and model version: read 10 times a second
+    feed_alive, feed_mv, feed_checked = dict:get("\0feed") ~= nil, dict:get("\0mv"), now
+  end
+  if not feed_alive then
     return false, nil, nil
   end
   local s = dict:get(cid)
   if s == nil or s < 0 then
-    return true, nil, dict:get("\0mv")
+    return true, nil, feed_mv
   end
-  return true, s, dict:get("\0mv")
+  return true, s, feed_mv
 end
 
 -- the request path -----------------------------------------------------------------------------
+local counts = {} -- decision label -> count since the last flush (this worker)
+
 local function count(label)
-  shared.gw_stats:incr(label, 1, 0)
+  counts[label] = (counts[label] or 0) + 1
+end
+
+local function flush_counts()
+  local stats = shared.gw_stats
+  for label, n in pairs(counts) do
+    stats:incr(label, n, 0)
+  end
+  counts = {}
 end
 
 local function refuse(status, err, headers, detail)
@@ -493,8 +510,18 @@ function M.access()
   end
   local cid = p.id
   var.gw_client_id = cid
-  var.gw_api_key_id = kid
-  var.gw_tier, var.gw_region, var.gw_device_type = p.tier, p.region, p.device_type
+  if kid then
+    var.gw_api_key_id = kid
+  end
+  if p.tier then
+    var.gw_tier = p.tier
+  end
+  if p.region then
+    var.gw_region = p.region
+  end
+  if p.device_type then
+    var.gw_device_type = p.device_type
+  end
   if auth ~= "anonymous" and not rbac_allowed(b, p.roles, rs.key) then
     var.gw_auth = "forbidden"
     return refuse(403, "forbidden")
@@ -502,9 +529,13 @@ function M.access()
   local score = nil
   local t = b.target
   if b.scoring and t and t.mode ~= "off" then
-    local available, s, mv = lookup_score(cid)
-    var.gw_model_version = mv
-    var.gw_score = s
+    local available, s, mv = lookup_score(cid, ngx.now())
+    if mv then
+      var.gw_model_version = mv
+    end
+    if s then
+      var.gw_score = s
+    end
     if not available and t.failure_mode == "closed" and route_target(t, method, template) == "enforce" then
       var.gw_decision = "scoring_unavailable"
       return refuse(503, "scoring_no_feed", { ["Retry-After"] = "1" })
@@ -637,6 +668,7 @@ local function push_scores(b)
 end
 
 local function status()
+  flush_counts()
   local dict = shared.gw_policy
   local stats = shared.gw_stats
   local decisions = {}
@@ -689,6 +721,12 @@ function M.ready()
     return reply(503, { ready = false, policy_version = NULL })
   end
   return reply(200, { ready = true, policy_version = b.version })
+end
+
+-- init_worker_by_lua: decision counts reach the shared dictionary every second
+function M.init_worker()
+  cfg.workers = ngx.worker.count()
+  ngx.timer.every(1, flush_counts)
 end
 
 -- init_by_lua: the admin token, and the last bundle written to disk (so a restarted NGINX

@@ -218,6 +218,7 @@ http {{
   init_by_lua_block {{
     require("gatewise").init({{ token = "{token}", bundle_file = "{root}/bundle.json" }})
   }}
+  init_worker_by_lua_block {{ require("gatewise").init_worker() }}
   log_format gatewise escape=json '{LOG_FORMAT}';
   access_log off;
   client_body_temp_path {tmp}/body;
@@ -343,7 +344,8 @@ class NginxProcess:
         if missing:
             raise DataPlaneError("the NGINX data plane needs: " + "; ".join(missing))
         self.test()
-        self.proc = subprocess.Popen(self._cmd(), stdout=subprocess.DEVNULL)
+        # its own session: a benchmark reads its CPU by process group; a stop reaches every worker
+        self.proc = subprocess.Popen(self._cmd(), stdout=subprocess.DEVNULL, start_new_session=True)
         admin = DataPlaneAdmin(self.r.admin_url, self.r.token)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

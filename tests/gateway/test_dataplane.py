@@ -236,3 +236,40 @@ def test_admin_takes_an_admin_api_key_as_the_score_push_sends_it(plane):
     assert httpx.post(url, json=body, headers={"x-api-key": keys["user"]}).status_code == 403
     assert httpx.post(url, json=body).status_code == 401
     assert admin.status()["scores"]["model_version"] == "9"
+
+
+def test_two_workers_share_limits_without_over_admitting(plane, tmp_path):
+    """Limits live in a shared dictionary; with two workers (connections spread by
+    ``reuseport``) a burst of concurrent requests admits exactly the burst, not one burst per
+    worker. (The per-client lock closes a race too narrow for this test to hit reliably.)"""
+    import asyncio
+
+    from gateway.dataplane.nginx import NginxProcess, render
+    from gateway.dataplane.sync import DataPlaneSync
+    from tests.conftest import free_port
+
+    s, _, _ = plane
+    doc = policy_doc(tiers={"free": {"requests_per_minute": 10}})
+    sc = Scenario([Client("burst")], doc, [])
+    keys = _write_consumers(s, sc)
+    _publish(s, sc, doc)
+    r2 = render(s.gateway, tmp_path / "dp2", port=free_port(), admin_port=free_port(), workers=2)
+    with NginxProcess(r2) as proc:
+        from gateway.dataplane.nginx import DataPlaneAdmin
+
+        admin2 = DataPlaneAdmin(r2.admin_url, r2.token)
+        assert DataPlaneSync(s, admin2, r2.root).sync_once(force=True)
+
+        async def burst() -> list[int]:
+            limits = httpx.Limits(max_connections=60, max_keepalive_connections=0)
+            async with httpx.AsyncClient(base_url=r2.url, limits=limits) as c:
+                h = {"x-api-key": keys["burst"]}
+                rs = await asyncio.gather(*(c.get("/v1/orders", headers=h) for _ in range(60)))
+                return [x.status_code for x in rs]
+
+        codes = asyncio.run(burst())
+        assert codes.count(200) == 10 and codes.count(429) == 50
+        st = admin2.status()
+        assert st["decisions"].get("throttle", 0) + st["decisions"].get("allow", 0) <= 60
+        assert proc.proc is not None
+        admin2.close()
