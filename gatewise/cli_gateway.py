@@ -259,14 +259,32 @@ def policy_rollback(
 
 @policy_app.command("export")
 def policy_export(
-    to: Annotated[str, typer.Option("--to", help="kong | envoy | nginx")],
-    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    to: Annotated[str, typer.Option("--to", help="kong | envoy | nginx | nginx-lua")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="a file; for nginx-lua the NGINX prefix directory"),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Render the active policy for Kong, envoyproxy/ratelimit or NGINX."""
+    """Render the active policy for Kong, envoyproxy/ratelimit or NGINX; ``nginx-lua``: a
+    whole NGINX data plane enforcing it (docs/dataplane.md)."""
     from gateway.exporters import export
     from gateway.policy import PolicyError
 
+    if to == "nginx-lua":
+        from gatewise.cli_dataplane import render_nginx_lua
+
+        s = _settings(config)
+        out = output or s.data_dir / "dataplane" / "nginx"
+        try:
+            r = render_nginx_lua(s, out)
+        except (PolicyError, ValueError) as exc:
+            _fail(str(exc))
+        typer.echo(
+            f"wrote {r.conf} (+ lua/, bundle.json, admin.token); run: nginx -p {r.root} -c "
+            f"{r.conf}, then `gatewise dataplane sync --dir {r.root}` keeps it live"
+        )
+        return
     try:
         text = export(_store(config).load(), to)
     except (PolicyError, ValueError) as exc:

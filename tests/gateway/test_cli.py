@@ -90,3 +90,20 @@ def test_backtest_command(env):
     assert res.exit_code == 2 and "start: 'last tuesday' is not an ISO date" in res.output
     res = runner.invoke(app, ["backtest", "--model", "3"])
     assert res.exit_code == 2 and "--model 3" in res.output  # no such model registered here
+
+
+def test_policy_export_nginx_lua_writes_a_data_plane(env, tmp_path):
+    """``--to nginx-lua``: the prefix directory NGINX runs, with the active policy's bundle;
+    a bad policy document is refused with its field named and nothing is written."""
+    assert runner.invoke(app, ["consumers", "add", "alice"]).exit_code == 0
+    out = tmp_path / "dp"
+    res = runner.invoke(app, ["policy", "export", "--to", "nginx-lua", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    bundle = json.loads((out / "bundle.json").read_text())
+    assert [c["id"] for c in bundle["consumers"]] == ["alice"]
+    assert "access_by_lua_block" in (out / "nginx.conf").read_text()
+    assert (out / "lua" / "gatewise.lua").exists()
+    (env / "policy" / "active.json").write_text('{"tiers": {}}')
+    bad = runner.invoke(app, ["policy", "export", "--to", "nginx-lua", "-o", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "default_tier" in bad.output
+    assert not (tmp_path / "x").exists()
