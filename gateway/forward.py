@@ -26,6 +26,7 @@ gateway answers 504) and ``UpstreamUnreachable`` (502).
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -238,13 +239,13 @@ class _Pool:
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self, timeouts: Timeouts) -> _Conn:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed and now - conn.idle_since < self.keepalive_s:
                 return conn
             conn.close()
+        loop = asyncio.get_running_loop()
         while self.open >= self.limit:  # every connection busy: wait for one, bounded
             fut = loop.create_future()
             self.waiters.append(fut)
@@ -283,7 +284,7 @@ class _Pool:
         return conn
 
     def release(self, conn: _Conn) -> None:
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = time.monotonic()
         self.idle.append(conn)
         self._wake()
 
