@@ -35,6 +35,12 @@ Usage: .venv/bin/python benchmarks/gateway.py [--workers 1 2] [--duration 10] [-
            [--upstream nginx|uvicorn] [--wrk-cpu 1] [--profile] [--profile-only]
            [--cases direct nginx gateway gateway+score] [--no-save]
 Results are appended as JSON lines to benchmarks/results/gateway.jsonl.
+Each case is one function returning the server under test (``STARTERS``; ``CASES`` is
+their names, in table order): a new set-up is a function and an entry there.
+"reached the upstream" is the share of wrk's requests that the upstream NGINX answered in
+the same run (its stub_status counter): a refused request never reaches it, so a set-up
+that refuses cannot pass refusals off as throughput (~100%: every request was allowed;
+the gateway's health checks add a handful).
 ``--profile`` also samples one gateway worker (all its threads) with py-spy
 while wrk drives it at 64 connections, and prints the top packages and
 functions by own and inclusive samples. py-spy is pip-installed into
@@ -64,7 +70,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +105,7 @@ GATEWISE = str(Path(PY).with_name("gatewise"))
 RESULTS = REPO / "benchmarks" / "results" / "gateway.jsonl"
 PATH = "/bench"
 BODY = b'{"ok":true}'
-CASES = ("direct", "nginx", "gateway", "gateway+score", "gateway+scan")
+HITS = "/__hits"  # the upstream NGINX's stub_status: requests it has answered
 
 
 # servers ---------------------------------------------------------------------
@@ -111,6 +120,7 @@ def nginx_conf(root: Path, workers: int, port: int, upstream_port: int | None) -
     listen 127.0.0.1:{port} reuseport backlog=4096;
     keepalive_requests 1000000;
     location / {{ default_type application/json; return 200 '{body}'; }}
+    location = {HITS} {{ stub_status; }}
   }}"""
     else:
         server = f"""
@@ -306,6 +316,21 @@ def query_lua(n: int, seed: int = 0) -> str:
 
 
 # measuring -------------------------------------------------------------------
+def upstream_hits(hits_url: str | None) -> int | None:
+    """Requests the upstream NGINX has answered so far (its stub_status), None without one."""
+    if hits_url is None:
+        return None
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(hits_url, timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.M)  # accepts handled requests
+    if m is None:
+        raise RuntimeError(f"no counters in the upstream's stub_status: {text!r}")
+    return int(m.group(3)) - 1  # this status request counts itself
+
+
 def measure(
     a: argparse.Namespace,
     wrk: str,
@@ -314,8 +339,11 @@ def measure(
     headers: dict[str, str],
     server_pgid: int,
     upstream_pgid: int | None,
+    hits_url: str | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Warm-up, then the measured run, at 64 and 8 connections; plus CPU per request.
+    """Warm-up, then the measured run, at 64 and 8 connections; plus CPU per request and the
+    requests that reached the upstream (``upstream_hits``: a refused request never does, so
+    refusals cannot pass for throughput).
 
     A first 5 s run at 64 connections lets every worker finish its one-off work
     (lazy imports, the telemetry sink's first Parquet write) before any warm-up.
@@ -326,9 +354,15 @@ def measure(
         if a.warmup > 0:
             run_wrk(wrk, url, conns, a.warmup, lua, headers, a.wrk_cpu)
         up_pgid = upstream_pgid or 0
+        h0 = upstream_hits(hits_url)
         c0, u0, m0, w0 = group_cpu(server_pgid), group_cpu(up_pgid), cpu_busy(), children_cpu()
         r = run_wrk(wrk, url, conns, a.duration, lua, headers, a.wrk_cpu)
         c1, u1, m1, w1 = group_cpu(server_pgid), group_cpu(up_pgid), cpu_busy(), children_cpu()
+        h1 = upstream_hits(hits_url)
+        if h0 is not None and h1 is not None:
+            # wrk's count leaves out the requests in flight when it stopped; the gateway's
+            # health checks add a few
+            r["upstream_hits"] = h1 - h0
         n = max(1, r["requests"])
         r["server_cpu_us_per_req"] = (c1 - c0) / n * 1e6
         if upstream_pgid:
@@ -454,6 +488,82 @@ def profile_gateway(
     return buf.getvalue()
 
 
+# the cases: one function each, starting the server under test ----------------
+@dataclass
+class Bench:
+    """What every case starts from: the run's options and the servers up for the whole run."""
+
+    a: argparse.Namespace
+    procs: Procs
+    nginx: str
+    root: Path
+    upstream: subprocess.Popen[bytes]
+    up_port: int
+    sc_port: int
+    scanner: Path | None
+
+
+@dataclass
+class Target:
+    """A server under test: wrk sends to ``port`` with ``headers``; ``server`` is its process
+    (None: the upstream itself); ``data_dir`` holds its telemetry (None: it records none)."""
+
+    port: int
+    headers: dict[str, str] = field(default_factory=dict)
+    server: subprocess.Popen[bytes] | None = None
+    data_dir: Path | None = None
+
+
+def case_direct(b: Bench, workers: int) -> Target:
+    """wrk -> the upstream."""
+    return Target(b.up_port)
+
+
+def case_nginx(b: Bench, workers: int) -> Target:
+    """wrk -> NGINX as a reverse proxy (keepalive 64, HTTP/1.1) -> the upstream."""
+    port = free_port()
+    root = b.root / f"proxy-{workers}"
+    return Target(port, server=start_nginx(b.procs, b.nginx, root, workers, port, b.up_port))
+
+
+def case_gateway(b: Bench, workers: int, score: bool = False, scan: bool = False) -> Target:
+    """wrk -> ``gatewise gateway`` (+ the fake scorer, + the payload scanner) -> the upstream."""
+    groot = Path(tempfile.mkdtemp(prefix=f"gateway-{workers}-", dir=b.root))
+    cfg = gateway_config(
+        groot, b.up_port, b.sc_port if score else None, b.scanner if scan else None
+    )
+    key = add_consumer(cfg)
+    port = free_port()
+    server = start_gateway(b.procs, cfg, port, workers, key)
+    return Target(port, {"x-api-key": key}, server, groot / "data")
+
+
+STARTERS: dict[str, Callable[[Bench, int], Target]] = {
+    "direct": case_direct,
+    "nginx": case_nginx,
+    "gateway": case_gateway,
+    "gateway+score": partial(case_gateway, score=True),
+    "gateway+scan": partial(case_gateway, scan=True),
+}
+CASES = tuple(STARTERS)
+GATEWAY_CASES = tuple(c for c in CASES if c.startswith("gateway"))
+
+
+def print_row(case: str, workers: int, conns: int, r: dict[str, Any]) -> None:
+    bad = r["non_2xx"] + r["socket_errors"]
+    hits = r.get("upstream_hits")
+    reached = f"  upstream got {hits / max(1, r['requests']):.0%}" if hits is not None else ""
+    print(
+        f"{case:14s} w={workers} c={conns:<3d} {r['rps']:9.0f} req/s  "
+        f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  "
+        f"server CPU {r['server_cpu_us_per_req']:6.0f} us/req  "
+        f"machine {r['machine_busy']:.0%} busy, "
+        f"other load {r['other_cpu_cores']:.2f} cores{reached}"
+        + (f"  ERRORS {bad}" if bad else ""),
+        flush=True,
+    )
+
+
 # main ----------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -465,7 +575,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--profile", action="store_true", help="also profile one gateway worker")
     ap.add_argument("--profile-only", action="store_true", help="only the profile")
-    ap.add_argument("--profile-case", choices=CASES[2:], default="gateway+score")
+    ap.add_argument("--profile-case", choices=GATEWAY_CASES, default="gateway+score")
     ap.add_argument("--profile-connections", type=int, default=64)
     ap.add_argument("--profile-out", type=Path, help="keep py-spy's raw stacks here")
     ap.add_argument("--no-save", action="store_true", help="do not append to the results file")
@@ -515,59 +625,31 @@ def main() -> None:
             flush=True,
         )
 
+        b = Bench(a, procs, nginx, root, upstream, up_port, sc_port, scanner)
+        hits_url = f"http://127.0.0.1:{up_port}{HITS}" if a.upstream == "nginx" else None
         for workers in [] if a.profile_only else a.workers:
             for case in a.cases:
-                headers: dict[str, str] = {}
-                server: subprocess.Popen[bytes] | None = None
-                if case == "direct":
-                    port = up_port
-                elif case == "nginx":
-                    port = free_port()
-                    server = start_nginx(
-                        procs, nginx, root / f"proxy-{workers}", workers, port, up_port
-                    )
-                else:
-                    groot = root / f"{case.replace('+', '-')}-{workers}-{len(rows)}"
-                    groot.mkdir()
-                    cfg = gateway_config(
-                        groot,
-                        up_port,
-                        sc_port if case == "gateway+score" else None,
-                        scanner if case == "gateway+scan" else None,
-                    )
-                    key = add_consumer(cfg)
-                    headers = {"x-api-key": key}
-                    port = free_port()
-                    server = start_gateway(procs, cfg, port, workers, key)
+                t = STARTERS[case](b, workers)
                 try:
                     res = measure(
                         a,
                         wrk,
                         lua,
-                        f"http://127.0.0.1:{port}{PATH}",
-                        headers,
-                        server.pid if server is not None else upstream.pid,
-                        upstream.pid if server is not None else None,
+                        f"http://127.0.0.1:{t.port}{PATH}",
+                        t.headers,
+                        t.server.pid if t.server is not None else upstream.pid,
+                        upstream.pid if t.server is not None else None,
+                        hits_url,
                     )
                 finally:
-                    if server is not None:
-                        procs.stop(server)
-                tel: dict[str, Any] = {}
-                if case.startswith("gateway"):
-                    tel = telemetry_summary(groot / "data")
+                    if t.server is not None:
+                        procs.stop(t.server)
+                tel = telemetry_summary(t.data_dir) if t.data_dir is not None else {}
                 for conns, r in res.items():
-                    row = {"case": case, "workers": workers, "connections": conns, **r, **tel}
-                    rows.append(row)
-                    bad = r["non_2xx"] + r["socket_errors"]
-                    print(
-                        f"{case:14s} w={workers} c={conns:<3d} {r['rps']:9.0f} req/s  "
-                        f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  "
-                        f"server CPU {r['server_cpu_us_per_req']:6.0f} us/req  "
-                        f"machine {r['machine_busy']:.0%} busy, "
-                        f"other load {r['other_cpu_cores']:.2f} cores"
-                        + (f"  ERRORS {bad}" if bad else ""),
-                        flush=True,
+                    rows.append(
+                        {"case": case, "workers": workers, "connections": conns, **r, **tel}
                     )
+                    print_row(case, workers, conns, r)
                 if tel:
                     sent = sum(r["requests"] for r in res.values())
                     print(
@@ -622,8 +704,9 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     by = {(r["case"], r["workers"], r["connections"]): r for r in rows}
     lines = [
         "| workers | set-up | req/s @64 | p50 / p99 @64 (ms) | req/s @8 | p50 / p99 @8 (ms) "
-        "| added p50 @8 vs direct | req/s @64 vs NGINX | server CPU per request @64 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| added p50 @8 vs direct | req/s @64 vs NGINX | server CPU per request @64 "
+        "| reached the upstream @64 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in sorted({r["workers"] for r in rows}):
         direct = by.get(("direct", w, 8))
@@ -637,17 +720,19 @@ def summarize(rows: list[dict[str, Any]]) -> str:
                 if direct is not None and case != "direct"
                 else ""
             )
-            ratio = f"{r64['rps'] / ngx['rps']:.0%}" if ngx is not None and case != "nginx" else ""
+            ratio = f"{r64['rps'] / ngx['rps']:.1%}" if ngx is not None and case != "nginx" else ""
             flag = (
                 " (errors!)"
                 if r64["non_2xx"] + r8["non_2xx"] + r64["socket_errors"] + r8["socket_errors"]
                 else ""
             )
             lat64 = f"{r64['p50_ms']:.2f} / {r64['p99_ms']:.2f}"
+            hits = r64.get("upstream_hits")
+            reached = f"{hits / max(1, r64['requests']):.0%}" if hits is not None else ""
             lines.append(
                 f"| {w} | {case}{flag} | {r64['rps']:,.0f} | {lat64} "
                 f"| {r8['rps']:,.0f} | {r8['p50_ms']:.2f} / {r8['p99_ms']:.2f} | {added} | {ratio} "
-                f"| {r64['server_cpu_us_per_req']:,.0f} us |"
+                f"| {r64['server_cpu_us_per_req']:,.0f} us | {reached} |"
             )
     return "\n".join(lines)
 
