@@ -136,7 +136,8 @@ class Gateway:
             StreamPublisher(settings.stream) if settings.stream.enabled else None
         )
         self._scoring_transport = scoring_transport
-        # the upstream client (gateway/forward.py): aiohttp, or httpx over an injected transport
+        # the upstream client (gateway/forward.py): HTTP/1.1 on httptools, or httpx over an
+        # injected transport (tests)
         self.http: Forwarder = (
             Http1Forwarder(buffer_limit=g.cache.max_body_bytes)
             if transport is None
