@@ -705,9 +705,11 @@ function M.admin()
     end
     return reply(201, { policy_version = version })
   elseif uri == "/admin/scores" and method == "POST" then
+    feed_checked = -1 -- this worker sees the feed at once; the others within 0.1 s
     return push_scores(bundle())
   elseif uri == "/admin/scores" and method == "DELETE" then
     shared.gw_scores:flush_all()
+    feed_checked = -1
     return reply(200, { cleared = true })
   elseif uri == "/admin/status" and method == "GET" then
     return reply(200, status())

@@ -174,9 +174,12 @@ def render(
     scores_dict: str = "64m",
     limits_dict: str = "64m",
     log_buffer: bool = True,
+    reuseport: bool = True,
 ) -> Rendered:
     """Write the prefix directory; returns where things are. ``bundle`` (text) is written as
-    ``bundle.json``, loaded when NGINX starts."""
+    ``bundle.json``, loaded when NGINX starts. ``reuseport`` spreads connections over the
+    workers in the kernel (it also lets another process of the same user bind the port:
+    tests turn it off)."""
     root = root.resolve()
     for d in ("logs", "tmp", "lua"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -237,7 +240,7 @@ http {{
   gzip_proxied any;
 {chr(10).join(_upstreams(g))}
   server {{
-    listen {host}:{port} reuseport backlog=4096;
+    listen {host}:{port}{" reuseport" if reuseport else ""} backlog=4096;
     access_log {log_path} gatewise{" buffer=64k flush=1s" if log_buffer else ""};
     # on every answer, NGINX's own error pages included (empty values are left out)
     add_header X-Request-Id $gw_request_id always;

@@ -253,7 +253,13 @@ def test_two_workers_share_limits_without_over_admitting(plane, tmp_path):
     sc = Scenario([Client("burst")], doc, [])
     keys = _write_consumers(s, sc)
     _publish(s, sc, doc)
-    r2 = render(s.gateway, tmp_path / "dp2", port=free_port(), admin_port=free_port(), workers=2)
+    r2 = render(
+        s.gateway,
+        tmp_path / "dp2",
+        port=free_port(),
+        admin_port=free_port(),
+        workers=2,  # reuseport (the default) spreads the connections over both
+    )
     with NginxProcess(r2) as proc:
         from gateway.dataplane.nginx import DataPlaneAdmin
 

@@ -115,6 +115,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory, stub_upstream: int):
         admin_port=free_port(),
         workers=1,
         log_buffer=False,
+        reuseport=False,
     )
     proc = NginxProcess(r)
     proc.start()
