@@ -203,6 +203,23 @@ def realistic(
     return Realistic(s, keys, allowed, admin_key, [c for c in allowed if c not in touched])
 
 
+BENCH_PATHS = ("/v1/orders/17", "/v1/products/5", "/v1/search?q=red+shoes", "/v1/orders")
+
+
+def keys_lua(keys: list[str], paths: tuple[str, ...] = BENCH_PATHS) -> str:
+    """A wrk ``request()`` cycling through one prebuilt GET per key (each key a client of its
+    own, on one of ``paths``); built in ``init``, where wrk's Host header is known."""
+    ks = ",\n".join(f'"{k}"' for k in keys)
+    ps = ",".join(f'"{p}"' for p in paths)
+    return (
+        f"local keys = {{\n{ks}\n}}\nlocal paths = {{{ps}}}\nlocal reqs = {{}}\n"
+        "init = function(args)\n  for i, k in ipairs(keys) do\n"
+        "    reqs[i] = wrk.format('GET', paths[(i - 1) % #paths + 1], {['X-Api-Key'] = k})\n"
+        "  end\nend\nlocal n = 0\n"
+        "request = function()\n  n = n % #reqs + 1\n  return reqs[n]\nend\n"
+    )
+
+
 def all_scores(r: Realistic) -> list[dict[str, Any]]:
     """A score for every client: low for the benchmark's clients, high for 1 in 50 others."""
     ok = set(r.allowed)

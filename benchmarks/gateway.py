@@ -1,6 +1,6 @@
 """The gatewise gateway against NGINX as a reverse proxy, with wrk on loopback.
 
-Four set-ups in front of one trivial upstream (NGINX answering every path with
+Set-ups in front of one trivial upstream (NGINX answering every path with
 a fixed ``{"ok":true}``, one worker, so the upstream is never the bottleneck;
 ``--upstream uvicorn`` uses the demo upstream's ``/bench`` instead):
 
@@ -15,6 +15,11 @@ a fixed ``{"ok":true}``, one worker, so the upstream is never the bottleneck;
   gateway+scan  the gateway, plus the payload scanner in process (a compact linear
                 champion fitted on the real payloads at start): every request's
                 query value scanned, verdicts recorded (shadow)
+  dataplane     wrk -> NGINX + gatewise.lua (gateway/dataplane) enforcing a realistic
+                policy: 10,000 consumers with a key each, 1,000 overrides, 500
+                allowances, a score for every client, bands in enforce; wrk rotates
+                through 5,000 clients' keys on four routes (its own script, no
+                query values); the JSON access log on, as in production
 
 Every request carries a query value (``--query-values`` N, default 200): wrk rotates
 through N real parameter values from the labelled payload sample (one in ten an
@@ -512,6 +517,7 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     server: subprocess.Popen[bytes] | None = None
     data_dir: Path | None = None
+    lua: Path | None = None  # its own wrk script (default: the run's)
 
 
 def case_direct(b: Bench, workers: int) -> Target:
@@ -538,12 +544,32 @@ def case_gateway(b: Bench, workers: int, score: bool = False, scan: bool = False
     return Target(port, {"x-api-key": key}, server, groot / "data")
 
 
+def case_dataplane(b: Bench, workers: int) -> Target:
+    """wrk -> NGINX + ``gatewise.lua`` enforcing a realistic policy (``benchmarks/dataplane.py``:
+    10,000 consumers with a key each, 1,000 overrides, 500 allowances, a score for every
+    client, the abuse target's bands in enforce) -> the upstream. wrk rotates through 5,000
+    clients' keys over four routes; the limits are set so that every request is allowed."""
+    from benchmarks.dataplane import keys_lua, realistic, start_dataplane
+
+    droot = Path(tempfile.mkdtemp(prefix=f"dataplane-{workers}-", dir=b.root))
+    os.chmod(droot, 0o755)
+    r = realistic(droot / "data", b.up_port, 10_000)
+    port = free_port()
+    proc, admin, _ = start_dataplane(r, droot / "nginx", port, workers)
+    admin.close()
+    assert proc.proc is not None
+    b.procs.procs.append(proc.proc)  # stopped with the rest if the run fails
+    lua = write_wrk_script(droot / "keys.lua", keys_lua([r.keys[c] for c in r.allowed[:5000]]))
+    return Target(port, {}, proc.proc, None, lua)
+
+
 STARTERS: dict[str, Callable[[Bench, int], Target]] = {
     "direct": case_direct,
     "nginx": case_nginx,
     "gateway": case_gateway,
     "gateway+score": partial(case_gateway, score=True),
     "gateway+scan": partial(case_gateway, scan=True),
+    "dataplane": case_dataplane,
 }
 CASES = tuple(STARTERS)
 GATEWAY_CASES = tuple(c for c in CASES if c.startswith("gateway"))
@@ -634,7 +660,7 @@ def main() -> None:
                     res = measure(
                         a,
                         wrk,
-                        lua,
+                        t.lua or lua,
                         f"http://127.0.0.1:{t.port}{PATH}",
                         t.headers,
                         t.server.pid if t.server is not None else upstream.pid,

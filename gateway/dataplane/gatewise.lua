@@ -58,6 +58,9 @@ local ANON_ROLES = { "anonymous" }
 local cfg = { token = nil, workers = 1 }
 local B, B_gen = nil, nil -- this worker's decoded bundle and the generation it came from
 local route_cache, route_cache_n = {}, 0
+-- key -> {consumer, key id} or "revoked_key", for the current bundle only: a key seen before
+-- skips the SHA-256 (a verified key is no secret to the process that verified it)
+local auth_cache, auth_cache_n = {}, 0
 
 local function nn(v) -- cjson null -> nil
   if v == NULL then
@@ -91,7 +94,20 @@ local function prepare(doc)
   for _, c in ipairs(doc.consumers) do
     c.tier, c.region, c.device_type = nn(c.tier), nn(c.region), nn(c.device_type)
     c.attrs = { tier = c.tier, region = c.region, device_type = c.device_type }
+    c.ckey = "c:{" .. c.id .. "}" -- its GCRA key, as gateway/decision.py names it
   end
+  local t0 = nn(doc.target)
+  for _, r in ipairs(doc.table.routes) do
+    -- what the policy says about this configured route, looked up once here
+    local rule = doc.routes[r.key] or doc.routes["* " .. r.template]
+    r.cost = rule and rule[1] or 1
+    r.rpm = rule and nn(rule[2]) or 0
+    r.rkey_tail = "}:" .. r.key
+    if t0 then
+      r.target = t0.routes[r.key] or t0.routes["* " .. r.template] or false
+    end
+  end
+  doc.version_s = tostring(doc.version)
   for _, r in ipairs(doc.table.patterns) do
     -- validated once here (a bad regex refuses the bundle, not a request)
     local ok, err = pcall(ngx.re.find, "/", r[2], "jo")
@@ -125,6 +141,7 @@ local function bundle()
   end
   B, B_gen = doc, gen
   route_cache, route_cache_n = {}, 0
+  auth_cache, auth_cache_n = {}, 0
   return B
 end
 M.bundle = bundle
@@ -178,6 +195,13 @@ end
 -- who is calling (gateway/auth.py: gw_<key id>_<secret>, SHA-256 compared as interned strings)
 local function authenticate(b, key, authz)
   if key and key ~= "" then
+    local hit = auth_cache[key]
+    if hit then
+      if hit == "revoked_key" then
+        return hit
+      end
+      return "ok", hit[1], hit[2]
+    end
     local kid, rest = key:match("^gw_([^_]*)_(.*)$")
     if not kid or not rest then
       return "invalid_key"
@@ -188,9 +212,15 @@ local function authenticate(b, key, authz)
     if k == nil or d ~= k.digest then -- the digest is computed either way: same work
       return "invalid_key"
     end
+    if auth_cache_n >= 100000 then
+      auth_cache, auth_cache_n = {}, 0
+    end
+    auth_cache_n = auth_cache_n + 1
     if k.revoked then
+      auth_cache[key] = "revoked_key"
       return "revoked_key"
     end
+    auth_cache[key] = { k.consumer, kid }
     return "ok", k.consumer, kid
   end
   if authz and str_sub(authz, 1, 7):lower() == "bearer " then
@@ -215,18 +245,12 @@ local function active(x, now)
   return e == nil or e > now
 end
 
-local function route_rule(b, method, template)
-  local r = b.routes
-  return r[method .. " " .. template] or r["* " .. template]
-end
-
-local function route_target(t, method, template)
-  local r = t.routes[method .. " " .. template] or t.routes["* " .. template]
-  if r == nil then
-    return t.mode, t.bands
+local function route_mode(t, rs)
+  local r = rs.target
+  if not r then
+    return t.mode
   end
-  local bands = nn(r.bands)
-  return nn(r.mode) or t.mode, bands == nil and t.bands or bands
+  return nn(r.mode) or t.mode
 end
 
 local function pick_band(bands, score)
@@ -266,57 +290,60 @@ local function lock(dict, key)
   return false
 end
 
-local function gcra(client, checks, now)
+-- one limit (key k1: interval t1, capacity cap1, cost c1) and optionally a second (k2 ...);
+-- returns allowed, capacity, remaining, reset_after, retry_after, binding key
+local function gcra(lk, k1, t1, cap1, c1, k2, t2, cap2, now)
   local dict = shared.gw_limits
   -- one worker runs one request's Lua to completion (no yield in between): no lock needed;
   -- with several, a per-client lock makes the read-modify-write atomic across them
-  local lk = "L" .. client
   local locked = cfg.workers > 1 and lock(dict, lk)
-  local new_tats = {}
-  local worst_wait, worst_i, worst_tat = -1, 0, 0
-  for i = 1, #checks do
-    local c = checks[i]
-    local t = c[2]
-    local tat = dict:get(c[1])
-    if tat == nil or tat < now then
-      tat = now
-    end
-    local new_tat = tat + c[4] * t
-    local allow_at = new_tat - c[3] * t
-    new_tats[i] = new_tat
-    if allow_at > now + 1e-9 and allow_at - now > worst_wait then
-      worst_wait, worst_i, worst_tat = allow_at - now, i, tat
-    end
+  local tat1 = dict:get(k1)
+  if tat1 == nil or tat1 < now then
+    tat1 = now
   end
-  if worst_i > 0 then
+  local new1 = tat1 + c1 * t1
+  local wait1 = new1 - cap1 * t1 - now
+  local tat2, new2, wait2 = 0, 0, -1
+  if k2 then
+    tat2 = dict:get(k2)
+    if tat2 == nil or tat2 < now then
+      tat2 = now
+    end
+    new2 = tat2 + t2
+    wait2 = new2 - cap2 * t2 - now
+  end
+  if wait1 > 1e-9 or wait2 > 1e-9 then
     if locked then
       dict:delete(lk)
     end
-    local c = checks[worst_i]
-    local t = c[2]
-    local remaining = max(0, floor((now - (worst_tat - c[3] * t)) / t + 1e-9))
-    return false, c[3], remaining, worst_tat - now, worst_wait, c[1]
-  end
-  local best_i, best_rem = 0, -1
-  for i = 1, #checks do
-    local c = checks[i]
-    local t = c[2]
-    dict:set(c[1], new_tats[i], new_tats[i] - now + 1)
-    local remaining = max(0, floor((now - (new_tats[i] - c[3] * t)) / t + 1e-9))
-    if best_rem < 0 or remaining < best_rem then
-      best_i, best_rem = i, remaining
+    -- the longest wait binds (the first limit on a tie, as max() picks in Python)
+    if k2 and wait2 > 1e-9 and (wait1 <= 1e-9 or wait2 > wait1) then
+      local rem = max(0, floor((now - (tat2 - cap2 * t2)) / t2 + 1e-9))
+      return false, cap2, rem, tat2 - now, wait2, k2
     end
+    local rem = max(0, floor((now - (tat1 - cap1 * t1)) / t1 + 1e-9))
+    return false, cap1, rem, tat1 - now, wait1, k1
+  end
+  dict:set(k1, new1, new1 - now + 1)
+  local rem1 = max(0, floor((now - (new1 - cap1 * t1)) / t1 + 1e-9))
+  if k2 then
+    dict:set(k2, new2, new2 - now + 1)
   end
   if locked then
     dict:delete(lk)
   end
-  local c = checks[best_i]
-  return true, c[3], best_rem, new_tats[best_i] - now, 0, c[1]
+  if k2 then
+    local rem2 = max(0, floor((now - (new2 - cap2 * t2)) / t2 + 1e-9))
+    if rem2 < rem1 then
+      return true, cap2, rem2, new2 - now, 0, k2
+    end
+  end
+  return true, cap1, rem1, new1 - now, 0, k1
 end
 
 -- the decision (gateway/decision.py DecisionCore._plan + _finish) -----------------------------
 -- returns action, label, reason, status, band name, rate (table or nil)
-local function decide(b, p, method, template, score, now)
+local function decide(b, p, rs, score, now)
   local tier = b.tiers[p.tier or b.default_tier] or b.tiers[b.default_tier]
   local rpm, burst = tier[1], tier[2]
   local label, reason, rule_name = "allow", "within limits", nil
@@ -382,27 +409,35 @@ local function decide(b, p, method, template, score, now)
       end
     end
   end
-  local rule = route_rule(b, method, template)
-  local cost = rule and rule[1] or 1
+  local cost = rs.cost
   if cost > burst then
     cost = burst
   end
-  local checks = { { "c:{" .. cid .. "}", 60.0 / rpm, burst, cost } }
-  if rule and rule[2] and rule[2] ~= NULL and rule[2] > 0 then
-    checks[2] = { "r:{" .. cid .. "}:" .. method .. " " .. template, 60.0 / rule[2], rule[2], 1 }
-  end
-  local ok, limit, remaining, reset_after, retry_after, key = gcra(cid, checks, now)
-  local rate = { limit = limit, remaining = remaining, reset = reset_after, retry = retry_after }
+  local rrpm = rs.rpm
+  local ok, limit, remaining, reset_after, retry_after, key = gcra(
+    "L" .. cid,
+    p.ckey or "c:{" .. cid .. "}",
+    60.0 / rpm,
+    burst,
+    cost,
+    rrpm > 0 and "r:{" .. cid .. rs.rkey_tail or nil,
+    rrpm > 0 and 60.0 / rrpm or 0,
+    rrpm,
+    now
+  )
   if not ok then
-    local which = key:match("^([^:]*)")
+    local which = str_sub(key, 1, 1)
     return "throttle",
       "throttle",
       "rate limit " .. which .. " (" .. limit .. " burst): retry in " .. str_format("%.1f", retry_after) .. "s",
       429,
       rule_name,
-      rate
+      limit,
+      remaining,
+      reset_after,
+      retry_after
   end
-  return "allow", label, reason, 200, rule_name, rate
+  return "allow", label, reason, 200, rule_name, limit, remaining, reset_after, 0
 end
 M.decide = decide
 
@@ -458,12 +493,6 @@ local function refuse(status, err, headers, detail)
   return ngx.exit(ngx.HTTP_OK)
 end
 
-local function set_rate(var, rate)
-  var.gw_rl_limit = rate.limit
-  var.gw_rl_remaining = rate.remaining
-  var.gw_rl_reset = ceil(rate.reset)
-end
-
 function M.access()
   local var = ngx.var
   local rid = var.http_x_request_id
@@ -476,7 +505,7 @@ function M.access()
     var.gw_decision = "not_ready"
     return refuse(503, "policy_not_loaded", { ["Retry-After"] = "1" })
   end
-  var.gw_policy_version = b.version
+  var.gw_policy_version = b.version_s
   local method, path = ngx.req.get_method(), var.uri
   local rs = match(b, method, path)
   if not rs then
@@ -536,21 +565,24 @@ function M.access()
     if s then
       var.gw_score = s
     end
-    if not available and t.failure_mode == "closed" and route_target(t, method, template) == "enforce" then
+    if not available and t.failure_mode == "closed" and route_mode(t, rs) == "enforce" then
       var.gw_decision = "scoring_unavailable"
       return refuse(503, "scoring_no_feed", { ["Retry-After"] = "1" })
     end
     score = s
   end
-  local action, label, reason, status, _, rate = decide(b, p, method, template, score, ngx.now())
+  local action, label, reason, status, _, limit, remaining, reset_after, retry_after =
+    decide(b, p, rs, score, ngx.now())
   var.gw_decision = label
-  if rate then
-    set_rate(var, rate)
+  if limit then
+    var.gw_rl_limit = limit
+    var.gw_rl_remaining = remaining
+    var.gw_rl_reset = ceil(reset_after)
   end
   if action ~= "allow" then
     local h = nil
-    if rate then
-      h = { ["Retry-After"] = tostring(max(1, ceil(rate.retry))) }
+    if limit then
+      h = { ["Retry-After"] = tostring(max(1, ceil(retry_after))) }
     end
     return refuse(status, action, h, reason)
   end
