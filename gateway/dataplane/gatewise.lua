@@ -279,14 +279,30 @@ local function exempt(b, attrs, now)
   return nil
 end
 
+local counts = {} -- decision label -> count since the last flush (this worker)
+
+local function count(label)
+  counts[label] = (counts[label] or 0) + 1
+end
+
+local function flush_counts()
+  local stats = shared.gw_stats
+  for label, n in pairs(counts) do
+    stats:incr(label, n, 0)
+  end
+  counts = {}
+end
+
 -- GCRA (gateway/ratelimit.py _evaluate, the same arithmetic) ---------------------------------
 local function lock(dict, key)
   for _ = 1, 200 do
     if dict:add(key, true, 0.05) then
       return true
     end
+    count("lock_waits") -- another worker holds this client's limits for a moment
     ngx.sleep(0.0005)
   end
+  count("lock_timeouts")
   return false
 end
 
@@ -461,20 +477,6 @@ local function lookup_score(cid, now)
 end
 
 -- the request path -----------------------------------------------------------------------------
-local counts = {} -- decision label -> count since the last flush (this worker)
-
-local function count(label)
-  counts[label] = (counts[label] or 0) + 1
-end
-
-local function flush_counts()
-  local stats = shared.gw_stats
-  for label, n in pairs(counts) do
-    stats:incr(label, n, 0)
-  end
-  counts = {}
-end
-
 local function refuse(status, err, headers, detail)
   local var = ngx.var
   count(var.gw_decision ~= "" and var.gw_decision or var.gw_auth ~= "" and var.gw_auth or "other")
