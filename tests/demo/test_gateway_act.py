@@ -12,10 +12,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_nginx_dataplane_drive(settings):
-    from gateway.dataplane.nginx import check
+    from tests.gateway.test_dataplane_parity import _require_dataplane
 
-    if check():
-        pytest.skip("needs nginx with its Lua module (.ci/run installs it)")
+    _require_dataplane()  # skips on a machine without it; fails under CI
     from demo.gateway_act import _consumers, _nginx_drive
     from telemetry.store import TelemetryStore
 
