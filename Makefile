@@ -44,6 +44,7 @@ bench: env
 	$(VENV)/bin/python benchmarks/features.py
 	$(VENV)/bin/python benchmarks/automl_vs_flaml.py --budget 60
 	$(VENV)/bin/python benchmarks/gateway.py
+	$(VENV)/bin/python benchmarks/dataplane.py
 	$(VENV)/bin/python benchmarks/serving.py --loadgen both
 	$(VENV)/bin/python benchmarks/stream.py
 	$(VENV)/bin/python benchmarks/stream_detection.py
