@@ -358,7 +358,8 @@ local function gcra(lk, k1, t1, cap1, c1, k2, t2, cap2, now)
 end
 
 -- the decision (gateway/decision.py DecisionCore._plan + _finish) -----------------------------
--- returns action, label, reason, status, band name, rate (table or nil)
+-- returns action, label, reason, status, rule name, then limit, remaining, reset_after and
+-- retry_after of the binding limit (nil when decided before the limits)
 local function decide(b, p, rs, score, now)
   local tier = b.tiers[p.tier or b.default_tier] or b.tiers[b.default_tier]
   local rpm, burst = tier[1], tier[2]
