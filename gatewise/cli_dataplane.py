@@ -166,19 +166,11 @@ def sync_cmd(
     """Keep an NGINX data plane you run yourself on the live policy and scores."""
     import signal
 
-    from gateway.dataplane.nginx import DataPlaneAdmin
     from gateway.dataplane.sync import DataPlaneSync
 
     s = _settings(config)
     root = _root(s, dir)
-    token_file = root / "admin.token"
-    if not token_file.exists():
-        _fail(
-            f"no {token_file}: render the configuration first (gatewise policy export --to "
-            f"nginx-lua -o {root})"
-        )
-    url = admin_url or f"http://127.0.0.1:{s.gateway.port + 1}"
-    admin = DataPlaneAdmin(url, token_file.read_text().strip())
+    admin, url = _admin(s, root, admin_url)
     sync = DataPlaneSync(s, admin, root)
     sync.sync_once(force=True)
     if sync.status.error:
