@@ -13,17 +13,19 @@ a fixed ``{"ok":true}``, one worker, so the upstream is never the bottleneck;
                 cached per client (``cache_ttl_s: 60``), so the steady state is
                 a cache hit
   gateway+scan  the gateway, plus the payload scanner in process (a compact linear
-                champion fitted on the real payloads at start): every request's
-                query value scanned, verdicts recorded (shadow)
+                champion fitted on the payload data at start): every part of every
+                request read (query value, headers, cookies), verdicts recorded (shadow)
   dataplane     wrk -> NGINX + gatewise.lua (gateway/dataplane) enforcing a realistic
                 policy: 10,000 consumers with a key each, 1,000 overrides, 500
                 allowances, a score for every client, bands in enforce; wrk rotates
                 through 5,000 clients' keys on four routes (its own script, no
                 query values); the JSON access log on, as in production
 
-Every request carries a query value (``--query-values`` N, default 200): wrk rotates
-through N real parameter values from the labelled payload sample (one in ten an
-attack), URL-encoded, for every case, so scanning on vs off differs only in the scan.
+Every request carries a query value (``--query-values`` N, default 200) and browser-like
+headers: wrk rotates through N real parameter values from the labelled payload sample (one
+in ten an attack), URL-encoded, and 20 header sets (a real User-Agent, Accept,
+Accept-Language, a Cookie with a session token), for every case, so scanning on vs off
+differs only in the scan.
 
 Each is measured at 64 connections (throughput) and 8 connections (latency),
 with NGINX and the gateway running the same number of worker processes (each
@@ -101,7 +103,6 @@ from benchmarks.harness import (
     serve,
     wait_http,
     write_wrk_script,
-    wrk_get_paths,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,18 +307,44 @@ def build_scanner(root: Path) -> Path:
 
 
 def query_lua(n: int, seed: int = 0) -> str:
-    """A wrk ``request()`` rotating through ``n`` real parameter values (1 in 10 an attack)."""
+    """A wrk ``request()`` rotating through ``n`` real parameter values (1 in 10 an attack)
+    and 20 header sets a browser or an API client sends: a real User-Agent (from the
+    access-log sample), Accept, Accept-Language and a Cookie with a session token and a
+    preference. Every case sends the same requests, so scanning on vs off differs only in
+    the scan (of the query value and of every header and cookie)."""
     import random
+    import string
     from urllib.parse import quote_plus
 
     from models.data import BENIGN, read_payloads
+    from models.payloads.api_values import log_requests
 
     df = read_payloads()
     rng = random.Random(seed)
     benign = df.loc[df["attack_type"] == BENIGN, "payload"].tolist()
     attacks = df.loc[df["attack_type"] != BENIGN, "payload"].tolist()
     values = [rng.choice(attacks) if i % 10 == 9 else rng.choice(benign) for i in range(n)]
-    return wrk_get_paths([f"{PATH}?q={quote_plus(v)}" for v in values])
+    paths = ",\n".join(f"[==[{PATH}?q={quote_plus(v)}]==]" for v in values)
+    uas = list(dict.fromkeys(r["ua"] for r in log_requests(part="all") if r["ua"] != "-"))[:20]
+    langs = ["en-US,en;q=0.9", "en-GB,en;q=0.8", "de-DE,de;q=0.9,en;q=0.7", "fr-FR,fr;q=0.9", "es"]
+    sets = []
+    for i, ua in enumerate(uas):
+        token = "".join(rng.choices(string.ascii_letters + string.digits, k=26))
+        h = {
+            "User-Agent": ua,
+            "Accept": "application/json, text/plain, */*",
+            "Accept-Language": langs[i % len(langs)],
+            "Cookie": f"session={token}; theme={'dark' if i % 2 else 'light'}; lang=en-GB",
+        }
+        sets.append("{" + ", ".join(f'["{k}"]=[==[{v}]==]' for k, v in h.items()) + "}")
+    return (
+        f"local paths = {{\n{paths}\n}}\nlocal hdrs = {{\n" + ",\n".join(sets) + "\n}\n"
+        "local i = 0\n"
+        "request = function()\n  i = i % #paths + 1\n  local h = {}\n"
+        "  for k, v in pairs(wrk.headers) do h[k] = v end\n"
+        "  for k, v in pairs(hdrs[i % #hdrs + 1]) do h[k] = v end\n"
+        "  return wrk.format(nil, paths[i], h)\nend\n"
+    )
 
 
 # measuring -------------------------------------------------------------------

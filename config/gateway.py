@@ -166,11 +166,40 @@ class ScanningSettings(_Strict):
         description="remote scanner down, slow or open: open = pass with scan_label"
         " 'unavailable'; closed = refuse with 503",
     )
-    max_values: int = Field(64, ge=1, description="values scanned per request")
-    max_value_bytes: int = Field(4096, ge=16, description="longer values are cut to this")
-    max_body_bytes: int = Field(65536, ge=0, description="body bytes looked at")
+    max_values: int = Field(
+        256, ge=1, description="values scanned per request; beyond: the verdict is unscanned"
+    )
+    max_value_bytes: int = Field(
+        4096, ge=128, description="longer values are scanned in overlapping windows this long"
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=0, description="body bytes read; a longer body is a gap (unscanned)"
+    )
+    max_scan_bytes: int = Field(
+        256 * 1024, ge=1, description="bytes of values scored per request; beyond: unscanned"
+    )
+    max_scan_ms: float = Field(
+        25.0, gt=0, description="local: scoring time per request; beyond: unscanned"
+    )
+    scan_headers: bool = Field(True, description="scan header and cookie values too")
+    skip_headers: list[str] = Field(
+        default_factory=list, description="header names never scanned (lower case)"
+    )
+    unscanned_action: Literal["log", "challenge", "block"] = Field(
+        "log",
+        description="a request the scanner could not read in full (a budget ran out) and found"
+        " no attack in; a policy route's 'unscanned' overrides it. Shadow still only records",
+    )
+    cache_entries: int = Field(
+        100_000, ge=0, description="local: verdicts remembered by value (0: no cache)"
+    )
     poll_s: float = Field(2.0, gt=0, description="local: how often the export is checked")
     breaker: BreakerSettings = BreakerSettings(failure_threshold=3, reset_timeout_s=5.0)
+
+    @field_validator("skip_headers")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [h.strip().lower() for h in v]
 
 
 class CacheSettings(_Strict):

@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from config.settings import Settings
+from demo.payload_act import Probe
 from demo.servers import ThreadedServer, free_port
 
 __all__ = ["gateway_demo"]
@@ -126,7 +127,7 @@ async def _drive(
     base: str,
     keys: dict[str, tuple[str, str]],
     seconds: float,
-    injected: list[tuple[str, str]] | None = None,
+    injected: list[Probe] | None = None,
     rates: dict[str, float] | None = None,
 ) -> Counter[tuple[str, int]]:
     """Drive the roles; ``rates``: requests per second of a role's client (default: the
@@ -137,12 +138,24 @@ async def _drive(
     out: Counter[tuple[str, int]] = Counter()
 
     async def injector() -> None:
-        """Held-out real attacks and benign look-alikes in a search box (the scanner's act)."""
+        """Held-out real attacks and benign look-alikes in the query, headers, cookies and
+        the path (the scanner's act); each request numbered by a ``probe`` parameter."""
         cid, key = keys["injector"]
         async with httpx.AsyncClient(base_url=base, timeout=5) as c:
-            for value, _ in injected or []:
-                r = await c.get("/v1/search", params={"q": value}, headers={"x-api-key": key})
-                out[(f"injector ({cid}) search", r.status_code)] += 1
+            for i, p in enumerate(injected or []):
+                h = {"x-api-key": key}
+                params: dict[str, Any] = {"probe": i}
+                path = "/v1/search"
+                if p.where == "query":
+                    params["q"] = p.value
+                elif p.where == "header":
+                    h[p.header] = p.value
+                elif p.where == "cookie":
+                    h["cookie"] = f"pref={p.value}" if "=" not in p.value else p.value
+                else:
+                    path = f"/v1/products/{p.value}"
+                r = await c.get(path, params=params, headers=h)
+                out[(f"injector ({cid}) {p.where}", r.status_code)] += 1
                 await asyncio.sleep(seconds / max(len(injected or []), 1) / 2)
 
     async def client(role: str, rate: float, path: str, with_key: bool = True) -> None:
@@ -329,7 +342,7 @@ def gateway_demo(
     )
     peak = busiest_minute_rps(s)
     keys = _consumers(s, peak)
-    injected: list[tuple[str, str]] = []
+    injected: list[Probe] = []
     # legitimate roles at their own busiest recorded minute (at least one request in 4 s)
     rates = {r: max(0.25, peak[keys[r][0]]) for r in ("steady", "partner") if keys[r][0] in peak}
     if rates:
@@ -343,9 +356,9 @@ def gateway_demo(
 
         injected = demo_requests()
         console.print(
-            f"payload scanner: the champion's compact form scans every request in process; "
-            f"an injector sends {len(injected)} search queries (held-out real attacks and benign "
-            "values with quotes and brackets)"
+            f"payload scanner: the champion's compact form scans every part of every request in "
+            f"process; an injector sends {len(injected)} requests (held-out real attacks in the "
+            "query, headers, cookies and path, and benign look-alikes)"
         )
     up_port, gw_port = free_port(), free_port()
     services = {
@@ -399,7 +412,7 @@ def _report(
     counts: Counter[tuple[str, int]],
     status: dict[str, Any],
     scoring_url: str | None,
-    injected: list[tuple[str, str]],
+    injected: list[Probe],
     plane: str,
 ) -> None:
     from demo.steps import table
@@ -424,7 +437,7 @@ def _report(
 
         ev = TelemetryStore(s.telemetry_dir).read().to_pandas()
         ev = ev[ev["client_id"] == keys["injector"][0]]
-        rows = scan_summary(ev, dict(injected))
+        rows = scan_summary(ev, injected)
         console.print(
             table(
                 f"payload scanner v{status['scanning']['version']} in the gateway (policy: shadow "

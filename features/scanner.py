@@ -29,7 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from features.payload import N_FEATURES, STAT_NAMES, _normal_and_rounds, _stats, as_values
+from features.payload import (
+    N_FEATURES,
+    N_TEXT,
+    N_TOKENS,
+    STAT_NAMES,
+    TOKEN_NGRAMS,
+    _normal_and_rounds,
+    _stats,
+    as_values,
+    split_context,
+    tokens,
+)
 
 __all__ = ["BENIGN_LABEL", "CompactScanner", "logit"]
 
@@ -41,6 +52,15 @@ _WHITE = re.compile(r"\s\s+")  # scikit-learn's char analyzer collapses these
 def logit(p: Any) -> Any:
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
     return np.log(p) - np.log1p(-p)
+
+
+def _ngrams(text: str, lo: int, hi: int) -> list[str]:
+    """scikit-learn's character n-grams (``_char_ngrams``) of an already prepared text."""
+    n = len(text)
+    grams = list(text) if lo == 1 else []
+    for k in range(max(lo, 2), min(hi, n) + 1):
+        grams += [text[i : i + k] for i in range(n - k + 1)]
+    return grams
 
 
 @dataclass
@@ -57,7 +77,7 @@ class CompactScanner:
     family: str = ""
 
     def __post_init__(self) -> None:
-        self._index: dict[str, int] = {}
+        self._index: dict[tuple[str, int], int] = {}
         self._z_threshold = float(logit(self.threshold))
 
     # persisting --------------------------------------------------------------------
@@ -100,34 +120,42 @@ class CompactScanner:
             )
 
     # scoring ----------------------------------------------------------------------
-    def _features(self, value: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Hashed n-gram indices and l2-normalised counts, and the scaled statistics,
-        exactly as ``featurize`` computes them."""
+    def _hashed(self, grams: list[str], n_features: int, offset: int) -> Counter[int]:
         from sklearn.utils import murmurhash3_32
 
-        norm, rounds = _normal_and_rounds(value)
-        text = _WHITE.sub(" ", _DIGITS_SUB.sub("0", norm).lower())
-        n = len(text)
-        grams = list(text)
-        for k in range(2, min(4, n) + 1):
-            grams += [text[i : i + k] for i in range(n - k + 1)]
         index = self._index
         counts: Counter[int] = Counter()
         for g in grams:
-            j = index.get(g)
+            key = (g, offset)
+            j = index.get(key)
             if j is None:
                 h = murmurhash3_32(g, seed=0)
-                j = (2**31 if h == -(2**31) else abs(h)) % N_FEATURES
+                j = offset + (2**31 if h == -(2**31) else abs(h)) % n_features
                 if len(index) < 2_000_000:
-                    index[g] = j
+                    index[key] = j
             counts[j] += 1
+        return counts
+
+    @staticmethod
+    def _unit(counts: Counter[int]) -> tuple[np.ndarray, np.ndarray]:
         idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
         val = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
         if len(val):
             val /= math.sqrt(float(val @ val))
-        st = np.asarray(_stats(value, norm, rounds), dtype=np.float64)
+        return idx, val
+
+    def _features(self, value: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hashed n-gram indices and l2-normalised counts (text, then token classes), and
+        the scaled statistics, exactly as ``featurize`` computes them."""
+        ctx, value = split_context(value)
+        norm, rounds = _normal_and_rounds(value)
+        text = _WHITE.sub(" ", _DIGITS_SUB.sub("0", norm).lower())
+        idx1, val1 = self._unit(self._hashed(_ngrams(text, 1, 4), N_TEXT, 0))
+        lo, hi = TOKEN_NGRAMS
+        idx2, val2 = self._unit(self._hashed(_ngrams(tokens(norm), lo, hi), N_TOKENS, N_TEXT))
+        st = np.asarray(_stats(value, norm, rounds, ctx), dtype=np.float64)
         st = np.sign(st) * np.log1p(np.abs(st))
-        return idx, val, st
+        return np.concatenate([idx1, idx2]), np.concatenate([val1, val2]), st
 
     def score_one(self, value: str) -> tuple[str, float]:
         """``(label, scan score)``; the score is re-centred on the threshold (0.5 = it)."""

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from config.settings import Settings
+from features.request_parts import extract
 from gateway.addresses import ClientAddress
 from gateway.auth import Authenticator, AuthResult, ConsumersFile, Principal, Rbac
 from gateway.cache import ResponseCache
@@ -49,7 +50,7 @@ from gateway.policy import PolicyError, initial_policy
 from gateway.policy_store import PolicyStore
 from gateway.ratelimit import MemoryLimiter, RedisLimiter
 from gateway.routing import Router, Upstream
-from gateway.scan import LocalScanner, RemoteScanner, ScanResult, request_values
+from gateway.scan import UNSCANNED, LocalScanner, RemoteScanner, ScanResult
 from gateway.scoring import Score, ScoringClient
 from gateway.sink import TelemetrySink
 from telemetry.stream import StreamPublisher
@@ -149,7 +150,7 @@ class Gateway:
         self.local_scanner: LocalScanner | None = None
         self.remote_scanner: RemoteScanner | None = None
         if g.scanning.enabled and g.scanning.mode == "local":
-            self.local_scanner = LocalScanner(settings.scanner_path(g.scanning.target))
+            self.local_scanner = LocalScanner(settings.scanner_path(g.scanning.target), g.scanning)
         self.counts: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -396,15 +397,20 @@ class Gateway:
             "content-length"
         ):
             body = await request.body()  # cached by Starlette: forwarding reads it again
-        values = request_values(
-            request.url.path, request.url.query, body, request.headers.get("content-type"), sc
+        ex = extract(
+            request.url.path,
+            request.url.query,
+            request.headers.items() if sc.scan_headers else (),
+            body,
+            request.headers.get("content-type"),
+            sc,
         )
-        if not values:
+        if not ex.values and not ex.gaps:
             return None
         if isinstance(scanner, LocalScanner):
-            res: ScanResult = scanner.scan(values)
+            res: ScanResult = scanner.scan(ex.values, ex.gaps)
         else:
-            res = await scanner.scan(values)
+            res = await scanner.scan(ex.values, ex.gaps)
         ev["scan_label"] = res.label
         ev["scan_score"] = res.score
         if not res.available:
@@ -413,6 +419,9 @@ class Gateway:
                 ev["ratelimit_decision"] = "scanning_unavailable"
                 return _error(503, "scanning_unavailable", {"retry-after": "1"})
             return None
+        if res.label == UNSCANNED:
+            ev["scan_gap"] = res.gap
+            return self._unscanned(res, method, route, target, ev)
         if res.score is None or target is None:
             return None
         mode, band = target.route_band(method, route, res.score)
@@ -428,6 +437,23 @@ class Gateway:
         ev["scan_action"] = action
         ev["ratelimit_decision"] = f"scan_{action}"
         return _error(403, f"scan_{action}", None, reason)
+
+    def _unscanned(
+        self, res: ScanResult, method: str, route: str, target: Any, ev: dict[str, Any]
+    ) -> Response | None:
+        """A request the scanner could not read in full: never benign; the route's action."""
+        why = (res.gap or "").split(":")[0].split(" ")[0] or "budget"
+        self._count(f"scan_unscanned_{why}")
+        default = self.cfg.scanning.unscanned_action
+        mode, action = (
+            ("shadow", default) if target is None else target.unscanned_for(method, route, default)
+        )
+        if action == "log" or mode == "shadow":
+            ev["scan_action"] = "log" if action == "log" else f"shadow_{action}"
+            return None
+        ev["scan_action"] = action
+        ev["ratelimit_decision"] = f"scan_{action}"
+        return _error(403, f"scan_{action}", None, f"payload scan: unscanned ({res.gap})")
 
     async def _forward(
         self,
@@ -694,10 +720,26 @@ class Gateway:
             f"gatewise_telemetry_written_total {self.sink.written}",
             f"gatewise_telemetry_dropped_total {self.sink.dropped}",
             f"gatewise_cache_hits_total {self.cache.hits}",
+            *self._scan_metrics(),
             *self._stream_metrics(),
             f"gatewise_policy_version {self.core.policy.version}",
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    def _scan_metrics(self) -> list[str]:
+        out = ["# TYPE gatewise_scan_unscanned_total counter"]
+        out += [
+            f'gatewise_scan_unscanned_total{{reason="{k.removeprefix("scan_unscanned_")}"}} {v}'
+            for k, v in sorted(self.counts.items())
+            if k.startswith("scan_unscanned_")
+        ]
+        if self.local_scanner is not None:
+            ls = self.local_scanner
+            out += [
+                f"gatewise_scan_cache_hits_total {ls.cache_hits}",
+                f"gatewise_scan_cache_misses_total {ls.cache_misses}",
+            ]
+        return out
 
     def _stream_metrics(self) -> list[str]:
         if self.stream is None:

@@ -37,6 +37,7 @@ __all__ = [
 Action = Literal["allow", "log", "throttle", "challenge", "block"]
 ACTIONS: tuple[str, ...] = ("allow", "log", "throttle", "challenge", "block")
 Mode = Literal["enforce", "shadow", "off"]
+UnscannedAction = Literal["log", "challenge", "block"]
 # the payload scanner's target (gateway.scanning.target) acts per request, not per client
 SCAN_TARGET = "payload"
 SCAN_ACTIONS: tuple[str, ...] = ("allow", "log", "challenge", "block")
@@ -150,6 +151,9 @@ class RouteBands(_Strict):
 
     mode: Mode | None = None
     bands: list[Band] | None = None
+    unscanned: UnscannedAction | None = Field(
+        None, description="payload scanner: a request it could not read in full (see TargetPolicy)"
+    )
 
     @model_validator(mode="after")
     def _bands_ascending(self) -> RouteBands:
@@ -169,6 +173,12 @@ class TargetPolicy(_Strict):
     )
     routes: dict[str, RouteBands] = Field(
         default_factory=dict, description="'METHOD /template' (or '* /template') -> its own"
+    )
+    unscanned: UnscannedAction | None = Field(
+        None,
+        description="payload scanner only: what a request gets when a budget ran out before "
+        "it was read in full and no attack was found (log, challenge, block; the mode still "
+        "decides whether it acts); None: gateway.scanning.unscanned_action",
     )
     failure_mode: Literal["open", "closed"] | None = Field(
         None,
@@ -194,6 +204,13 @@ class TargetPolicy(_Strict):
         if r is None:
             return self.mode, self.bands
         return r.mode or self.mode, self.bands if r.bands is None else r.bands
+
+    def unscanned_for(self, method: str, template: str, default: str) -> tuple[Mode, str]:
+        """The mode and the unscanned action in force on one route."""
+        r = self.routes.get(f"{method} {template}") or self.routes.get(f"* {template}")
+        mode = (r.mode if r is not None else None) or self.mode
+        action = (r.unscanned if r is not None else None) or self.unscanned or default
+        return mode, action
 
     def route_band(
         self, method: str, template: str, score: float | None

@@ -1,122 +1,90 @@
 """Payload scanning in the request path: which values, scored where, and when it fails.
 
-Every request with a query string or a body has its parameter values scanned by the
-``payload`` champion; the most suspicious value decides. Two
-ways to score, set by ``gateway.scanning.mode``:
+Every request has its parts scanned by the ``payload`` champion, each value in its context
+(``features/request_parts.py``: path, query, form, JSON, multipart, headers, cookies); the most
+suspicious value decides. Two ways to score, set by ``gateway.scanning.mode``:
 
 - ``local`` (default): the champion's compact export (``<data_dir>/scanner/payload.npz``,
-  written when the champion moves) scored in process by ``features/scanner.py``, well under a millisecond. The file
+  written when the champion moves) scored in process by ``features/scanner.py``. The file
   is watched and swapped in when it changes (hot reload); an unreadable file is refused
   and the last good scanner stays. No file yet (no champion, or a non-linear one):
   requests pass unscanned (``scan_label`` stays empty; ``/admin/status`` says why).
+  Verdicts are remembered by value (``cache_entries``): a User-Agent or an Accept header
+  seen on every request is scored once per scanner version.
 - ``remote``: ``POST /scan`` on the BentoML service, for champions that are not linear,
   with a timeout and a circuit breaker. Down, slow or open: ``failure_mode`` decides —
   ``open`` lets the request on with ``scan_label = "unavailable"``, ``closed`` refuses it
   (503 ``scanning_unavailable``).
 
-Values: query-string values, form and JSON body leaf values (strings and numbers), and
-path segments that are not plain identifiers; at most ``max_values`` values of at most
-``max_value_bytes`` each, bodies up to ``max_body_bytes`` (beyond: scanned up to there).
+No silent gaps: when a budget runs out (values, bytes, body size, scoring time) and no
+attack was found in what was read, the verdict is ``unscanned`` with the reason, never
+``benign``; the route's ``unscanned`` action applies (``gateway.scanning.unscanned_action``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 from config.gateway import ScanningSettings
+from features.request_parts import extract
 from gateway.routing import CircuitBreaker
 
-__all__ = ["LocalScanner", "RemoteScanner", "ScanResult", "parse_record", "request_values"]
+__all__ = ["UNSCANNED", "LocalScanner", "RemoteScanner", "ScanResult", "parse_record", "verdict"]
 
 log = logging.getLogger("gatewise.gateway")
 
-_PLAIN_SEGMENT = re.compile(r"^[A-Za-z0-9_\-.~]*$")
+UNSCANNED = "unscanned"
+BENIGN = "benign"
 
 
 @dataclass(frozen=True)
 class ScanResult:
-    label: str | None  # benign | <attack class> | unavailable | None (not scanned)
+    label: str | None  # benign | <attack class> | unscanned | unavailable | None (not scanned)
     score: float | None
     model_version: str | None
     available: bool
-    reason: str = "ok"  # ok | no_values | no_scanner | timeout | error | breaker_open
+    reason: str = "ok"  # ok | no_values | no_scanner | unscanned | timeout | error | breaker_open
+    gap: str | None = None  # what was left unread (label unscanned), e.g. "body: 2 MB, over ..."
+    values: int = 0  # values scored
 
 
 NOT_SCANNED = ScanResult(None, None, None, True, "no_values")
 
 
-def _leaves(obj: Any, out: list[str], limit: int) -> None:
-    if len(out) >= limit:
-        return
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(k, str) and not _PLAIN_SEGMENT.match(k):
-                out.append(k)  # an odd key is content too
-            _leaves(v, out, limit)
-    elif isinstance(obj, list):
-        for v in obj:
-            _leaves(v, out, limit)
-    elif isinstance(obj, str):
-        if obj:
-            out.append(obj)
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        out.append(str(obj))
-
-
-def request_values(
-    path: str,
-    query: str,
-    body: bytes,
-    content_type: str | None,
-    cfg: ScanningSettings,
-) -> list[str]:
-    """The values of a request the scanner looks at (see the module docstring)."""
-    out: list[str] = []
-    limit = cfg.max_values
-    for seg in path.split("/"):
-        if seg and not _PLAIN_SEGMENT.match(seg):
-            out.append(unquote(seg))
-    if query:
-        # values stay as sent (percent-encoded): the scanner's normalisation decodes them,
-        # and counts the decoding rounds as a signal
-        for k, v in parse_qsl(query, keep_blank_values=False):
-            if not _PLAIN_SEGMENT.match(k):
-                out.append(k)
-            out.append(v)
-    if body:
-        raw = body[: cfg.max_body_bytes]
-        ctype = (content_type or "").split(";")[0].strip().lower()
-        text = raw.decode("utf-8", errors="replace")
-        if ctype == "application/json" or ctype.endswith("+json"):
-            try:
-                _leaves(json.loads(text), out, limit)
-            except ValueError:
-                out.append(text)
-        elif ctype == "application/x-www-form-urlencoded":
-            for k, v in parse_qsl(text, keep_blank_values=False):
-                if not _PLAIN_SEGMENT.match(k):
-                    out.append(k)
-                out.append(v)
-        elif ctype.startswith("text/") or not ctype:
-            out.append(text)
-        # other types (files, protobuf, ...) are not parameter content
-    cap = cfg.max_value_bytes
-    return [v[:cap] for v in out[:limit] if v]
+def verdict(
+    best: tuple[str, float] | None, gaps: list[str], version: str | None, n: int
+) -> ScanResult:
+    """An attack found decides; otherwise a gap makes the request unscanned, not benign."""
+    if best is not None and best[0] != BENIGN:
+        return ScanResult(best[0], best[1], version, True, values=n)
+    if gaps:
+        score = None if best is None else best[1]
+        return ScanResult(UNSCANNED, score, version, True, UNSCANNED, "; ".join(gaps), n)
+    if best is None:
+        return NOT_SCANNED
+    return ScanResult(best[0], best[1], version, True, values=n)
 
 
 class LocalScanner:
     """The compact champion in process, reloaded when its file changes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        cfg: ScanningSettings | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.path = path
+        self.cfg = cfg or ScanningSettings()
+        self.clock = clock
+        self._cache: dict[str, tuple[str, float]] = {}
+        self.cache_hits = self.cache_misses = 0
         self.scanner: Any = None
         self.error: str | None = None
         self._stamp: tuple[int, int] | None = (-1, -1)  # never a real stamp: first look loads
@@ -152,19 +120,44 @@ class LocalScanner:
             log.error("scanner %s rejected, keeping the previous one: %s", self.path, exc)
             return False
         self.scanner, self.error = new, None
+        self._cache = {}  # verdicts belong to the scanner that gave them
         self.reloads += 1
         log.info("payload scanner v%s (%s) in force", new.version, new.family)
         return True
 
-    def scan(self, values: list[str]) -> ScanResult:
+    def scan(self, values: list[str], gaps: list[str] | None = None) -> ScanResult:
+        """The most suspicious of ``values`` (context-tagged), within the time budget."""
+        gaps = list(gaps or [])
         if not values:
-            return NOT_SCANNED
+            return verdict(None, gaps, None, 0)
         sc = self.scanner
         if sc is None:
             return ScanResult(None, None, None, True, "no_scanner")
-        best = sc.scan_max(values)
-        assert best is not None
-        return ScanResult(best[0], best[1], sc.version, True)
+        cache, cap = self._cache, self.cfg.cache_entries
+        deadline = self.clock() + self.cfg.max_scan_ms / 1000.0
+        best: tuple[str, float] | None = None
+        n = 0
+        for i, v in enumerate(values):
+            r = cache.get(v)
+            if r is None:
+                if i and self.clock() > deadline:
+                    gaps.append(
+                        f"scoring: {len(values) - i} values left at max_scan_ms "
+                        f"{self.cfg.max_scan_ms:g}"
+                    )
+                    break
+                r = sc.score_one(v)
+                self.cache_misses += 1
+                if cap:
+                    if len(cache) >= cap:
+                        cache.clear()
+                    cache[v] = r
+            else:
+                self.cache_hits += 1
+            n += 1
+            if best is None or r[1] > best[1]:
+                best = r
+        return verdict(best, gaps, sc.version, n)
 
     def status(self) -> dict[str, Any]:
         sc = self.scanner
@@ -175,6 +168,11 @@ class LocalScanner:
             "threshold": sc.threshold if sc else None,
             "reloads": self.reloads,
             "error": self.error,
+            "cache": {
+                "entries": len(self._cache),
+                "hits": self.cache_hits,
+                "misses": self.cache_misses,
+            },
         }
 
 
@@ -199,9 +197,10 @@ class RemoteScanner:
         self.calls = self.failures = 0
         self.version: str | None = None
 
-    async def scan(self, values: list[str]) -> ScanResult:
+    async def scan(self, values: list[str], gaps: list[str] | None = None) -> ScanResult:
+        gaps = list(gaps or [])
         if not values:
-            return NOT_SCANNED
+            return verdict(None, gaps, None, 0)
         if not self.breaker.allow():
             return ScanResult("unavailable", None, None, False, "breaker_open")
         import httpx
@@ -216,8 +215,11 @@ class RemoteScanner:
             body = r.json()
             rows = body["results"]
             best = max(rows, key=lambda x: float(x["score"]))
-            res = ScanResult(
-                str(best["label"]), float(best["score"]), str(body.get("model_version")), True
+            res = verdict(
+                (str(best["label"]), float(best["score"])),
+                gaps,
+                str(body.get("model_version")),
+                len(rows),
             )
         except httpx.TimeoutException:
             self.failures += 1
@@ -248,34 +250,39 @@ class RemoteScanner:
 # --- offline: `gatewise scan --input FILE` ------------------------------------------------
 
 
-def parse_record(line: str, cfg: ScanningSettings) -> tuple[list[str], str]:
-    """One input line → (values to scan, kind). A JSON object with ``url`` (and optional
-    ``method``, ``headers``, ``body``) is a raw request; any other line is one bare value.
-    Raises ``ValueError`` naming what is wrong with a malformed request object."""
+def parse_record(line: str, cfg: ScanningSettings) -> tuple[list[str], list[str], str]:
+    """One input line → (tagged values to scan, gaps, kind). A JSON object with ``url`` (and
+    optional ``method``, ``headers``, ``body``) is a raw request, read as the gateway reads
+    one; any other line (``{{7*7}}``, ``{"page":2}``, text) is one bare value. Raises
+    ``ValueError`` naming what is wrong with a malformed request object."""
     from urllib.parse import urlsplit
 
-    text = line.rstrip("\n")
+    text = line.rstrip("\r\n")
+    obj: Any = None
     if text.lstrip().startswith("{"):
         try:
             obj = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"not valid JSON: {exc}") from None
-        if isinstance(obj, dict) and "url" in obj:
-            url = obj["url"]
-            if not isinstance(url, str):
-                raise ValueError("url: must be a string")
-            headers = obj.get("headers")
-            headers = {} if headers is None else headers
-            if not isinstance(headers, dict):
-                raise ValueError("headers: must be an object")
-            ctype = next((str(v) for k, v in headers.items() if k.lower() == "content-type"), None)
-            body = obj.get("body")
-            if isinstance(body, (dict, list)):
-                raw, ctype = json.dumps(body).encode(), ctype or "application/json"
-            elif body is None:
-                raw = b""
-            else:
-                raw = str(body).encode()
-            parts = urlsplit(url)
-            return request_values(parts.path, parts.query, raw, ctype, cfg), "request"
-    return ([text] if text else []), "value"
+        except ValueError:
+            obj = None  # not JSON: a bare value that happens to start with a brace
+    if isinstance(obj, dict) and "url" in obj:
+        url = obj["url"]
+        if not isinstance(url, str):
+            raise ValueError("url: must be a string")
+        headers = obj.get("headers")
+        headers = {} if headers is None else headers
+        if not isinstance(headers, dict):
+            raise ValueError("headers: must be an object")
+        if not all(isinstance(v, str) for v in headers.values()):
+            raise ValueError("headers: every value must be a string")
+        ctype = next((str(v) for k, v in headers.items() if k.lower() == "content-type"), None)
+        body = obj.get("body")
+        if isinstance(body, (dict, list)):
+            raw, ctype = json.dumps(body).encode(), ctype or "application/json"
+        elif body is None:
+            raw = b""
+        else:
+            raw = str(body).encode()
+        parts = urlsplit(url)
+        ex = extract(parts.path, parts.query, headers.items(), raw, ctype, cfg)
+        return ex.values, ex.gaps, "request"
+    return ([text] if text else []), [], "value"

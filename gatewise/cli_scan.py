@@ -31,9 +31,12 @@ def scan(
     alias: Annotated[str, typer.Option(help="model alias to scan with")] = "champion",
     config: ConfigOpt = None,
 ) -> None:
-    """One verdict per input row: label (benign or the attack class), score, the most
-    suspicious value. Malformed rows get an ``error`` naming the problem; none is skipped."""
-    from gateway.scan import parse_record
+    """One verdict per input row: label (benign, the attack class, or unscanned when a
+    budget ran out), score, the most suspicious value and where in the request it was.
+    Malformed request objects get an ``error`` naming the problem; none is skipped; any
+    line that is not a request object is scanned as one bare value."""
+    from features.payload import split_context
+    from gateway.scan import parse_record, verdict
     from models.payload import load_scanner
 
     s = _settings(config)
@@ -54,26 +57,35 @@ def scan(
             for i, line in enumerate(fh, start=1):
                 row: dict[str, Any] = {"row": i}
                 try:
-                    values, kind = parse_record(line, cfg)
+                    values, gaps, kind = parse_record(line, cfg)
                 except ValueError as exc:
                     row["error"] = str(exc)
                     counts["error"] += 1
                     out.write(json.dumps(row) + "\n")
                     continue
                 row["kind"] = kind
-                if not values:
+                best: tuple[str, float] | None = None
+                j = 0
+                if values:
+                    verdicts = scanner.scan(values)
+                    j = max(range(len(verdicts)), key=lambda k: verdicts[k][1])
+                    best = (str(verdicts[j][0]), float(verdicts[j][1]))
+                res = verdict(best, gaps, str(scanner.version), len(values))
+                if res.label is None:
                     row.update(label=None, score=None, values=0)
                     counts["nothing to scan"] += 1
                 else:
-                    verdicts = scanner.scan(values)
-                    j = max(range(len(verdicts)), key=lambda k: verdicts[k][1])
                     row.update(
-                        label=verdicts[j][0],
-                        score=round(float(verdicts[j][1]), 6),
-                        value=values[j][:200],
+                        label=res.label,
+                        score=None if res.score is None else round(res.score, 6),
                         values=len(values),
                     )
-                    counts[verdicts[j][0]] += 1
+                    if values:
+                        ctx, raw = split_context(values[j])
+                        row.update(value=raw[:200], context=ctx)
+                    if res.gap:
+                        row["unscanned"] = res.gap
+                    counts[res.label] += 1
                 out.write(json.dumps(row) + "\n")
     finally:
         if output:

@@ -61,6 +61,10 @@ class Dataset:
     name: str = "table"
     # a finer label for reporting (payloads: the attack class); never a feature
     detail: pd.Series | None = None
+    # where each row came from (payloads: the list, generator or log), for reporting
+    source: pd.Series | None = None
+    # rows only ever evaluated on: whole sources kept out of training (make_splits)
+    holdout_only: pd.Series | None = None
 
     def fingerprint(self) -> str:
         """Content hash of the training data (features, label, time), for lineage."""
@@ -85,6 +89,10 @@ class Dataset:
             else self.sensitive,
             name=self.name,
             detail=None if self.detail is None else self.detail.iloc[idx].reset_index(drop=True),
+            source=None if self.source is None else self.source.iloc[idx].reset_index(drop=True),
+            holdout_only=None
+            if self.holdout_only is None
+            else self.holdout_only.iloc[idx].reset_index(drop=True),
         )
 
 
@@ -304,36 +312,139 @@ def read_payloads(path: Path | None = None) -> pd.DataFrame:
     return df[["payload", "attack_type"]]
 
 
-def payload_dataset(
-    path: Path | None = None, name: str = "payload", synthetic_benign: int = 3000
-) -> Dataset:
-    """Attack (1) vs benign (0) over raw values, deduplicated on the normal form, grouped by
-    ``shape`` (digits collapsed) so near-duplicate templates never straddle a split.
+# sources whose rows are only evaluated on (a by-source holdout): a public list the model
+# never trains on, and benign families it never sees
+HELD_OUT_SOURCES = ("seclists", "eval-benign", "access-log-eval")
+# attack copies moved into other parts of the request (header, cookie, path), per class
+_CONTEXT_SHARE = 0.12
 
-    ``synthetic_benign`` benign values with apostrophes, brackets and arithmetic
-    (``models/payloads/benign.py``) are added: the real benign sample has almost none,
-    and without them ``O'Brien`` and ``2 < 3`` look like attacks. Values whose normal
-    forms agree but whose labels disagree are dropped."""
-    from features.payload import TEXT_COLUMN, normalise, shape
+
+def payload_dataset(
+    path: Path | None = None,
+    name: str = "payload",
+    synthetic_benign: int = 3000,
+    api_benign: int = 8000,
+    corpora: bool = True,
+    access_log: bool = True,
+    max_attacks_per_source: int | None = 4000,
+    scored_only: bool = True,
+) -> Dataset:
+    """Attack (1) vs benign (0) over context-tagged values (``features.payload.in_context``),
+    deduplicated on (context, normal form), grouped by template so near-duplicates never
+    straddle a split.
+
+    Rows: the labelled table (``path``, default the bundled CSIC-based sample); the public
+    attack lists and generated attack families (``models/payloads/corpus.py``, nine classes);
+    benign values with quotes and brackets (``models/payloads/benign.py``), API value shapes,
+    header and cookie values, and a real access log's values
+    (``models/payloads/api_values.py``). A source's attacks of one class are sampled down to
+    ``max_attacks_per_source`` (the labelled sample's 12,000 SQL injections would otherwise
+    teach one list's style). A share of every class's attacks is copied into
+    headers, cookies and paths (the same group as the original). ``source`` names each row's
+    origin; rows of ``HELD_OUT_SOURCES`` are holdout-only (``Dataset.holdout_only``). Values
+    whose normal forms agree but whose labels disagree are dropped."""
+    import random
+
+    from features.payload import TEXT_COLUMN, cookie_pairs, in_context, normalise, shape
+    from features.request_parts import scored
     from models.payloads.benign import synthetic_benign as benign_values
 
+    frames = []
     df = read_payloads(path)
+    df = df.assign(context="param", source="csic" if path is None else "table", group=None)
+    frames.append(df)
     if synthetic_benign:
-        extra = pd.DataFrame({"payload": benign_values(synthetic_benign), "attack_type": BENIGN})
-        df = pd.concat([df, extra], ignore_index=True)
-    df = df[df["payload"].str.len() > 0]
-    norm = df["payload"].map(normalise)
-    labels_per_form = df.groupby(norm)["attack_type"].nunique()
+        frames.append(
+            pd.DataFrame(
+                {"payload": benign_values(synthetic_benign), "attack_type": BENIGN}
+            ).assign(context="param", source="synthetic-benign", group=None)
+        )
+    if corpora:
+        from models.payloads.corpus import corpus_attacks, generated_attacks
+
+        rows = list(corpus_attacks())
+        frames.append(
+            pd.DataFrame(rows, columns=["payload", "attack_type", "source"]).assign(
+                context="param", group=None
+            )
+        )
+        gen = list(generated_attacks())
+        frames.append(
+            pd.DataFrame(gen, columns=["payload", "attack_type", "group"]).assign(
+                context="param", source="generated"
+            )
+        )
+    if api_benign:
+        from models.payloads.api_values import api_benign as api_values
+        from models.payloads.api_values import eval_benign
+
+        cols = ["payload", "context", "family", "field"]
+        api = pd.DataFrame(api_values(api_benign), columns=cols)
+        frames.append(api.assign(attack_type=BENIGN, source="api-benign", group=None))
+        ev = pd.DataFrame(eval_benign(), columns=cols)
+        frames.append(ev.assign(attack_type=BENIGN, source="eval-benign", group=None))
+    if access_log:
+        from models.payloads.api_values import log_values
+
+        logs = pd.DataFrame(list(log_values()), columns=["payload", "context", "source", "field"])
+        frames.append(logs.assign(attack_type=BENIGN, group=None))
+    df = pd.concat(frames, ignore_index=True)
+    if max_attacks_per_source:  # one list's style must not drown the others
+        parts = []
+        for (_, cls), part in df.groupby(["source", "attack_type"], sort=False):
+            if cls != BENIGN and len(part) > max_attacks_per_source:
+                part = part.sample(max_attacks_per_source, random_state=5)
+            parts.append(part)
+        df = pd.concat(parts).sort_index()
+    # a Cookie header is read pair by pair, as the gateway reads it
+    cookie = (df["context"] == "cookie") & (df["attack_type"] == BENIGN)
+    values = pd.Series(
+        [[v for _, v in cookie_pairs(h)] for h in df["payload"][cookie]],
+        index=df.index[cookie],
+        dtype=object,
+    )
+    pairs = df[cookie].assign(payload=values)
+    df = pd.concat([df[~cookie], pairs.explode("payload")], ignore_index=True)
+    df = df[df["payload"].notna() & (df["payload"].str.len() > 0)]
+    df["group"] = df["group"].where(df["group"].notna(), df["payload"].map(shape))
+    if corpora:  # attacks arrive in headers, cookies and paths too
+        r = random.Random(11)
+        attacks = df[df["attack_type"] != BENIGN]
+        moved = attacks.sample(frac=_CONTEXT_SHARE, random_state=3)
+        ctx = [
+            r.choice(["header", "user-agent", "referer", "cookie", "path"])
+            if c != "path-traversal"
+            else r.choice(["path", "path", "header", "cookie"])
+            for c in moved["attack_type"]
+        ]
+        moved = moved.assign(context=ctx)
+        moved.loc[moved["context"] == "path", "payload"] = (
+            "/api/v1/files/" + moved.loc[moved["context"] == "path", "payload"]
+        )
+        df = pd.concat([df, moved], ignore_index=True)
+    # only what the gateway scores (features/request_parts.py): a plain number, an opaque
+    # token or an Accept-Language that fits its grammar is never shown to the model
+    if "field" not in df:
+        df["field"] = None
+    fields = df["field"].where(df["field"].notna(), None)
+    keep = [scored(c, v, f) for c, v, f in zip(df["context"], df["payload"], fields, strict=True)]
+    if scored_only:
+        df = df[keep]
+    df["tagged"] = [in_context(c, v) for c, v in zip(df["context"], df["payload"], strict=True)]
+    key = df["context"] + "\x1e" + df["payload"].map(normalise)
+    labels_per_form = df.groupby(key)["attack_type"].nunique()
     conflicting = set(labels_per_form[labels_per_form > 1].index)
-    keep = ~norm.isin(conflicting) & ~norm.duplicated()
+    keep = ~key.isin(conflicting) & ~key.duplicated()
     df = df[keep.to_numpy()].reset_index(drop=True)
     return Dataset(
-        X=pd.DataFrame({TEXT_COLUMN: df["payload"]}),
+        X=pd.DataFrame({TEXT_COLUMN: df["tagged"]}),
         y=(df["attack_type"] != BENIGN).astype(int),
         task="binary",
-        groups=df["payload"].map(shape),
+        groups=df["group"].astype(str),
         name=name,
         detail=df["attack_type"],
+        source=df["source"],
+        holdout_only=df["source"].isin(HELD_OUT_SOURCES),
     )
 
 

@@ -106,6 +106,11 @@ def make_splits(
             (r >= 1 - val_fraction - holdout_fraction) & (r < 1 - holdout_fraction),
             r >= 1 - holdout_fraction,
         )
+    if ds.holdout_only is not None:  # whole sources kept for evaluation, with their groups
+        only = ds.holdout_only.to_numpy().astype(bool)
+        if ds.groups is not None:
+            only |= ds.groups.isin(set(ds.groups[only])).to_numpy()
+        g_train, g_val, g_hold = g_train & ~only, g_val & ~only, g_hold | only
     if ds.time is not None:
         ti = (
             (pd.to_datetime(ds.time, utc=True) - pd.Timestamp(0, tz="UTC"))

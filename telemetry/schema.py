@@ -102,7 +102,8 @@ _FIELDS: list[tuple[str, pa.DataType, bool, str | None, str]] = [
         pa.string(),
         True,
         None,
-        "payload scanner: benign | sqli | xss | path-traversal | cmdi | unavailable",
+        "payload scanner: benign | <attack class> | unscanned (a budget ran out before the "
+        "request was read in full) | unavailable",
     ),
     (
         "scan_action",
@@ -110,6 +111,13 @@ _FIELDS: list[tuple[str, pa.DataType, bool, str | None, str]] = [
         True,
         None,
         "payload policy band: log | challenge | block | shadow_challenge | shadow_block",
+    ),
+    (
+        "scan_gap",
+        pa.string(),
+        True,
+        None,
+        "payload scanner: what was left unread when scan_label is unscanned",
     ),
     (
         "attributes",
@@ -183,6 +191,7 @@ class TelemetryEvent(BaseModel):
     scan_score: float | None = Field(default=None, ge=0, le=1)
     scan_label: str | None = None
     scan_action: str | None = None
+    scan_gap: str | None = None
     attributes: dict[str, str] | None = None
 
     @field_validator("timestamp")

