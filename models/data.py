@@ -427,9 +427,11 @@ def payload_dataset(
     if "field" not in df:
         df["field"] = None
     fields = df["field"].where(df["field"].notna(), None)
-    keep = [scored(c, v, f) for c, v, f in zip(df["context"], df["payload"], fields, strict=True)]
     if scored_only:
-        df = df[keep]
+        read = [
+            scored(c, v, f) for c, v, f in zip(df["context"], df["payload"], fields, strict=True)
+        ]
+        df = df[read]
     df["tagged"] = [in_context(c, v) for c, v in zip(df["context"], df["payload"], strict=True)]
     key = df["context"] + "\x1e" + df["payload"].map(normalise)
     labels_per_form = df.groupby(key)["attack_type"].nunique()
