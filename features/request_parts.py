@@ -181,31 +181,50 @@ class Extracted:
 
 def header_values(name: str, value: str, out: Extracted) -> None:
     """One header, handled by its field name (module docstring)."""
-    h = name.lower()
+    key = (name, value)
+    items = _HEADER_MEMO.get(key)
+    if items is None:
+        items = _header_items(name.lower(), value)
+        if len(_HEADER_MEMO) >= _HEADER_MEMO_SIZE:
+            _HEADER_MEMO.clear()
+        _HEADER_MEMO[key] = items
+    for context, v, part in items:
+        if not out.add(context, v, part):
+            return
+
+
+# what a header holds is a pure function of its name and value, and clients send the same
+# User-Agent, Accept-Language and cookies on every request: remembered, bounded
+_HEADER_MEMO: dict[tuple[str, str], tuple[tuple[str, str, str], ...]] = {}
+_HEADER_MEMO_SIZE = 50_000
+
+
+def _header_items(h: str, value: str) -> tuple[tuple[str, str, str], ...]:
+    """(context, value, part) for each piece of one header that needs the model."""
     if h in _SKIP or not value:
-        return
+        return ()
     part = f"header {h}"
     grammar = _GRAMMARS.get(h)
     if grammar is not None and grammar.match(value):
-        return
+        return ()
     if h == "cookie":
+        out = []
         for k, v in cookie_pairs(value):
             if k and not _PLAIN.match(k):
-                out.add("key", k, "cookie")
-            if not out.add("cookie", v, "cookie"):
-                return
-        return
+                out.append(("key", k, "cookie"))
+            out.append(("cookie", v, "cookie"))
+        return tuple(out)
     if h in _AUTH:
         scheme, _, rest = value.strip().partition(" ")
         rest = rest.strip()
         if _PLAIN.match(scheme) and (not rest or _skippable(rest) or _skippable(rest.rstrip("="))):
-            return  # a scheme and an opaque credential: nothing to read
+            return ()  # a scheme and an opaque credential: nothing to read
         if "=" in rest and ("," in rest or '"' in rest):
-            for m in _AUTH_PARAM.finditer(rest):
-                v = m.group(3) if m.group(3) is not None else m.group(2)
-                out.add("header", v, part)
-            return
-    out.add(_CONTEXT_OF.get(h, "header"), value, part)
+            return tuple(
+                ("header", m.group(3) if m.group(3) is not None else m.group(2), part)
+                for m in _AUTH_PARAM.finditer(rest)
+            )
+    return ((_CONTEXT_OF.get(h, "header"), value, part),)
 
 
 def _json_strings(text: str, out: Extracted, part: str) -> None:
@@ -323,7 +342,5 @@ def scored(context: str, value: str, field: str | None = None) -> bool:
         if grammar is not None and grammar.match(value):
             return False
         if h in _AUTH:
-            out = Extracted(ScanningSettings())
-            header_values(field, value, out)
-            return bool(out.values)
+            return any(not _skippable(v) for _, v, _ in _header_items(h, value))
     return True
