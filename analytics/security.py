@@ -118,7 +118,7 @@ def scan_clients(src: Source, f: Filters, n: int = 20) -> pd.DataFrame:
                max(scan_score) AS max_score,
                count_if(ratelimit_decision IN ('scan_block', 'scan_challenge'))::BIGINT AS refused,
                max(timestamp) AS last
-            FROM ev WHERE scan_label NOT IN ('benign', 'unavailable') GROUP BY client_id
+            FROM ev WHERE scan_label NOT IN ('benign', 'unavailable', 'unscanned') GROUP BY client_id
             ORDER BY attack_requests DESC, client_id LIMIT {int(n)}""",
         f,
     )

@@ -466,12 +466,14 @@ def profile_gateway(
     root: Path,
     upstream_port: int,
     scorer_port: int,
+    scanner: Path | None = None,
 ) -> str:
     """One gateway worker under load (64 connections), sampled by py-spy (cProfile if absent)."""
     groot = root / "profile"
     groot.mkdir()
     scoring = a.profile_case == "gateway+score"
-    cfg = gateway_config(groot, upstream_port, scorer_port if scoring else None)
+    scan = scanner if a.profile_case == "gateway+scan" else None
+    cfg = gateway_config(groot, upstream_port, scorer_port if scoring else None, scan)
     key = add_consumer(cfg)
     port = free_port()
     url = f"http://127.0.0.1:{port}{PATH}"
@@ -656,7 +658,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gatewise-gwbench-"))
     os.chmod(root, 0o755)
     lua = write_wrk_script(root / "report.lua", query_lua(a.query_values) if a.query_values else "")
-    scanner = build_scanner(root) if "gateway+scan" in a.cases else None
+    wants_scan = "gateway+scan" in a.cases or (
+        (a.profile or a.profile_only) and a.profile_case == "gateway+scan"
+    )
+    scanner = build_scanner(root) if wants_scan else None
     profile_text = ""
     try:
         # the upstream and the fake scorer stay up for the whole run
@@ -715,7 +720,7 @@ def main() -> None:
                         flush=True,
                     )
         if a.profile or a.profile_only:
-            profile_text = profile_gateway(a, procs, wrk, lua, root, up_port, sc_port)
+            profile_text = profile_gateway(a, procs, wrk, lua, root, up_port, sc_port, scanner)
     finally:
         procs.stop_all()
         shutil.rmtree(root, ignore_errors=True)

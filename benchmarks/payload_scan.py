@@ -71,6 +71,7 @@ class Case:
     source: str
     context: str
     kind: str = "value"  # value | log-request | variant:<how>
+    value: str = ""
 
 
 def _bucket(value: str, n: int) -> int:
@@ -110,9 +111,8 @@ def request_for(value: str, context: str, field: str | None = None) -> Req:
             return Req("GET", "/api/v1/account", {**h, "Cookie": _no_breaks(value)})
         v = quote(value, safe="") if any(c in value for c in ";\r\n") else value
         return Req("GET", "/api/v1/account", {**h, "Cookie": f"session={v}"})
-    name = {"user-agent": "User-Agent", "referer": "Referer"}.get(context)
-    if name is None:
-        name = field or ATTACK_HEADERS[_bucket(value, len(ATTACK_HEADERS))]
+    fixed = {"user-agent": "User-Agent", "referer": "Referer"}.get(context)
+    name = fixed or field or ATTACK_HEADERS[_bucket(value, len(ATTACK_HEADERS))]
     return Req("GET", "/api/v1/items", {**h, name: _no_breaks(value)})
 
 
@@ -130,11 +130,11 @@ def build_cases(ds: Any, hold: np.ndarray, rng: random.Random) -> list[Case]:
             continue  # sent whole below
         ctx, v = split_context(str(tagged))
         field = fields.get((v, ctx)) if c == BENIGN else None
-        cases.append(Case(request_for(v, ctx, field), str(c), str(s), ctx))
+        cases.append(Case(request_for(v, ctx, field), str(c), str(s), ctx, value=v))
     # every value of the families training never saw, including the header values the
     # gateway checks by grammar instead of scoring (the training data leaves those out)
     for v, ctx, _, field in eval_benign():
-        cases.append(Case(request_for(v, ctx, field), BENIGN, "eval-benign", ctx))
+        cases.append(Case(request_for(v, ctx, field), BENIGN, "eval-benign", ctx, value=v))
     for r in log_requests(part="eval"):
         h = {**BASE, "User-Agent": r["ua"]}
         if r["referer"] != "-":
@@ -265,6 +265,7 @@ def main() -> None:
     ds = payload_dataset(scored_only=False)
     sp = make_splits(ds, 0.2)
     hold = np.array([i for i in sp.holdout if ds.X["payload"].iloc[i] not in trained_on])
+    assert ds.detail is not None
     truth_all = ds.detail.to_numpy().astype(str)
     print(
         f"{len(train_ds.y):,} distinct values the gateway scores, {len(trained_on):,} trained "
@@ -362,12 +363,7 @@ def main() -> None:
     print(f"gatewise unscanned verdicts: {dict(unscanned)}")
     print(f"gatewise: {per_req * 1e6:.0f} us per request (extraction + scoring, cache on)")
     fps = [
-        (
-            c.source,
-            c.context,
-            c.req.target[:80],
-            {k: v for k, v in c.req.headers.items() if k not in BASE},
-        )
+        (c.source, c.context, c.value[:80] or c.req.target[:80])
         for c, f in zip(cases, judges["gatewise"], strict=True)
         if f and c.truth == BENIGN
     ]

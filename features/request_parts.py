@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote
+from typing import Any
+from urllib.parse import parse_qsl, unquote, unquote_plus
 
 from config.gateway import ScanningSettings
 from features.payload import cookie_pairs, in_context
@@ -36,6 +36,7 @@ from features.payload import cookie_pairs, in_context
 __all__ = ["Extracted", "extract", "header_values", "scored"]
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_\-.~]*$")
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9_\-.~/]*$")
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-+/.]{16,}={0,2}$")
 _JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:)?', re.S)
@@ -135,19 +136,22 @@ def _skippable(v: str) -> bool:
     )
 
 
-@dataclass
 class Extracted:
     """The tagged values to scan, in request order, and the gaps (``"<part>: <reason>"``)."""
 
-    cfg: ScanningSettings
-    values: list[str] = field(default_factory=list)
-    gaps: list[str] = field(default_factory=list)
-    scanned_bytes: int = 0
-    _seen: set[str] = field(default_factory=set)
+    __slots__ = ("_seen", "cfg", "gaps", "scanned_bytes", "values")
 
-    def add(self, context: str, value: str, part: str) -> bool:
-        """Queue one value (windowed when long); False once a budget is exhausted."""
-        if not value or _skippable(value):
+    def __init__(self, cfg: ScanningSettings) -> None:
+        self.cfg = cfg
+        self.values: list[str] = []
+        self.gaps: list[str] = []
+        self.scanned_bytes = 0
+        self._seen: set[str] = set()
+
+    def add(self, context: str, value: str, part: str, checked: bool = False) -> bool:
+        """Queue one value (windowed when long); False once a budget is exhausted.
+        ``checked``: the caller already knows the value is not skippable."""
+        if not checked and (not value or _skippable(value)):
             return True
         cap, limit = self.cfg.max_value_bytes, self.cfg.max_values
         pieces = [value]
@@ -184,12 +188,14 @@ def header_values(name: str, value: str, out: Extracted) -> None:
     key = (name, value)
     items = _HEADER_MEMO.get(key)
     if items is None:
-        items = _header_items(name.lower(), value)
+        items = tuple(
+            i for i in _header_items(name.lower(), value) if i[1] and not _skippable(i[1])
+        )
         if len(_HEADER_MEMO) >= _HEADER_MEMO_SIZE:
             _HEADER_MEMO.clear()
         _HEADER_MEMO[key] = items
     for context, v, part in items:
-        if not out.add(context, v, part):
+        if not out.add(context, v, part, checked=True):
             return
 
 
@@ -197,6 +203,18 @@ def header_values(name: str, value: str, out: Extracted) -> None:
 # User-Agent, Accept-Language and cookies on every request: remembered, bounded
 _HEADER_MEMO: dict[tuple[str, str], tuple[tuple[str, str, str], ...]] = {}
 _HEADER_MEMO_SIZE = 50_000
+
+
+_RAW_MEMO: dict[tuple[bytes, bytes], tuple[tuple[str, str, str], ...]] = {}
+
+
+def _remember_raw(name: bytes, value: bytes) -> tuple[tuple[str, str, str], ...]:
+    h, v = name.decode("latin-1").lower(), value.decode("latin-1")
+    items = tuple(i for i in _header_items(h, v) if i[1] and not _skippable(i[1]))
+    if len(_RAW_MEMO) >= _HEADER_MEMO_SIZE:
+        _RAW_MEMO.clear()
+    _RAW_MEMO[(name, value)] = items
+    return items
 
 
 def _header_items(h: str, value: str) -> tuple[tuple[str, str, str], ...]:
@@ -272,32 +290,58 @@ def _multipart(body: bytes, ctype: str, out: Extracted) -> None:
             return
 
 
+def query_pairs(query: str) -> list[tuple[str, str]]:
+    """``parse_qsl(query)`` (``&``-separated, blank values dropped), decoding only the
+    parts that hold ``%`` or ``+``: most query strings hold neither."""
+    out = []
+    for part in query.split("&"):
+        k, _, v = part.partition("=")
+        if not v:
+            continue
+        if "%" in k or "+" in k:
+            k = unquote_plus(k)
+        if "%" in v or "+" in v:
+            v = unquote_plus(v)
+        out.append((k, v))
+    return out
+
+
 def extract(
     path: str,
     query: str,
-    headers: Iterable[tuple[str, str]],
+    headers: Iterable[tuple[Any, Any]],
     body: bytes,
     content_type: str | None,
     cfg: ScanningSettings,
     body_length: int | None = None,
 ) -> Extracted:
-    """The values of one request (see the module docstring). ``body_length`` is the body's
-    declared size when only part of it was read (``body`` is then that part)."""
+    """The values of one request (see the module docstring). ``headers``: (name, value)
+    text pairs, or an ASGI scope's raw byte pairs (lower-case names). ``body_length`` is the
+    body's declared size when only part of it was read (``body`` is then that part)."""
     out = Extracted(cfg)
-    segments = path.split("/")
-    if any(s in (".", "..") or not _PLAIN.match(s) for s in segments):
+    if not _PLAIN_PATH.match(path) or "/." in path:
         out.add("path", unquote(path), "path")
     if query:
         # values stay as sent (percent-encoded): the scanner decodes them and counts the
         # decoding rounds
-        for k, v in parse_qsl(query, keep_blank_values=False):
+        for k, v in query_pairs(query):
             if not _PLAIN.match(k):
                 out.add("key", k, "query")
             if not out.add("param", v, "query"):
                 break
     if cfg.scan_headers:
+        skip = cfg.skip_headers
         for name, value in headers:
-            if name.lower() in cfg.skip_headers:
+            if isinstance(name, bytes):  # an ASGI scope's raw pairs: decoded on a memo miss
+                items = _RAW_MEMO.get((name, value))
+                if items is None:
+                    items = _remember_raw(name, value)
+                if items and not (skip and name.decode("latin-1") in skip):
+                    for context, v, part in items:
+                        if not out.add(context, v, part, checked=True):
+                            break
+                continue
+            if name.lower() in skip:
                 continue
             header_values(name, value, out)
     size = max(len(body), body_length or 0)

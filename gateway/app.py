@@ -392,17 +392,23 @@ class Gateway:
         target = self.core.policy.targets.get(sc.target)
         if target is not None and target.for_route(method, route)[0] == "off":
             return None  # switched off for this route: no scanning cost, no verdict recorded
+        scope = request.scope
+        raw: list[tuple[bytes, bytes]] = scope["headers"]
+        ctype, length = None, b""
+        for k, v in raw:
+            if k == b"content-type":
+                ctype = v.decode("latin-1")
+            elif k == b"content-length":
+                length = v
         body = b""
-        if request.method not in ("GET", "HEAD", "OPTIONS", "DELETE") or request.headers.get(
-            "content-length"
-        ):
+        if length or request.method not in ("GET", "HEAD", "OPTIONS", "DELETE"):
             body = await request.body()  # cached by Starlette: forwarding reads it again
         ex = extract(
-            request.url.path,
-            request.url.query,
-            request.headers.items() if sc.scan_headers else (),
+            scope["path"],
+            scope["query_string"].decode("latin-1"),
+            raw if sc.scan_headers else (),
             body,
-            request.headers.get("content-type"),
+            ctype,
             sc,
         )
         if not ex.values and not ex.gaps:

@@ -43,7 +43,7 @@ UNSCANNED = "unscanned"
 BENIGN = "benign"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScanResult:
     label: str | None  # benign | <attack class> | unscanned | unavailable | None (not scanned)
     score: float | None

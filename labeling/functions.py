@@ -171,7 +171,7 @@ def window_table(
                    AS automation_share_5m,
                sum(regexp_matches(coalesce(url_path, ''), {_sql_str(_glob_regex(cfg.canary_routes))})::INT)::DOUBLE
                    AS canary_hits_5m,
-               sum((scan_label IS NOT NULL AND scan_label NOT IN ('benign', 'unavailable'))::INT)::DOUBLE
+               sum((scan_label IS NOT NULL AND scan_label NOT IN ('benign', 'unavailable', 'unscanned'))::INT)::DOUBLE
                    AS scan_attacks_5m,
                coalesce(max(p.n), 0)::DOUBLE AS network_failing_clients_5m
         FROM ev LEFT JOIN (SELECT client_id, event_timestamp, max(n) AS n FROM per_net GROUP BY ALL) p

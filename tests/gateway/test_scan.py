@@ -484,3 +484,12 @@ def test_unscanned_is_recorded_counted_and_acts_where_enforced(gw_settings, comp
     assert put["scan_gap"] == "json body: more than 50 values"
     assert sorted(post["scan_label"]) == ["benign", "unscanned"]
     assert post.loc[post["scan_label"] == "unscanned", "scan_action"].tolist() == ["challenge"]
+
+
+def test_query_pairs_match_parse_qsl():
+    from urllib.parse import parse_qsl
+
+    from features.request_parts import query_pairs
+
+    for q in ["a=1&b=&c=x+y&d=%27&e", "q=red+shoes&page=2&x=%3Cb%3E", "&&a=1&=2&k%20=v", "a=1;b=2"]:
+        assert query_pairs(q) == parse_qsl(q), q
