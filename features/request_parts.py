@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, unquote, unquote_plus
 from config.gateway import ScanningSettings
 from features.payload import cookie_pairs, in_context
 
-__all__ = ["Extracted", "extract", "header_values", "scored"]
+__all__ = ["Extracted", "extract", "header_values", "query_pairs", "scored"]
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_\-.~]*$")
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9_\-.~/]*$")
