@@ -415,6 +415,7 @@ def run_automl(
             },
         )
         mlflow.log_artifact(str(art / "gate.json"))
+        _log_compiled(model, ds.X, Xh, ds.task, threshold, art)
         sample = ds.X.iloc[splits.fit[:200]]
         info = mlflow.sklearn.log_model(
             model,
@@ -474,6 +475,31 @@ def run_automl(
         warnings,
         time.perf_counter() - t0,
     )
+
+
+def _log_compiled(
+    model: Any, X: pd.DataFrame, holdout: pd.DataFrame, task: str, threshold: Any, art: Path
+) -> None:
+    """The champion's compiled form beside it (``models/compiled.py``): run artifacts under
+    ``compiled/``, whether it converted or not (``compiled.json`` says why not)."""
+    import mlflow
+
+    from models.compiled import ARTIFACT_DIR, export
+
+    if is_text(X):
+        return  # the payload scanner has its own compact export (features/scanner.py)
+    check = holdout if len(holdout) else X
+    e = export(model, list(X.columns), check, task, threshold)
+    d = e.write(art / ARTIFACT_DIR)
+    mlflow.log_artifacts(str(d), ARTIFACT_DIR)
+    mlflow.set_tag("compiled", e.status if not e.reason else f"{e.status}: {e.reason[:200]}")
+    if e.info.get("compiled_us_per_call"):
+        mlflow.log_metrics(
+            {
+                "compiled_us_per_call": e.info["compiled_us_per_call"],
+                "pipeline_us_per_call": e.info["pipeline_us_per_call"],
+            }
+        )
 
 
 def _requirements() -> list[str]:

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,11 +66,29 @@ class Loaded:
     metrics: dict[str, float]
     dtypes: dict[str, str]
     loaded_at: float = field(default_factory=time.time)
+    fast: Any = None  # models.compiled.CompiledModel when the compiled form was accepted
+    form: str = "pipeline"
+    form_reason: str = "no compiled form checked"
+    reader: Any = None  # features.online_read.OnlineReader for this version's service
+    read_path: str = "sdk"
+    read_reason: str = ""
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        if self.fast is not None:
+            return self.fast.predict_frame(X)
+        return self.predict_pipeline(X)
+
+    def predict_pipeline(self, X: pd.DataFrame) -> np.ndarray:
         if self.task in ("binary", "anomaly"):  # an anomaly model's score is its class-1 column
             return np.asarray(self.model.predict_proba(X[self.features])[:, 1], dtype=float)
         return np.asarray(self.model.predict(X[self.features]), dtype=float)
+
+    def predict_matrix(self, M: np.ndarray) -> np.ndarray:
+        """Scores for a float matrix in ``features`` order: numpy in, numpy out when the
+        compiled form serves; a frame only for the pipeline."""
+        if self.fast is not None:
+            return self.fast.predict_matrix(M)
+        return self.predict_pipeline(pd.DataFrame(M, columns=self.features))
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -81,6 +100,10 @@ class Loaded:
             "threshold": self.threshold,
             "feature_service": self.feature_service,
             "features": len(self.features),
+            "form": self.form,
+            "form_reason": self.form_reason,
+            "online_read": self.read_path,
+            "online_read_reason": self.read_reason,
             "training_metrics": self.metrics,
             "loaded_at": self.loaded_at,
         }
@@ -155,10 +178,60 @@ class Runtime:
                 example = ex
         except Exception:  # an example is a courtesy; zeros still exercise the pipeline
             pass
-        out = loaded.predict(example)
+        out = loaded.predict_pipeline(example)
         if not np.all(np.isfinite(out)):
             raise ValueError(f"{uri}: smoke prediction is not finite ({out[:3]})")
+        if self.settings.serving.compiled:
+            self._attach_compiled(loaded, info.run_id, example)
+        else:
+            loaded.form_reason = "serving.compiled is off"
         return loaded
+
+    def _attach_compiled(self, m: Loaded, run_id: str | None, example: pd.DataFrame) -> None:
+        """Serve the compiled form only if it gives the pipeline's answers on the check rows
+        logged with it and on the input example (``models.compiled.verify``); otherwise the
+        pipeline serves and ``form_reason`` says why (``/metadata``, the log)."""
+        import mlflow
+
+        from models.compiled import ARTIFACT_DIR
+
+        try:
+            d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_DIR)
+        except Exception:
+            m.form_reason = "no compiled form logged with this version"
+            return
+        self.attach_compiled_from(m, Path(d), example)
+
+    def attach_compiled_from(self, m: Loaded, d: Path, example: pd.DataFrame) -> None:
+        """``_attach_compiled`` on a downloaded ``compiled/`` directory."""
+        from models.compiled import CompiledModel, load_dir, verify
+
+        m.fast, m.form = None, "pipeline"
+        meta, blob, check = load_dir(d)
+        if blob is None:
+            m.form_reason = f"not compiled at registration: {meta.get('reason') or 'no model.onnx'}"
+            log.info("%s v%s serves the pipeline: %s", m.name, m.version, m.form_reason)
+            return
+        rows = example if check is None else pd.concat([check, example], ignore_index=True)
+        try:
+            fast = CompiledModel(blob, m.features)
+        except Exception as exc:
+            m.form_reason = (
+                f"compiled form refused: it does not load ({type(exc).__name__}: {exc})"[:300]
+            )
+            log.warning("%s v%s: %s", m.name, m.version, m.form_reason)
+            return
+        v = verify(fast, m.model, rows, m.threshold)
+        if not v.ok:
+            m.form_reason = f"compiled form refused: {v.reason}"
+            log.warning("%s v%s: %s; the pipeline serves", m.name, m.version, m.form_reason)
+            return
+        m.fast, m.form = fast, "onnx"
+        m.form_reason = (
+            f"matches the pipeline on {v.rows} rows (max |diff| {v.max_abs_diff:.1e}, "
+            f"same decisions at the threshold)"
+        )
+        log.info("%s v%s serves its compiled form: %s", m.name, m.version, m.form_reason)
 
     def ensure(self, target: str, alias: str = "champion") -> Loaded:
         """The loaded model for target@alias, loading it on first use."""
@@ -231,6 +304,32 @@ class Runtime:
             hit = self._services[name] = (fs, view.entity_columns[0].name)
         return hit
 
+    def _reader(self, m: Loaded) -> Any:
+        """The version's direct online reader (refs resolved once), or None: the SDK path."""
+        if m.reader is not None or m.read_reason:
+            return m.reader
+        if self.settings.serving.online_read != "direct":
+            m.read_reason = "serving.online_read is sdk"
+            return None
+        from features.online_read import OnlineReader, UnsupportedFeature
+
+        self._feature_service(m.feature_service)  # the store, opened once
+        try:
+            r = OnlineReader(self._store, m.feature_service)
+            missing = [f for f in m.features if f not in set(r.columns)]
+            if missing:
+                raise UnsupportedFeature(f"{missing[0]!r} is not in {m.feature_service}")
+        except UnsupportedFeature as exc:
+            m.read_reason = f"SDK reads: {exc}"
+            log.info("%s v%s: %s", m.name, m.version, m.read_reason)
+            return None
+        m.reader, m.read_path, m.read_reason = (
+            r,
+            "direct",
+            "provider online_read, refs resolved once",
+        )
+        return r
+
     def online(self, service: str, ids: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
         """Feature rows for ``ids`` and each row's freshness (seconds since its newest value)."""
         fs, key = self._feature_service(service)
@@ -246,11 +345,21 @@ class Runtime:
 
     def score(self, target: str, ids: list[str], alias: str = "champion") -> dict[str, Any]:
         m = self.ensure(target, alias)
-        X, fresh = self.online(m.feature_service, ids)
-        known = ~X[m.features].isna().all(axis=1).to_numpy()
         scores = np.full(len(ids), np.nan)
-        if known.any():
-            scores[known] = m.predict(X.loc[known])
+        r = self._reader(m)
+        if r is not None:  # numpy from the store to the model
+            M, newest = r.read(ids, m.features)
+            fresh = np.where(newest > 0, time.time() - newest, np.nan)
+            known = ~np.isnan(M).all(axis=1)
+            if known.all():
+                scores = m.predict_matrix(M)
+            elif known.any():
+                scores[known] = m.predict_matrix(M[known])
+        else:  # the SDK and a frame (a service with non-numeric features)
+            X, fresh = self.online(m.feature_service, ids)
+            known = ~X[m.features].isna().all(axis=1).to_numpy()
+            if known.any():
+                scores[known] = m.predict(X.loc[known])
         results = []
         for i, e in enumerate(ids):
             if not known[i]:
