@@ -111,6 +111,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = REPO / "benchmarks" / "results" / "serving.jsonl"
 TARGET = "abuse"
+WORKERS = 1  # --workers: both servers get the same number
 P99_TARGET_MS = 10.0
 HEADERS = {"content-type": "application/json"}
 
@@ -200,6 +201,7 @@ def start_ours(procs: Procs, s: Settings, port: int, logdir: Path) -> subprocess
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     env = service_env(s)
     env["GATEWISE_SERVE_TARGETS"] = TARGET
+    env["GATEWISE_SERVE_WORKERS"] = str(WORKERS)
     p = procs.start(cmd, log, cwd=REPO, env=env)
     wait_http(f"http://127.0.0.1:{port}/readyz", proc=p, log=log, timeout=240)
     procs.note(p)
@@ -211,7 +213,7 @@ def start_mlflow(procs: Procs, s: Settings, port: int, logdir: Path) -> subproce
     exe = BIN / "mlflow"
     uri = f"models:/{s.registered_model(TARGET)}@champion"
     cmd = [str(exe) if exe.exists() else "mlflow", "models", "serve", "-m", uri]
-    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(WORKERS)]
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": s.mlflow_uri,
@@ -541,6 +543,26 @@ def profile_inprocess(
 
     store.get_online_features = gof
     m.predict = predict  # type: ignore[method-assign]
+    # the fast path (issue 26): the direct online read and the compiled form, numpy only
+    fast_reader = rt._reader(m)
+    orig_read = fast_reader.read if fast_reader is not None else None
+    orig_pm = m.predict_matrix
+
+    def read(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        out = orig_read(*a, **k)  # type: ignore[misc]
+        acc.add(f"direct online read ({fast_reader.path})", time.perf_counter() - t)
+        return out
+
+    def predict_matrix(M: Any) -> Any:
+        t = time.perf_counter()
+        out = orig_pm(M)
+        acc.add(f"model ({m.form}) on the matrix", time.perf_counter() - t)
+        return out
+
+    if fast_reader is not None:
+        fast_reader.read = read  # type: ignore[method-assign]
+    m.predict_matrix = predict_matrix  # type: ignore[method-assign]
     reader = direct_sqlite_reader(rt, m, s)
     out: dict[str, Any] = {"model": _describe_model(m.model)}
     for batch, id_lists in id_lists_by_batch.items():
@@ -555,7 +577,7 @@ def profile_inprocess(
         stages = {k: np.asarray(v) for k, v in acc.t.items()}
         tot = np.asarray(total)
         rest = tot - sum(stages.values())
-        stages["pandas frame, freshness, result dicts (rest)"] = rest
+        stages["freshness, result dicts (rest)"] = rest
         res: dict[str, Any] = {
             "calls": calls,
             "total_p50_ms": float(np.median(tot) * 1000),
@@ -568,6 +590,9 @@ def profile_inprocess(
         res["alternatives_p50_ms"] = alt
         out[f"batch_{batch}"] = res
     store.get_online_features = orig_gof
+    m.predict, m.predict_matrix = orig_predict, orig_pm  # type: ignore[method-assign]
+    if fast_reader is not None:
+        fast_reader.read = orig_read  # type: ignore[method-assign]
     # the service's background alias check (every GATEWISE_SERVE_REFRESH_S, default 2 s)
     ts = []
     for _ in range(30):
@@ -691,9 +716,14 @@ def main() -> None:
         "--pyspy-out", type=Path, help="keep py-spy's raw stacks (flamegraph input) here"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--workers", type=int, default=1, help="worker processes of both servers (same number)"
+    )
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--no-save", action="store_true")
     a = ap.parse_args()
+    global WORKERS
+    WORKERS = a.workers
     exit_on_signals()  # every server started here is killed on the way out
 
     s = prepare(a.data_dir.resolve(), a.clients)
@@ -712,7 +742,9 @@ def main() -> None:
     model_desc = _describe_model(m.model)
     print(
         f"{machine()}\nmodel {m.name} v{m.version}: {model_desc}, {len(m.features)} features; "
-        f"{len(ids)} known clients; online store {s.features.online_store}",
+        f"{len(ids)} known clients; online store {s.features.online_store}; served as "
+        f"{m.form} ({m.form_reason}); online read {m.read_path if rt._reader(m) else 'sdk'}; "
+        f"{WORKERS} worker(s) per server",
         flush=True,
     )
     loadgens = ["httpx", "wrk"] if a.loadgen == "both" else [a.loadgen]
@@ -835,10 +867,11 @@ def main() -> None:
                         cr = ml["server_cpu_ms_per_req"] / o["server_cpu_ms_per_req"]
                         summary[f"cpu_efficiency_ratio_{lg}_b{b}_c{c}"] = cr
                         cpu = f"; server CPU per request mlflow/ours {cr:.2f}x"
-                    verdict = "met" if ratio >= 2 else "NOT met"
+                    want = 5 if b == 1 else 2  # issue 26: >= 5x at one id, >= 2x at 64
+                    verdict = "met" if ratio >= want else "NOT met"
                     print(
                         f"  {b:>2} ids/call, {c} conns, {lg}: ours {o['rps']:,.0f} req/s vs mlflow "
-                        f"{ml['rps']:,.0f} req/s = {ratio:.2f}x (target >= 2x: {verdict}){cpu}"
+                        f"{ml['rps']:,.0f} req/s = {ratio:.2f}x (target >= {want}x: {verdict}){cpu}"
                     )
     c_lat = 8 if 8 in a.conns else max(a.conns)
     for lg in loadgens:

@@ -19,6 +19,13 @@ class ServingSettings(BaseModel):
     port: int = Field(3000, ge=1, le=65535)
     targets: list[str] = Field(default_factory=lambda: ["abuse"], description="loaded at start")
     refresh_s: float = Field(2.0, gt=0, description="how often aliases are checked for a move")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="BentoML worker processes; each loads the champion and its own store"
+        " connection (docs/benchmarks.md: what a second worker buys on two cores)",
+    )
     compiled: bool = Field(
         True,
         description="serve a champion's compiled (ONNX) form when it matches the pipeline on"

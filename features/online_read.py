@@ -30,6 +30,7 @@ at construction (the caller keeps the SDK path for such a service).
 from __future__ import annotations
 
 import sqlite3
+import struct
 import threading
 import time
 from datetime import UTC, datetime
@@ -213,10 +214,10 @@ class OnlineReader:
                 if t > newest[i]:
                     newest[i] = t
                 if j is not None:
-                    v = _Value.FromString(val)
-                    kind = v.WhichOneof("val")
-                    if kind in _NUMERIC:
-                        out[i, j] = float(getattr(v, kind))
+                    if len(val) == 9 and val[0] == 0x29:  # double_val: tag 5, fixed64
+                        out[i, j] = _DOUBLE(val, 1)[0]
+                    else:
+                        out[i, j] = _number(val)
 
     def _read_redis(
         self, keys: list[Any], where: dict[str, int], out: np.ndarray, newest: np.ndarray
@@ -241,10 +242,10 @@ class OnlineReader:
                     if t > newest[i]:
                         newest[i] = t
                 elif j is not None:
-                    v = _Value.FromString(raw)
-                    kind = v.WhichOneof("val")
-                    if kind in _NUMERIC:
-                        out[i, j] = float(getattr(v, kind))
+                    if len(raw) == 9 and raw[0] == 0x29:
+                        out[i, j] = _DOUBLE(raw, 1)[0]
+                    else:
+                        out[i, j] = _number(raw)
 
     def _read_provider(
         self, keys: list[Any], where: dict[str, int], out: np.ndarray, newest: np.ndarray
@@ -268,6 +269,16 @@ class OnlineReader:
                     kind = v.WhichOneof("val")
                     if kind in _NUMERIC:
                         out[i, where[n]] = float(getattr(v, kind))
+
+
+_DOUBLE = struct.Struct("<d").unpack_from  # Feast's Float64: Value{double_val} = 0x29 + 8 bytes
+
+
+def _number(raw: bytes) -> float:
+    """A serialized ``feast.types.Value`` as a float (NaN: empty or not a number)."""
+    v = _Value.FromString(raw)
+    kind = v.WhichOneof("val")
+    return float(getattr(v, kind)) if kind in _NUMERIC else np.nan
 
 
 def _epoch(ts: Any) -> float:

@@ -167,11 +167,44 @@ def export_champion(settings: Settings, target: str = "payload") -> dict[str, An
         if not isinstance(model, PayloadModel):
             raise NotCompactError(f"{type(model).__name__} is not a payload model")
         compact = compact_scanner(model, str(mv.version))
+        problem = check_compact(compact, model)
+        if problem:  # the same rule as a compiled champion (models/compiled.py)
+            raise NotCompactError(f"compact export refused: {problem}")
     except NotCompactError as exc:
         path.unlink(missing_ok=True)
         return {"version": str(mv.version), "remote": str(exc)}
     compact.save(path)
     return {"version": str(mv.version), "path": str(path), "family": compact.family}
+
+
+def check_values() -> list[str]:
+    """Values the compact form is compared on before it is written: benign API values and
+    generated attacks in several contexts, tagged as the gateway tags them."""
+    from features.payload import in_context
+    from models.payloads.api_values import api_benign
+    from models.payloads.corpus import generated_attacks
+
+    vals = [in_context(ctx, v) for v, ctx, _, _ in api_benign(400, seed=11)]
+    ctxs = ("param", "header", "cookie", "body", "path")
+    for i, (v, _, _) in enumerate(generated_attacks(per_template=1, seed=11)):
+        vals.append(in_context(ctxs[i % len(ctxs)], v))
+    return [*vals, "", "  ", "é' <x>", "1" * 5000]
+
+
+def check_compact(
+    compact: CompactScanner, model: PayloadModel, values: list[str] | None = None
+) -> str:
+    """'' when the compact form gives the model's labels and scores (within 1e-5) on the
+    check values, else what differs."""
+    vals = check_values() if values is None else values
+    full, fast = model.scan(vals), compact.scan(vals)
+    labels = sum(a[0] != b[0] for a, b in zip(full, fast, strict=True))
+    if labels:
+        return f"{labels} of {len(vals)} labels differ from the registered model"
+    diff = max((abs(a[1] - b[1]) for a, b in zip(full, fast, strict=True)), default=0.0)
+    if diff > 1e-5:
+        return f"scores differ from the registered model by up to {diff:.2e}"
+    return ""
 
 
 def load_scanner(settings: Any, target: str = "payload", alias: str = "champion") -> Any:

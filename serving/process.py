@@ -27,6 +27,7 @@ def service_env(settings: Settings, config: Path | None = None) -> dict[str, str
         "GATEWISE_DATA_DIR": str(settings.data_dir.resolve()),
         "GATEWISE_SERVE_REFRESH_S": str(settings.serving.refresh_s),
         "GATEWISE_SERVE_TARGETS": ",".join(settings.serving.targets),
+        "GATEWISE_SERVE_WORKERS": str(settings.serving.workers),
         "BENTOML_DO_NOT_TRACK": "true",
         "BENTOML_HOME": str((settings.data_dir / "bentoml").resolve()),
     }

@@ -42,7 +42,8 @@ def _settings() -> Any:
 @bentoml.service(
     name="gatewise_scorer",
     traffic={"timeout": 10, "max_concurrency": 512},
-    workers=1,
+    # serving.workers, passed by serving/process.py (the decorator runs at import)
+    workers=int(os.environ.get("GATEWISE_SERVE_WORKERS", "1")),
 )
 class Scorer:
     def __init__(self) -> None:

@@ -226,6 +226,19 @@ def test_compact_export_gives_the_pipeline_numbers(trained, tmp_path):
     ).all()
 
 
+def test_a_compact_export_that_differs_is_refused(trained):
+    """The compiled-champion rule for the scanner: compared with the model before it is
+    written; a tampered export (one weight moved) is named, a faithful one passes."""
+    from models.payload import check_compact, compact_scanner
+
+    _, _, model = trained
+    compact = compact_scanner(model, "5")
+    assert check_compact(compact, model) == ""
+    compact.w = compact.w * 1.5  # the same shape, other numbers
+    problem = check_compact(compact, model)
+    assert "differ" in problem
+
+
 def test_non_linear_detector_is_not_exported(trained):
     from models.payload import NotCompactError, PayloadModel, compact_scanner
     from models.search import build_model
