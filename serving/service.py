@@ -72,6 +72,13 @@ class Scorer:
             except Exception as exc:
                 log.warning("could not warm the online store for %s: %s", t, exc)
         self.runtime.start_refresher(float(os.environ.get("GATEWISE_SERVE_REFRESH_S", "2")))
+        # everything loaded so far (MLflow, Feast, BentoML, the model: millions of objects)
+        # lives as long as the worker: out of the collector's sight, so a full collection
+        # does not walk it while requests wait
+        import gc
+
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         for t in self.preload:
