@@ -489,7 +489,12 @@ def _log_compiled(
     if is_text(X):
         return  # the payload scanner has its own compact export (features/scanner.py)
     check = holdout if len(holdout) else X
-    e = export(model, list(X.columns), check, task, threshold)
+    try:
+        e = export(model, list(X.columns), check, task, threshold)
+    except Exception as exc:  # compiling is an optimisation: it never fails a training
+        from models.compiled import Export
+
+        e = Export("refused", f"export failed: {type(exc).__name__}: {exc}"[:500])
     d = e.write(art / ARTIFACT_DIR)
     mlflow.log_artifacts(str(d), ARTIFACT_DIR)
     mlflow.set_tag("compiled", e.status if not e.reason else f"{e.status}: {e.reason[:200]}")
