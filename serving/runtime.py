@@ -323,11 +323,8 @@ class Runtime:
             m.read_reason = f"SDK reads: {exc}"
             log.info("%s v%s: %s", m.name, m.version, m.read_reason)
             return None
-        m.reader, m.read_path, m.read_reason = (
-            r,
-            "direct",
-            "provider online_read, refs resolved once",
-        )
+        m.reader, m.read_path = r, "direct"
+        m.read_reason = f"{r.path} read in Feast's layout, refs resolved once"
         return r
 
     def online(self, service: str, ids: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
