@@ -101,6 +101,12 @@ class FeatureSettings(_Strict):
         0, ge=0, description="labels become usable this long after their window"
     )
     asof: AsOfSettings = AsOfSettings()
+    training_chunk_rows: int = Field(
+        50_000,
+        ge=1,
+        description="entity rows per point-in-time join: Feast's DuckDB/ibis join holds ~30 KB"
+        " per entity row (292k rows: 9.2 GB), so training sets are joined in chunks",
+    )
 
 
 class TrackingSettings(_Strict):

@@ -20,12 +20,22 @@ def training_frame(settings: Settings, service: str, entity_df: pd.DataFrame) ->
     """``entity_df`` (entity key, ``event_timestamp``, any other columns such as the label)
     joined point-in-time with the features of ``service``: each row gets the features known
     at its ``event_timestamp``."""
+    import pandas as pd
+
     from features.store import feature_store
 
     store = feature_store(settings)
-    return store.get_historical_features(
-        entity_df=entity_df, features=store.get_feature_service(service)
-    ).to_df()
+    fs = store.get_feature_service(service)
+    step = settings.features.training_chunk_rows
+    if len(entity_df) <= step:
+        return store.get_historical_features(entity_df=entity_df, features=fs).to_df()
+    # each row's join depends on its own key and time only, so chunks give the same rows;
+    # Feast's DuckDB/ibis join holds ~30 KB per entity row (docs/benchmarks.md, issue 26)
+    parts = [
+        store.get_historical_features(entity_df=entity_df.iloc[lo : lo + step], features=fs).to_df()
+        for lo in range(0, len(entity_df), step)
+    ]
+    return pd.concat(parts, ignore_index=True)
 
 
 def online_features(

@@ -105,6 +105,22 @@ def test_training_set_is_point_in_time_correct(feast_sqlite):
     assert np.isfinite(got).mean() > 0.5  # most labels do get features
 
 
+def test_a_training_set_joined_in_chunks_is_the_same(feast_sqlite):
+    """features.training_chunk_rows bounds the join's memory; the rows do not change."""
+    s, _ = feast_sqlite
+    entity = labelled_windows(s).iloc[:3000]
+    whole = training_frame(s, "abuse_v1", entity)
+    small = s.model_copy(
+        update={"features": s.features.model_copy(update={"training_chunk_rows": 700})}
+    )
+    parts = training_frame(small, "abuse_v1", entity)
+    key = ["client_id", "event_timestamp"]
+    a = whole.sort_values(key).reset_index(drop=True)
+    b = parts[whole.columns].sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) == len(entity)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+
+
 def test_a_row_stamped_after_the_label_never_reaches_it(feast_sqlite):
     s, store = feast_sqlite
     feats = pq.read_table(s.features_dir / "client_windows").to_pandas()
