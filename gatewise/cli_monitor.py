@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gatewise.cli import ConfigOpt, _console, _fail, _settings
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+    from monitoring.summary import CheckSummary
 
 __all__ = ["register"]
 
@@ -22,11 +27,33 @@ def _read(path: Path, what: str) -> Any:
     if not path.exists():
         _fail(f"{what} {path} does not exist")
     try:
-        if path.suffix == ".parquet":
+        with path.open("rb") as fh:
+            parquet = fh.read(4) == b"PAR1"  # by content: .pq, .parquet or no suffix at all
+        if parquet:
             return pd.read_parquet(path)
         return pd.read_csv(path, skipinitialspace=True)
     except Exception as exc:
         _fail(f"{what} {path} is not a readable CSV or Parquet table: {exc}")
+
+
+def _names(csv: str | None) -> list[str]:
+    return [c.strip() for c in csv.split(",") if c.strip()] if csv else []
+
+
+def _drift_share_from(s: Settings, config: Path | None) -> str:
+    """Where ``monitoring.policy.drift_share`` came from, in words."""
+    if "drift_share" not in s.monitoring.policy.model_fields_set:
+        return "monitoring.policy.drift_share, its default: the config does not set it"
+    env = "GATEWISE_MONITORING__POLICY__DRIFT_SHARE"
+    if any(k.upper() == env for k in os.environ):
+        return f"${env}"
+    path = config or Path(os.environ.get("GATEWISE_CONFIG") or "gatewise.yaml")
+    return f"monitoring.policy.drift_share in {path}"
+
+
+def _say(console: Any, text: str) -> None:
+    """A sentence as it is: group and column names may hold brackets, lines stay whole."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @monitor_app.command("check")
@@ -41,7 +68,27 @@ def check(
         str | None, typer.Option(help="decision column (0/1) for the bias check")
     ] = None,
     columns: Annotated[
-        str | None, typer.Option(help="comma-separated columns for drift (default: shared)")
+        str | None,
+        typer.Option(
+            help="comma-separated columns for drift, judged as given (default: the shared "
+            "columns less identifier and time columns)"
+        ),
+    ] = None,
+    keep_columns: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated identifier or time columns to judge for drift anyway "
+            "(by default they are left out, and the output says which and why)"
+        ),
+    ] = None,
+    drift_share: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="dataset drift at this share of drifted columns (default "
+            "monitoring.policy.drift_share)",
+        ),
     ] = None,
     max_rows: Annotated[
         int | None, typer.Option(help="rows sampled per side (default monitoring.drift_max_rows)")
@@ -60,26 +107,48 @@ def check(
     config: ConfigOpt = None,
 ) -> None:
     """Drift (Evidently) of CURRENT against REFERENCE, and bias (Fairlearn) of the decisions
-    in CURRENT by each sensitive column; writes JSON + HTML and prints the findings."""
-    from rich.table import Table
+    in CURRENT by each sensitive column; writes JSON + HTML and prints the findings.
 
+    Identifier and time columns are left out of drift unless named in --keep-columns or
+    --columns; the dataset-drift threshold is monitoring.policy.drift_share unless
+    --drift-share is given; groups over monitoring.policy.max_fpr_ratio are named."""
     from models.tracking import champion_run_id
-    from monitoring.bias import check_bias
+    from monitoring.bias import breaches, check_bias
+    from monitoring.columns import leave_out_id_time
     from monitoring.drift import check_drift, save_report
     from monitoring.record import append_history, log_to_run, new_check_id
+    from monitoring.summary import CheckSummary, add_to_report, summary_html
 
     s = _settings(config)
+    rules = s.monitoring.policy
     max_rows = max_rows or s.monitoring.drift_max_rows
     min_group_size = min_group_size or s.monitoring.min_group_size
+    share, share_from = (
+        (drift_share, "--drift-share")
+        if drift_share is not None
+        else (rules.drift_share, _drift_share_from(s, config))
+    )
     console = _console()
     ref, cur = _read(reference, "--reference"), _read(current, "--current")
-    groups = [c.strip() for c in sensitive.split(",")] if sensitive else []
+    groups = _names(sensitive)
     if groups and not prediction:
         _fail("--sensitive needs --prediction (the decisions to judge)")
     skip = {*groups, *(c for c in (label, prediction) if c)}
-    cols = [c.strip() for c in columns.split(",")] if columns else None
+    keep = _names(keep_columns)
+    unknown = [c for c in keep if c not in ref.columns or c not in cur.columns]
+    if unknown:
+        _fail(f"--keep-columns: {', '.join(unknown)} not in both tables")
+    cols = _names(columns) or None
+    left_out: dict[str, str] = {}
     if cols is None:
-        cols = [c for c in ref.columns if c in cur.columns and c not in skip]
+        shared = [c for c in ref.columns if c in cur.columns and c not in skip]
+        cols, left_out = leave_out_id_time(ref, cur, shared, keep=[*keep, *skip])
+        if shared and not cols:
+            _fail(
+                "every shared column is an identifier or time column ("
+                + "; ".join(f"{c}: {why}" for c, why in left_out.items())
+                + "); name the ones to judge with --keep-columns or --columns"
+            )
     at = datetime.now(UTC)
     check_id = new_check_id(at)
     out = out or s.data_dir / "monitoring" / "checks" / check_id
@@ -92,7 +161,7 @@ def check(
             _fail(f"--log-to {log_to}: the target has no champion yet (gatewise promote)")
     try:
         with console.status(f"drift over {len(cols)} columns (Evidently)"):
-            drift = check_drift(ref, cur, cols, max_rows=max_rows)
+            drift = check_drift(ref, cur, cols, max_rows=max_rows, drift_share=share)
         bias = (
             check_bias(cur, prediction, groups, label, min_group_size=min_group_size)
             if groups and prediction
@@ -100,8 +169,16 @@ def check(
         )
     except ValueError as exc:
         _fail(str(exc))
+    over = [x for b in bias for x in breaches(b, rules.max_fpr_ratio, rules.min_fpr_gap)]
     paths = save_report(drift.snapshot, out)
-    findings = {"drift": drift.to_dict(), "bias": [b.to_dict() for b in bias]}
+    summary = CheckSummary(drift, share_from, left_out, bias, over, rules.max_fpr_ratio)
+    add_to_report(paths["html"], summary_html(summary))
+    findings = {
+        "drift": drift.to_dict() | {"drift_share_from": share_from},
+        "left_out": left_out,
+        "bias": [b.to_dict() for b in bias],
+        "bias_breaches": [x.to_dict() for x in over],
+    }
     (out / "findings.json").write_text(json.dumps(findings, indent=1, default=str))
     source = f"files {reference.name} vs {current.name}"
     hist = append_history(
@@ -111,7 +188,7 @@ def check(
         source,
         drift,
         bias,
-        s.monitoring.policy.max_fpr_ratio,
+        rules.max_fpr_ratio,
     )
     if run_id is not None:
         log_to_run(
@@ -123,7 +200,31 @@ def check(
             drift,
             bias,
         )
+    _print_check(console, summary, min_group_size, rules.min_fpr_gap)
+    console.print(f"report (drift and bias): {paths['html']} ; findings: {out / 'findings.json'}")
+    console.print(f"history: {hist.parent.parent} (one row per check and feature)")
+    if run_id is not None:
+        console.print(f"logged to MLflow run {run_id} under monitoring/{check_id}")
 
+
+def _print_check(console: Any, s: CheckSummary, min_group_size: int, min_fpr_gap: float) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    drift = s.drift
+    if s.left_out:
+        _say(
+            console,
+            f"left out of drift: {len(s.left_out)} identifier/time column(s) "
+            "(--keep-columns to judge them):",
+        )
+        for col, why in s.left_out.items():
+            _say(console, f"  {col}: {why}")
+    _say(
+        console,
+        f"drift share threshold {drift.drift_share:g} (from {s.drift_share_from}): dataset "
+        f"drift {'yes' if drift.dataset_drift else 'no'}, {drift.share:.0%} of columns drifted",
+    )
     t = Table(
         title=f"drift: {len(drift.drifted)} of {len(drift.columns)} columns "
         f"({drift.share:.0%}; dataset drift: {drift.dataset_drift})"
@@ -132,31 +233,46 @@ def check(
         t.add_column(name)
     for c in sorted(drift.columns, key=lambda c: not c.drifted):
         t.add_row(
-            c.column, c.method, f"{c.value:.4g}", f"{c.threshold:g}", "yes" if c.drifted else ""
+            escape(c.column),
+            c.method,
+            f"{c.value:.4g}",
+            f"{c.threshold:g}",
+            "yes" if c.drifted else "",
         )
     console.print(t)
-    for b in bias:
+    flagged = {(x.feature, x.group) for x in s.breaches}
+    for b in s.bias:
         bt = Table(
-            title=f"bias by {b.feature}: FPR worst/best "
-            + (f"{b.fpr_ratio:.2f} ({b.worst_fpr_group})" if b.fpr_ratio is not None else "n/a")
-            + (f", selection {b.selection_ratio:.2f}" if b.selection_ratio is not None else "")
+            title=escape(
+                f"bias by {b.feature}: FPR worst/best "
+                + (f"{b.fpr_ratio:.2f} ({b.worst_fpr_group})" if b.fpr_ratio is not None else "n/a")
+                + (f", selection {b.selection_ratio:.2f}" if b.selection_ratio is not None else "")
+            )
         )
-        for name in ("group", "n", "selection rate", "FPR", "FNR", "judgeable"):
+        for name in ("group", "n", "selection rate", "FPR", "FNR", "judgeable", "over bound"):
             bt.add_column(name)
         for g in b.groups:
             bt.add_row(
-                g.group,
+                escape(g.group),
                 str(g.n),
                 f"{g.selection_rate:.3f}",
                 "-" if g.fpr is None else f"{g.fpr:.3f}",
                 "-" if g.fnr is None else f"{g.fnr:.3f}",
                 "yes" if g.judgeable else f"no (< {min_group_size})",
+                "yes" if (b.feature, g.group) in flagged else "",
             )
         console.print(bt)
-    console.print(f"report: {paths['html']} ; findings: {out / 'findings.json'}")
-    console.print(f"history: {hist.parent.parent} (one row per check and feature)")
-    if run_id is not None:
-        console.print(f"logged to MLflow run {run_id} under monitoring/{check_id}")
+    if s.bias:
+        bound = (
+            f"FPR over {s.max_fpr_ratio:g}x the lowest judgeable group's and at least "
+            f"{min_fpr_gap:g} above it (monitoring.policy.max_fpr_ratio, min_fpr_gap)"
+        )
+        if s.breaches:
+            _say(console, f"bias: {len(s.breaches)} group(s) over the bound, {bound}:")
+            for x in s.breaches:
+                _say(console, f"  {x.sentence()}")
+        else:
+            _say(console, f"bias: no group over the bound, {bound}")
 
 
 @monitor_app.command("run")

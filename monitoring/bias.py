@@ -10,13 +10,14 @@ groups: 1.0 is parity; the closed loop exempts a group whose ratio exceeds its b
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["BiasFinding", "GroupRates", "check_bias"]
+__all__ = ["BiasFinding", "Breach", "GroupRates", "breaches", "check_bias"]
 
 
 @dataclass
@@ -38,6 +39,7 @@ class BiasFinding:
     selection_ratio: float | None
     worst_fpr_group: str | None
     unjudgeable: list[str]
+    overall_fpr: float | None = None  # over every row with labels, whatever its group
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +117,62 @@ def check_bias(
                 selection_ratio=sel_ratio,
                 worst_fpr_group=worst,
                 unjudgeable=[g.group for g in groups if not g.judgeable],
+                overall_fpr=float(mf.overall["fpr"]) if label else None,
             )
         )
+    return out
+
+
+@dataclass
+class Breach:
+    """A judgeable group whose false-positive rate is over the bound against the lowest."""
+
+    feature: str
+    group: str
+    fpr: float
+    best_group: str
+    best_fpr: float
+    overall_fpr: float | None
+    ratio: float  # fpr / best_fpr (inf when the lowest is 0)
+    max_fpr_ratio: float
+    min_fpr_gap: float
+
+    def sentence(self) -> str:
+        overall = "" if self.overall_fpr is None else f"; {self.overall_fpr:.3f} overall"
+        ratio = "infinite" if math.isinf(self.ratio) else f"{self.ratio:.2f}x"
+        return (
+            f"{self.feature}={self.group}: false-positive rate {self.fpr:.3f} vs "
+            f"{self.best_fpr:.3f} for {self.best_group} (the lowest{overall}), {ratio}, "
+            f"above the bound {self.max_fpr_ratio:g}x"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"sentence": self.sentence()}
+
+
+def breaches(finding: BiasFinding, max_fpr_ratio: float, min_fpr_gap: float) -> list[Breach]:
+    """Every judgeable group of ``finding`` whose FPR is more than ``max_fpr_ratio`` times the
+    lowest judgeable group's and at least ``min_fpr_gap`` above it, worst first."""
+    rates = {g.group: g.fpr for g in finding.groups if g.fpr is not None}
+    if len(rates) < 2:
+        return []
+    best = min(rates, key=lambda k: rates[k])
+    out = []
+    for group, fpr in sorted(rates.items(), key=lambda kv: -kv[1]):
+        low = rates[best]
+        ratio = fpr / low if low > 0 else (float("inf") if fpr > 0 else 1.0)
+        if ratio > max_fpr_ratio and fpr - low >= min_fpr_gap:
+            out.append(
+                Breach(
+                    finding.feature,
+                    group,
+                    fpr,
+                    best,
+                    low,
+                    finding.overall_fpr,
+                    ratio,
+                    max_fpr_ratio,
+                    min_fpr_gap,
+                )
+            )
     return out

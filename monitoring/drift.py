@@ -5,7 +5,9 @@ millions of rows takes seconds, runs the preset over the shared columns, and tur
 metric values into one finding per column: the method Evidently chose for the column (a
 p-value test on small samples, a distance on large ones), its value and threshold, and
 whether it drifted (p-value below, distance at or above the threshold). The share of drifted
-columns is the dataset verdict (``drift_share``, Evidently's default 0.5).
+columns is the dataset verdict (``drift_share``: ``gatewise monitor check`` passes
+``monitoring.policy.drift_share``; 0.5, Evidently's default, when called bare). Which columns
+are worth judging is ``monitoring/columns.py``'s call (identifiers and times are not).
 
 ``save_report`` writes the Evidently snapshot as JSON and HTML for people to look at.
 """
