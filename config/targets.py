@@ -89,7 +89,7 @@ def _all_families() -> list[Family]:
 class TargetSettings(_Strict):
     """One prediction target: what to learn, from which features, judged how."""
 
-    task: Literal["binary", "regression", "anomaly"]
+    task: Literal["binary", "multiclass", "regression", "anomaly"]
     entity: Literal["client", "route", "request"]
     feature_service: str
     training_feature_service: str | None = Field(
@@ -115,7 +115,9 @@ class TargetSettings(_Strict):
         description="binary: the threshold flags at most this share of negatives (out of fold),"
         " and a challenger whose holdout rate exceeds it is not eligible",
     )
-    metric: Literal["average_precision", "roc_auc", "f1", "log_loss", "mae", "rmse", "r2"]
+    metric: Literal[
+        "average_precision", "roc_auc", "f1", "log_loss", "accuracy", "mae", "rmse", "r2"
+    ]
     sensitive_features: list[str] = Field(default_factory=list)
     time_budget_s: float = Field(120.0, gt=0)
     n_trials: int | None = Field(
@@ -123,6 +125,12 @@ class TargetSettings(_Strict):
     )
     promotion_margin: float = Field(
         0.005, ge=0, description="a challenger must beat the champion by this much"
+    )
+    refit_on_holdout: bool = Field(
+        False,
+        description="after the holdout verdict, the registered model is refit on every row,"
+        " the holdout's too (tables: `automl fit`); off for gateway targets, whose next"
+        " champion comparison needs a holdout the champion never trained on",
     )
     holdout_fraction: float = Field(
         0.2, gt=0, lt=0.5, description="most recent share kept for the champion comparison"
@@ -139,9 +147,11 @@ class TargetSettings(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TargetSettings:
-        binary_metrics = {"average_precision", "roc_auc", "f1", "log_loss"}
-        if (self.task in ("binary", "anomaly")) != (self.metric in binary_metrics):
+        class_metrics = {"average_precision", "roc_auc", "f1", "log_loss", "accuracy"}
+        if (self.task != "regression") != (self.metric in class_metrics):
             raise ValueError(f"metric {self.metric!r} does not fit task {self.task!r}")
+        if self.task == "multiclass" and self.entity != "client":
+            raise ValueError("multiclass labels come from tables (`gatewise automl fit`)")
         if (self.task == "anomaly") != (self.label_source == "none"):
             raise ValueError("task anomaly learns from unlabelled windows: label_source none")
         if self.task == "anomaly" and self.entity != "client":

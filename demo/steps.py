@@ -168,7 +168,16 @@ def features_online(
     return res
 
 
-def trial_progress(console: Console, budget: float) -> Any:
+def trial_progress(
+    console: Console, budget: float, metric: str | None = None, every: int = 10
+) -> Any:
+    """A progress bar over the budget that names the best score so far; when the output is
+    not a terminal (a log, CI), one line every ``every`` trials instead."""
+    import time
+
+    from models.search import HIGHER_IS_BETTER
+
+    higher = HIGHER_IS_BETTER.get(metric or "", True)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -176,21 +185,36 @@ def trial_progress(console: Console, budget: float) -> Any:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,
     )
     task = progress.add_task("AutoML search", total=budget)
-    import time
-
     t0 = time.perf_counter()
-    best: list[float] = []
+    best: dict[str, Any] = {}
+    seen = [0]
 
     def on_trial(t: Any) -> None:
-        if t.value is not None:
-            best.append(t.value)
+        if t.user_attrs.get("budget_skip"):
+            return
+        seen[0] += 1
+        fam = t.params.get("family", "")
+        if t.value is not None and (
+            "value" not in best or (t.value > best["value"] if higher else t.value < best["value"])
+        ):
+            best.update(value=t.value, family=fam, number=t.number)
+        so_far = (
+            f"best {metric or 'score'} {best['value']:.4f} ({best['family']}, trial {best['number']})"
+            if best
+            else "no trial finished yet"
+        )
+        elapsed = time.perf_counter() - t0
         progress.update(
             task,
-            completed=min(budget, time.perf_counter() - t0),
-            description=f"trial {t.number} {t.params.get('family', '')} {t.state.name.lower()} {'' if t.value is None else f'{t.value:.4f}'}",
+            completed=min(budget, elapsed),
+            description=f"trial {t.number} {fam} {t.state.name.lower()}"
+            f"{'' if t.value is None else f' {t.value:.4f}'} · {so_far}",
         )
+        if not console.is_terminal and seen[0] % every == 0:
+            console.print(f"{seen[0]} trials, {elapsed:.0f}s: {so_far}", highlight=False)
 
     return progress, on_trial
 
@@ -217,6 +241,26 @@ def print_train_result(console: Console, r: Any, s: Settings) -> None:
     )
     for w in r.warnings:
         console.print(f"[yellow]data:[/] {w}")
+    budget = getattr(r, "budget", 0.0)
+    if budget:
+        within = "within" if r.seconds <= budget * 1.1 else "[red]over[/]"
+        parts = ", ".join(
+            f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}s"
+            for k, v in getattr(r, "timings", {}).items()
+        )
+        console.print(
+            f"registered in {r.seconds:.1f}s of wall clock, {within} the {budget:g}s budget ({parts})"
+        )
+    if getattr(r, "rows_refit", 0):
+        refit = (
+            f"the registered model is refit on all {r.rows_refit:,} rows"
+            if r.rows_refit > r.rows_holdout_model
+            else f"the registered model trained on {r.rows_refit:,} rows"
+        )
+        console.print(
+            f"holdout {r.metric} from a model trained on {r.rows_holdout_model:,} rows, judged on"
+            f" {r.rows_holdout:,} it never saw; {refit}"
+        )
     if r.reasons:
         console.print("[red]gate:[/] " + "; ".join(r.reasons))
     console.print(f"MLflow run {r.run_id}: .venv/bin/mlflow ui --backend-store-uri {s.mlflow_uri}")

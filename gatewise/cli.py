@@ -242,9 +242,12 @@ def train(
 
 @automl_app.command("fit")
 def automl_fit(
-    table: Annotated[Path, typer.Option("--table", help="CSV or Parquet file")],
+    table: Annotated[Path, typer.Option("--table", help="the table: CSV, Parquet, JSON, ...")],
     label: Annotated[str, typer.Option(help="label column")],
-    budget: Annotated[float, typer.Option(help="search time budget in seconds")] = 60.0,
+    budget: Annotated[
+        float,
+        typer.Option(help="wall-clock seconds from reading the table to the registered model"),
+    ] = 60.0,
     sensitive: Annotated[
         str | None,
         typer.Option(help="comma-separated sensitive columns (fairness checks, not inputs)"),
@@ -261,11 +264,25 @@ def automl_fit(
     name: Annotated[
         str | None, typer.Option(help="registered model gatewise-<name> (default: the file name)")
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="binary, multiclass or regression (default: from the label, said on screen)"
+        ),
+    ] = None,
+    positive: Annotated[
+        str | None,
+        typer.Option(
+            help="binary: the class the score is the probability of (default: the true/yes/1"
+            " value, else the rarer class, said on screen)"
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1)] = 1,
     seed: Annotated[int, typer.Option()] = 0,
     config: ConfigOpt = None,
 ) -> None:
-    """AutoML on a table: tracked in MLflow and registered like a target."""
+    """AutoML on a table (CSV, TSV, Parquet, JSON, compressed or not: read by content),
+    inside the budget's wall clock; tracked in MLflow and registered like a target."""
     if not table.is_file():
         _fail(f"--table: no such file {table}")
     from gatewise import report
@@ -284,6 +301,8 @@ def automl_fit(
         name,
         workers,
         seed,
+        task,
+        positive,
     )
 
 

@@ -69,13 +69,27 @@ def automl_fit(
     name: str | None,
     workers: int,
     seed: int,
+    task: str | None = None,
+    positive: str | None = None,
 ) -> Any:
+    """The budget is the wall clock from reading the table to registration; plots and
+    permutation importance are logged after it, while the result is printed."""
+    import time
+
     from pydantic import ValidationError
 
     from models.data import DataQualityError
-    from models.train import fit_table
+    from models.train import fit_table, wait_for_reports
 
-    progress, on_trial = trial_progress(console, budget)
+    started = time.perf_counter()
+    progress, on_trial = trial_progress(console, budget, metric)
+
+    def loaded(ds: Any) -> None:
+        for note in ds.notes:
+            console.print(f"[cyan]table:[/] {note}", highlight=False)
+        if ds.classes and ds.task == "multiclass":
+            console.print(f"[cyan]table:[/] classes {', '.join(map(str, ds.classes))}")
+
     try:
         with progress:
             r = fit_table(
@@ -87,15 +101,29 @@ def automl_fit(
                 sensitive=sensitive,
                 time_col=time_col,
                 group_col=group_col,
+                task=task,
+                positive=positive,
+                on_loaded=loaded,
                 budget=budget,
                 workers=workers,
                 seed=seed,
                 on_trial=on_trial,
+                started=started,
+                background_reports=True,
             )
     except (DataQualityError, FileNotFoundError, ValidationError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
     print_train_result(console, r, s)
+    if r.reports == "background":
+        console.print(
+            f"plots and permutation importance: being logged to run {r.run_id} after"
+            " registration (not part of the budget) …",
+            highlight=False,
+        )
+        t = time.perf_counter()
+        wait_for_reports()
+        console.print(f"plots logged in {time.perf_counter() - t:.1f}s more", highlight=False)
     return r
 
 

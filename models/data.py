@@ -29,6 +29,7 @@ __all__ = [
     "check_ready",
     "labelled_windows",
     "load_table",
+    "read_table",
     "target_dataset",
 ]
 
@@ -54,7 +55,7 @@ class DataQualityError(ValueError):
 class Dataset:
     X: pd.DataFrame
     y: pd.Series
-    task: str  # "binary" | "regression"
+    task: str  # "binary" | "multiclass" | "regression"
     time: pd.Series | None = None
     groups: pd.Series | None = None
     sensitive: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -65,6 +66,10 @@ class Dataset:
     source: pd.Series | None = None
     # rows only ever evaluated on: whole sources kept out of training (make_splits)
     holdout_only: pd.Series | None = None
+    # what loading decided (task, positive class, columns left out), said on screen
+    notes: list[str] = field(default_factory=list)
+    # class names: binary [negative, positive]; multiclass by code 0..k-1
+    classes: list[str] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         """Content hash of the training data (features, label, time), for lineage."""
@@ -93,6 +98,8 @@ class Dataset:
             holdout_only=None
             if self.holdout_only is None
             else self.holdout_only.iloc[idx].reset_index(drop=True),
+            notes=list(self.notes),
+            classes=list(self.classes),
         )
 
 
@@ -118,14 +125,22 @@ def check_quality(ds: Dataset, *, min_rows: int = 50, min_minority: int = 10) ->
         ds.X = ds.X.drop(columns=all_missing + constant)
     if ds.X.shape[1] == 0:
         problems.append("no usable feature column (all empty or constant)")
-    if ds.task == "binary" and not problems:
+    if ds.task in ("binary", "multiclass") and not problems:
         counts = ds.y.value_counts()
+
+        def named(code: object) -> object:
+            i = int(code)  # type: ignore[call-overload]
+            return repr(ds.classes[i]) if ds.classes and i < len(ds.classes) else code
+
         if len(counts) < 2:
-            problems.append(f"label has a single class ({counts.index[0]}): nothing to learn")
-        elif counts.min() < min_minority:
             problems.append(
-                f"label has only {int(counts.min())} rows of class {counts.idxmin()} (need {min_minority})"
+                f"label has a single class ({named(counts.index[0])}): nothing to learn"
             )
+        else:
+            for code, n in counts[counts < min_minority].items():
+                problems.append(
+                    f"label has only {int(n)} rows of class {named(code)} (need {min_minority})"
+                )
     elif ds.task == "regression" and not problems and ds.y.nunique() <= 1:
         problems.append("label is constant: nothing to learn")
     if problems:
@@ -475,6 +490,256 @@ def _next_window_frame(settings: Settings, target: TargetSettings) -> pd.DataFra
     return training_frame(settings, target.feature_service, entity)
 
 
+TASKS = ("binary", "multiclass", "regression")
+MAX_CLASSES = 50  # more distinct text labels than this is not a classification we can judge
+MAX_INTEGER_CLASSES = 20  # an integer label with at most this many values is a class label
+NA_VALUES = ["?", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-", ""]
+_TRUE = {"1", "1.0", "true", "yes", "y", "t", "positive", "pos"}
+
+
+def sniff_format(head: bytes) -> str:
+    """What a file is, from its first bytes (not its name): parquet, arrow (Feather v2),
+    gzip, bz2, xz, zip, json or text (a delimited table)."""
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"ARROW1"):
+        return "arrow"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"BZh"):
+        return "bz2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] in (b"[", b"{"):
+        return "json"
+    return "text"
+
+
+def _read_text_table(data: bytes, where: str) -> tuple[pd.DataFrame, str]:
+    """A delimited table: delimiter (comma, semicolon, tab, pipe or runs of spaces) and
+    header row sniffed from the first 64 KB."""
+    import csv
+    import io
+
+    sample = data[:65536].decode("utf-8", errors="replace")
+    lines = [ln for ln in sample.splitlines() if ln.strip()][:50]
+    if not lines:
+        raise DataQualityError(f"{where} is empty")
+    try:
+        sep = csv.Sniffer().sniff("\n".join(lines), delimiters=",;\t|").delimiter
+    except csv.Error:
+        sep = r"\s+" if len({len(ln.split()) for ln in lines}) == 1 else ","
+    if sep == r"\s+" or (sep == "," and "," not in lines[0]):
+        sep = r"\s+" if len(lines[0].split()) > 1 else ","
+    kw: dict = {"sep": sep, "na_values": NA_VALUES, "keep_default_na": True}
+    if sep != r"\s+":
+        kw["skipinitialspace"] = True
+    header = _has_header(lines, sep)
+    df = pd.read_csv(io.BytesIO(data), header=0 if header else None, **kw)
+    if not header:
+        df.columns = [str(c) for c in df.columns]
+    name = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}.get(sep, "whitespace")
+    return (
+        df,
+        f"{name}-separated text{'' if header else ' without a header row (columns 0, 1, ...)'}",
+    )
+
+
+def _has_header(lines: list[str], sep: str) -> bool:
+    """A first row is a header when none of its fields is a number while a later row has
+    numbers in those columns, or when its fields never recur below it."""
+    import re
+
+    split = (lambda ln: ln.split()) if sep == r"\s+" else (lambda ln: ln.split(sep))
+    first = [f.strip().strip('"') for f in split(lines[0])]
+    rest = [[f.strip().strip('"') for f in split(ln)] for ln in lines[1:]]
+    if not rest:
+        return True
+    num = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+    if any(num.match(f) for f in first):
+        return False
+    for i in range(len(first)):
+        below = [r[i] for r in rest if len(r) > i]
+        if below and any(num.match(v) for v in below):
+            return True
+    seen = {v for r in rest for v in r}
+    return not any(f in seen for f in first if f)
+
+
+def read_table(path: Path) -> tuple[pd.DataFrame, str]:
+    """A table read by its content, whatever its name says: Parquet, Arrow/Feather, JSON
+    (records or lines), delimited text, each maybe gzip/bz2/xz-compressed or the single
+    member of a zip. Returns the frame and what it was read as."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"table {path} does not exist")
+    data = path.read_bytes()
+    how: list[str] = []
+    for _ in range(3):  # a compressed member of a compressed file, at most
+        kind = sniff_format(data[:16])
+        if kind in ("gzip", "bz2", "xz"):
+            data = {"gzip": gzip.decompress, "bz2": bz2.decompress, "xz": lzma.decompress}[kind](
+                data
+            )
+            how.append(kind)
+        elif kind == "zip":
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                members = [n for n in z.namelist() if not n.endswith("/")]
+                if len(members) != 1:
+                    raise DataQualityError(
+                        f"{path.name}: a zip of {len(members)} files; give one table"
+                    )
+                data = z.read(members[0])
+            how.append(f"zip member {members[0]}")
+        else:
+            break
+    via = f" ({', '.join(how)})" if how else ""
+    try:
+        if kind == "parquet":
+            return pd.read_parquet(io.BytesIO(data)), f"Parquet{via}"
+        if kind == "arrow":
+            return pd.read_feather(io.BytesIO(data)), f"Arrow/Feather{via}"
+        if kind == "json":
+            lines = data.lstrip()[:1] == b"{" and b"\n{" in data
+            return pd.read_json(
+                io.BytesIO(data), lines=lines
+            ), f"JSON{' lines' if lines else ''}{via}"
+        df, what = _read_text_table(data, path.name)
+        return df, what + via
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        if isinstance(exc, DataQualityError):
+            raise
+        raise DataQualityError(
+            f"{path.name} read as {kind}{via} but is not a readable table: {exc}"[:500]
+        ) from None
+
+
+def _label(
+    y_raw: pd.Series, label: str, task: str | None, positive: str | None
+) -> tuple[pd.Series, str, list[str], list[str]]:
+    """The label as the search takes it: (y, task, class names, notes). Binary: 1 = the
+    positive class (``positive``, else the truthy one of 0/1, yes/no, true/false, else the
+    rarer class, said); multiclass: codes 0..k-1 of the sorted class names; regression:
+    numbers. Without ``task``: two values are binary, text or few integers are multiclass,
+    other numbers a regression, each said."""
+    notes: list[str] = []
+    values = y_raw.dropna()
+    k = values.nunique()
+    numeric = pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw)
+    integral = numeric and bool(np.all(np.mod(values.to_numpy(dtype=float), 1) == 0))
+    if task is not None and task not in TASKS:
+        raise DataQualityError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
+    if positive is not None and task is None:
+        task = "binary"
+    if task is None:
+        if k == 2:
+            task = "binary"
+        elif not numeric:
+            if k > MAX_CLASSES:
+                raise DataQualityError(
+                    f"--label {label!r} has {k} distinct text values: too many classes"
+                    f" (at most {MAX_CLASSES}); is it the right column?"
+                )
+            task = "multiclass"
+            notes.append(f"task multiclass: label {label!r} has {k} text classes")
+        elif integral and k <= MAX_INTEGER_CLASSES:
+            task = "multiclass"
+            notes.append(
+                f"task multiclass: label {label!r} has {k} integer values; --task regression"
+                " predicts it as a number instead"
+            )
+        else:
+            task = "regression"
+            notes.append(
+                f"task regression: label {label!r} is continuous ({k:,} distinct numbers),"
+                " scored by RMSE; --task multiclass treats its values as classes"
+            )
+    if task == "regression":
+        if not numeric:
+            y = pd.to_numeric(y_raw, errors="coerce")
+            bad = int(y.isna().sum() - y_raw.isna().sum())
+            if bad:
+                raise DataQualityError(
+                    f"--label {label!r}: a regression needs numbers; {bad} value(s) are not"
+                    f" (e.g. {y_raw[y.isna() & y_raw.notna()].iloc[0]!r})"
+                )
+            return y.astype(float), task, [], notes
+        return y_raw.astype(float), task, [], notes
+    names = sorted(values.astype(str).unique(), key=_class_key)
+    as_str = y_raw.astype(str).where(y_raw.notna())
+    if task == "binary":
+        if len(names) != 2:
+            raise DataQualityError(
+                f"--label {label!r} has {len(names)} classes ({', '.join(names[:10])});"
+                " binary tasks need 2 (--task multiclass for more)"
+            )
+        if positive is not None:
+            if str(positive) not in names:
+                raise DataQualityError(
+                    f"--positive {positive!r} is not a class of {label!r} ({', '.join(names)})"
+                )
+            pos = str(positive)
+        else:
+            truthy = [n for n in names if n.strip().lower() in _TRUE]
+            counts = as_str.value_counts()
+            if len(truthy) == 1:
+                pos = truthy[0]
+                why = "the true/yes/1 value"
+            else:
+                pos = min(names, key=lambda n: (counts.get(n, 0), -names.index(n)))
+                why = f"the rarer class, {counts.get(pos, 0):,} of {int(counts.sum()):,} rows"
+            other = names[0] if pos == names[1] else names[1]
+            notes.append(
+                f"positive class {pos!r} ({why}); the score is the probability of {pos!r},"
+                f" --positive {other!r} to choose the other"
+            )
+        y = (as_str == pos).astype(int)
+        neg = names[0] if pos == names[1] else names[1]
+        return y, task, [neg, pos], notes
+    codes = {n: i for i, n in enumerate(names)}
+    return as_str.map(codes).astype(int), "multiclass", names, notes
+
+
+def _class_key(v: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(v), v)
+    except ValueError:
+        return (1, 0.0, v)
+
+
+def _identifier_columns(X: pd.DataFrame) -> dict[str, str]:
+    """Feature columns that identify a row rather than describe it: text unique on
+    (nearly) every row, or integers named like an id and unique on every row."""
+    import re
+
+    out: dict[str, str] = {}
+    n = len(X)
+    if n < 20:
+        return out
+    idlike = re.compile(r"(^|_)(id|uuid|guid|key)$|^(id|index|row|row_?num(ber)?)$", re.I)
+    for c in X.columns:
+        col = X[c]
+        distinct = col.nunique(dropna=True)
+        if not pd.api.types.is_numeric_dtype(col) and distinct >= 0.95 * col.notna().sum() > 0:
+            out[str(c)] = f"text unique on {distinct:,} of {n:,} rows (an identifier)"
+        elif (
+            pd.api.types.is_integer_dtype(col)
+            and idlike.search(str(c))
+            and distinct == col.notna().sum()
+        ):
+            out[str(c)] = "an id column, unique on every row"
+    return out
+
+
 def load_table(
     path: Path,
     label: str,
@@ -483,18 +748,15 @@ def load_table(
     group_col: str | None = None,
     sensitive: list[str] | None = None,
     task: str | None = None,
+    positive: str | None = None,
 ) -> Dataset:
-    """A CSV or Parquet table a data scientist brings. Non-numeric columns are
-    one-hot encoded by the search; the sensitive columns are kept for fairness
-    checks and are not model inputs."""
+    """A table a data scientist brings (read by content, ``read_table``). Non-numeric
+    columns are one-hot encoded by the search; the sensitive columns are kept for fairness
+    checks and are not model inputs. What was decided (task, positive class, rows without a
+    label, identifier columns left out, missing values) is in ``Dataset.notes``."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"table {path} does not exist")
-    df = (
-        pd.read_parquet(path)
-        if path.suffix == ".parquet"
-        else pd.read_csv(path, skipinitialspace=True)
-    )
+    df, how = read_table(path)
+    notes = [f"read {path.name} as {how}: {len(df):,} rows, {df.shape[1]} columns"]
     for col, what in (
         (label, "--label"),
         (time_col, "--time-col"),
@@ -505,23 +767,29 @@ def load_table(
             raise DataQualityError(
                 f"{what}: column {col!r} is not in {path.name} (columns: {', '.join(map(str, df.columns[:30]))})"
             )
-    y_raw = df[label]
-    if task is None:
-        task = "binary" if y_raw.nunique() == 2 else "regression"
-    if task == "binary":
-        classes = sorted(y_raw.dropna().unique(), key=str)
-        if len(classes) != 2:
-            raise DataQualityError(
-                f"--label {label!r} has {len(classes)} classes; binary tasks need 2"
-            )
-        positive = classes[1]
-        y = (y_raw == positive).astype(int)
-    else:
-        y = pd.to_numeric(y_raw, errors="coerce")
+    unlabelled = df[label].isna()
+    if unlabelled.any():
+        notes.append(f"left out {int(unlabelled.sum()):,} rows without a {label!r} value")
+        df = df[~unlabelled].reset_index(drop=True)
+    y, task, classes, label_notes = _label(df[label], label, task, positive)
+    notes += label_notes
     drop = [label, *(c for c in (time_col, group_col) if c)]
     X = df.drop(columns=drop)
     sens = df[sensitive].astype(str) if sensitive else pd.DataFrame(index=df.index)
     X = X.drop(columns=[c for c in (sensitive or []) if c in X.columns])
+    ids = _identifier_columns(X)
+    if ids:
+        X = X.drop(columns=list(ids))
+        notes += [f"left out column {c!r}: {why}" for c, why in ids.items()]
+    missing = X.isna().mean()
+    missing = missing[missing > 0].sort_values(ascending=False)
+    if len(missing):
+        shown = ", ".join(f"{c} {v:.1%}" for c, v in missing.head(8).items())
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        notes.append(
+            f"missing values in {len(missing)} column(s) ({shown}{more}): filled with the"
+            " median (numbers) or the most frequent value (categories) inside the model"
+        )
     return Dataset(
         X=X,
         y=y,
@@ -529,5 +797,7 @@ def load_table(
         time=pd.to_datetime(df[time_col], utc=True) if time_col else None,
         groups=df[group_col].astype(str) if group_col else None,
         sensitive=sens.reset_index(drop=True),
-        name=path.stem,
+        name=path.name.split(".")[0] or path.stem,
+        notes=notes,
+        classes=classes,
     )

@@ -89,6 +89,47 @@ def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -
     }
 
 
+def multiclass_metrics(
+    y: np.ndarray, proba: np.ndarray, classes: list[str]
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Macro scores of a multiclass model (the most probable class decides) and a row per
+    class: rows, precision, recall, F1, one-against-the-rest ROC AUC."""
+    from sklearn import metrics as m
+
+    k = proba.shape[1]
+    pred = proba.argmax(axis=1)
+    labels = np.arange(k)
+    prec, rec, f1, support = m.precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=0
+    )
+    auc = [
+        float(m.roc_auc_score((y == c).astype(int), proba[:, c]))
+        if 0 < int((y == c).sum()) < len(y)
+        else float("nan")
+        for c in labels
+    ]
+    names = [classes[c] if c < len(classes) else str(c) for c in labels]
+    per = pd.DataFrame(
+        {
+            "class": names,
+            "rows": support,
+            "precision": prec,
+            "recall": rec,
+            "f1": f1,
+            "roc_auc_vs_rest": auc,
+        }
+    )
+    present = support > 0
+    return {
+        "accuracy": float(m.accuracy_score(y, pred)),
+        "macro_f1": float(np.mean(f1[present])),
+        "macro_precision": float(np.mean(prec[present])),
+        "macro_recall": float(np.mean(rec[present])),
+        "macro_roc_auc": float(np.nanmean(auc)),
+        "rows": float(len(y)),
+    }, per
+
+
 @dataclass
 class FairnessReport:
     table: (
@@ -207,6 +248,7 @@ def write_plots(
     threshold: float | None,
     importance: pd.Series | None,
     study: Any | None,
+    classes: list[str] | None = None,
 ) -> list[Path]:
     """PNG plots a reviewer wants in the MLflow UI."""
     import matplotlib
@@ -243,6 +285,21 @@ def write_plots(
         CalibrationDisplay.from_predictions(y, score, n_bins=10, strategy="quantile", ax=ax)
         ax.set_title("calibration (holdout)")
         save(fig, "calibration.png")
+    elif task == "multiclass":
+        k = score.shape[1]
+        names = [str(c) for c in (classes or [])][:k] or [str(c) for c in range(k)]
+        fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * k + 2), max(4, 0.6 * k + 1.5)))
+        m.ConfusionMatrixDisplay.from_predictions(
+            y,
+            score.argmax(axis=1),
+            labels=list(range(k)),
+            display_labels=names,
+            ax=ax,
+            colorbar=False,
+            xticks_rotation=45,
+        )
+        ax.set_title("confusion (holdout, most probable class)")
+        save(fig, "confusion_matrix.png")
     else:
         fig, ax = plt.subplots(figsize=(5, 4))
         ax.scatter(y, score, s=4, alpha=0.4)

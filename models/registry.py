@@ -41,7 +41,7 @@ def log_trials(settings: Settings, experiment_id: str, parent_run_id: str, study
     c = client(settings)
     n = 0
     for t in study.trials:
-        if t.state.name not in ("COMPLETE", "PRUNED", "FAIL"):
+        if t.state.name not in ("COMPLETE", "PRUNED", "FAIL") or t.user_attrs.get("budget_skip"):
             continue
         run = c.create_run(
             experiment_id,

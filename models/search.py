@@ -38,6 +38,7 @@ HIGHER_IS_BETTER = {
     "average_precision": True,
     "roc_auc": True,
     "f1": True,
+    "accuracy": True,
     "r2": True,
     "log_loss": False,
     "mae": False,
@@ -99,7 +100,7 @@ def make_splits(
         g_train, g_val, g_hold = b < 0.6, (b >= 0.6) & (b < 0.8), b >= 0.8
     else:
         r: np.ndarray = rng.random(n)
-        if ds.task == "binary":  # stratify: rank the random numbers within each class
+        if ds.task != "regression":  # stratify: rank the random numbers within each class
             r = pd.Series(r).groupby(ds.y.to_numpy()).rank(pct=True).to_numpy()
         g_train, g_val, g_hold = (
             r < 1 - val_fraction - holdout_fraction,
@@ -139,7 +140,7 @@ def make_splits(
             key = (b[fit] - b[fit].min()) / max(float(np.ptp(b[fit])), 1e-12)
         else:
             key = rng.random(len(fit))
-            if ds.task == "binary":
+            if ds.task != "regression":
                 key = pd.Series(key).groupby(ds.y.to_numpy()[fit]).rank(pct=True).to_numpy()
         fold = np.minimum((key * k).astype(int), k - 1)
         folds = [(fit[fold != i], fit[fold == i]) for i in range(k)]
@@ -166,8 +167,13 @@ def oof_splits(ds: Dataset, splits: Splits, k: int = 5) -> Splits:
 
 
 def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
+    """``metric`` of predictions ``pred``: a score per row (binary, regression) or a
+    probability per class and row (multiclass: macro averages over classes, one against
+    the rest; accuracy and F1 of the most probable class)."""
     from sklearn import metrics as m
 
+    if np.ndim(pred) == 2:
+        return _multiclass_score(metric, np.asarray(y, dtype=int), pred)
     if metric == "average_precision":
         return float(m.average_precision_score(y, pred))
     if metric == "roc_auc":
@@ -183,15 +189,44 @@ def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
         return float(np.sqrt(m.mean_squared_error(y, pred)))
     if metric == "r2":
         return float(m.r2_score(y, pred))
+    if metric == "accuracy":
+        return float(m.accuracy_score(y, np.asarray(pred) >= 0.5))
     raise ValueError(f"unknown metric {metric!r}")
+
+
+def _multiclass_score(metric: str, y: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn import metrics as m
+
+    k = proba.shape[1]
+    if metric == "log_loss":
+        p = np.clip(proba, 1e-7, 1)
+        return float(m.log_loss(y, p / p.sum(axis=1, keepdims=True), labels=np.arange(k)))
+    if metric == "accuracy":
+        return float(m.accuracy_score(y, proba.argmax(axis=1)))
+    if metric == "f1":
+        return float(m.f1_score(y, proba.argmax(axis=1), average="macro", labels=np.unique(y)))
+    if metric in ("roc_auc", "average_precision"):
+        fn = m.roc_auc_score if metric == "roc_auc" else m.average_precision_score
+        # one class against the rest, averaged over the classes these rows hold both sides of
+        per = [
+            fn((y == c).astype(int), proba[:, c])
+            for c in range(k)
+            if 0 < int((y == c).sum()) < len(y)
+        ]
+        return float(np.mean(per)) if per else float("nan")
+    raise ValueError(f"metric {metric!r} does not apply to a multiclass label")
 
 
 SELECTIONS = ("none", "mutual_info", "l1")
 RFE_MAX_FEATURES = 200  # recursive elimination is offered below this many columns
 
 
-def selections(n_features: int, budget_s: float | None) -> tuple[str, ...]:
-    """Feature-selection choices: recursive elimination only where the budget allows."""
+def selections(n_features: int, budget_s: float | None, task: str = "binary") -> tuple[str, ...]:
+    """Feature-selection choices: recursive elimination only where the budget allows; a
+    multiclass label gets mutual information only (liblinear's L1 and RFE rankers are
+    binary)."""
+    if task == "multiclass":
+        return ("none", "mutual_info")
     if n_features <= RFE_MAX_FEATURES and (budget_s is None or budget_s >= 120):
         return (*SELECTIONS, "rfe")
     return SELECTIONS
@@ -224,7 +259,7 @@ def suggest(
         p["selection"] = trial.suggest_categorical("selection", list(selection_choices))
     if p["selection"] != "none":
         p["keep_fraction"] = trial.suggest_float("keep_fraction", 0.3, 1.0)
-    if task == "binary":
+    if task != "regression":
         p["class_weight"] = trial.suggest_categorical("class_weight", ["none", "balanced"])
     f = p["family"]
     if f == "naive_bayes":
@@ -234,8 +269,8 @@ def suggest(
         p["C"] = trial.suggest_float("C", 1e-1, 1e3, log=True)
     elif f == "linear":
         p["scale"] = True
-        p["C" if task == "binary" else "alpha"] = trial.suggest_float(
-            "C" if task == "binary" else "alpha", 1e-3, 1e2, log=True
+        p["C" if task != "regression" else "alpha"] = trial.suggest_float(
+            "C" if task != "regression" else "alpha", 1e-3, 1e2, log=True
         )
     elif f in ("random_forest", "extra_trees"):
         p["n_estimators"] = trial.suggest_int("n_estimators", 50, 300, log=True)
@@ -265,7 +300,7 @@ def suggest(
 def default_configs(task: str, families: Sequence[str], text: bool = False) -> list[dict[str, Any]]:
     """Library defaults per family, tried first (cheap, robust starting points for TPE)."""
     base: dict[str, Any] = {} if text else {"log_transform": False, "selection": "none"}
-    if task == "binary":
+    if task != "regression":
         base["class_weight"] = "none"
     if text:  # cheapest first: a slow family must not eat the budget before the fast ones ran
         text_defaults: dict[str, dict[str, Any]] = {
@@ -298,7 +333,7 @@ def default_configs(task: str, families: Sequence[str], text: bool = False) -> l
             "min_child_weight": 1.0,
             "reg_lambda": 1.0,
         },
-        "linear": {"C" if task == "binary" else "alpha": 1.0},
+        "linear": {"C" if task != "regression" else "alpha": 1.0},
         "random_forest": {
             "n_estimators": 100,
             "max_depth": 24,
@@ -323,7 +358,7 @@ def _mi_scores(task: str) -> Any:
     """Mutual information on a sample of at most 5,000 rows (it is quadratic-ish)."""
     from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
 
-    fn = mutual_info_classif if task == "binary" else mutual_info_regression
+    fn = mutual_info_regression if task == "regression" else mutual_info_classif
 
     def scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng(0)
@@ -381,7 +416,7 @@ def build_model(
         )
     pre = ColumnTransformer(transformers, verbose_feature_names_out=False)
     steps: list[tuple[str, Any]] = [("pre", pre)]
-    binary = task == "binary"
+    binary = task != "regression"  # a classifier (binary or multiclass)
     if p.get("selection", "none") == "mutual_info":
         steps.append(
             ("select", SelectPercentile(_mi_scores(task), percentile=100 * p["keep_fraction"]))
@@ -408,7 +443,12 @@ def build_model(
     cw = "balanced" if p.get("class_weight") == "balanced" else None
     est = _estimator(p, task, cw, y, seed, n_jobs)
     prep = Pipeline(steps)
-    with warnings.catch_warnings():
+    from threadpoolctl import threadpool_limits
+
+    # n_jobs bounds OpenMP and BLAS too (HistGradientBoosting, XGBoost, NumPy): a search
+    # told to use one core must not spin on every core (measured: 16 s instead of 1 s for
+    # a 5-fold HistGradientBoosting trial beside another busy process)
+    with warnings.catch_warnings(), threadpool_limits(limits=n_jobs):
         warnings.simplefilter("ignore")
         Xt = prep.fit_transform(X, y)
         if Xt.shape[1] == 0:
@@ -460,7 +500,7 @@ class EmptySelectionError(ValueError):
 def _estimator(
     p: dict[str, Any], task: str, cw: str | None, y: pd.Series, seed: int, n_jobs: int
 ) -> Any:
-    binary = task == "binary"
+    binary = task != "regression"  # a classifier (binary or multiclass)
     f = p["family"]
     if f == "naive_bayes":
         if not p.get("text"):
@@ -523,6 +563,8 @@ def _estimator(
             n_jobs=n_jobs,
             random_state=seed,
         )
+        if task == "multiclass":
+            return xgb.XGBClassifier(**common, eval_metric="mlogloss")
         if binary:
             pos = max(float(y.sum()), 1.0)
             spw = (len(y) - pos) / pos if cw == "balanced" else 1.0
@@ -532,7 +574,13 @@ def _estimator(
 
 
 def predict(model: Any, task: str, X: pd.DataFrame) -> np.ndarray:
-    return model.predict_proba(X)[:, 1] if task == "binary" else model.predict(X)
+    """Binary: the positive class's probability; multiclass: every class's (rows ×
+    classes); regression: the number."""
+    if task == "binary":
+        return model.predict_proba(X)[:, 1]
+    if task == "multiclass":
+        return model.predict_proba(X)
+    return model.predict(X)
 
 
 def evaluate_params(
@@ -583,6 +631,7 @@ def objective(
     n_jobs: int = 1,
     keep_best: dict[str, Any] | None = None,
     selection_choices: Sequence[str] = SELECTIONS,
+    skip: Callable[[Any, dict[str, Any]], str | None] | None = None,
 ) -> Any:
     """An Optuna objective over ``ds``: mean validation score over the splits' folds.
 
@@ -591,7 +640,8 @@ def objective(
     Cross-validated trials report after each fold and may be pruned between
     folds. ``keep_best`` (coordinator only) receives the number and the
     out-of-fold predictions of the best trial run in this process, so choosing
-    the threshold needs no refit.
+    the threshold needs no refit. ``skip(trial, params)`` may refuse a trial before it
+    fits (a reason: it would overrun the budget); it is pruned, marked ``budget_skip``.
     """
     import os
 
@@ -603,7 +653,17 @@ def objective(
     text = is_text(ds.X)
 
     def run(trial: optuna.Trial) -> float:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=n_jobs):  # predictions too, not only fits
+            return _run(trial)
+
+    def _run(trial: optuna.Trial) -> float:
         p = suggest(trial, ds.task, families, ds.X.shape[1], selection_choices, text=text)
+        why = skip(trial, p) if skip is not None else None
+        if why:
+            trial.set_user_attr("budget_skip", why)
+            raise optuna.TrialPruned(why)
         t0 = time.perf_counter()
         if len(splits.folds) == 1 and len(Xtr) > 20_000:
             sub = np.random.default_rng(trial.number).choice(len(Xtr), len(Xtr) // 4, replace=False)
@@ -632,7 +692,10 @@ def objective(
         trial.set_user_attr("fit_seconds", time.perf_counter() - t0)
         trial.set_user_attr("params", p)
         trial.set_user_attr("folds", len(splits.folds))
-        others = ("average_precision", "roc_auc") if ds.task == "binary" else ("mae", "rmse", "r2")
+        others = {
+            "binary": ("average_precision", "roc_auc"),
+            "multiclass": ("roc_auc", "accuracy", "f1", "log_loss"),
+        }.get(ds.task, ("mae", "rmse", "r2"))
         trial.set_user_attr("metrics", {m: score(m, yv, pred) for m in others})
         trial.set_user_attr("pid", os.getpid())
         if not np.isfinite(value):

@@ -37,7 +37,7 @@ from models.search import (
     selections,
 )
 
-__all__ = ["TrainResult", "fit_table", "run_automl", "train_target"]
+__all__ = ["TrainResult", "fit_table", "run_automl", "train_target", "wait_for_reports"]
 
 
 @dataclass
@@ -55,7 +55,17 @@ class TrainResult:
     trials: int
     best_params: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall clock from the start to registration
+    budget: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    rows_holdout_model: int = 0  # rows of the model the holdout judged
+    rows_refit: int = 0  # rows of the registered model (all of them after a refit)
+    rows_holdout: int = 0
+    skipped_for_budget: int = 0
+    notes: list[str] = field(default_factory=list)  # what loading the table decided
+    classes: list[str] = field(default_factory=list)
+    task: str = ""
+    reports: str = "done"  # "background": plots and importance still being logged
 
 
 # a configuration that cannot be fitted fails its trial (logged, kept in the study), not the search
@@ -106,6 +116,7 @@ def _search(
     on_trial: Callable[[Any], None] | None,
     keep_best: dict[str, Any] | None = None,
     warm: Sequence[dict[str, Any]] = (),
+    clock: _Clock | None = None,
 ) -> Any:
     import optuna
 
@@ -130,7 +141,10 @@ def _search(
     # TPE then improves on
     for cfg in [*warm, *default_configs(ds.task, families, text=is_text(ds.X))]:
         study.enqueue_trial(cfg, skip_if_exists=True)
-    choices = selections(ds.X.shape[1], budget if n_trials is None else None)
+    choices = selections(ds.X.shape[1], budget if n_trials is None else None, ds.task)
+    timeout = budget
+    if clock is not None:  # the search gets what the budget leaves after what must follow it
+        timeout = max(1.0, clock.left() - clock.base)
     procs: list[Any] = []
     tmp = None
     if workers > 1:
@@ -141,12 +155,14 @@ def _search(
         for w in range(1, workers):
             p = ctx.Process(
                 target=_worker,
-                args=(storage, study_name, tmp.name, metric, families, budget, seed + w, choices),
+                args=(storage, study_name, tmp.name, metric, families, timeout, seed + w, choices),
                 daemon=True,
             )
             p.start()
             procs.append(p)
-    callbacks = [lambda st, tr: on_trial(tr)] if on_trial else []
+    callbacks: list[Any] = [lambda st, tr: on_trial(tr)] if on_trial else []
+    if clock is not None:
+        callbacks.append(clock.callback)
     try:
         study.optimize(
             objective(
@@ -157,8 +173,9 @@ def _search(
                 seed=seed,
                 keep_best=keep_best,
                 selection_choices=choices,
+                skip=None if clock is None else clock.skip,
             ),
-            timeout=budget,
+            timeout=timeout,
             n_trials=n_trials,
             callbacks=callbacks,
             gc_after_trial=True,
@@ -166,7 +183,7 @@ def _search(
         )
     finally:
         for p in procs:
-            p.join(timeout=budget + 600)
+            p.join(timeout=timeout + 600)
             if p.is_alive():
                 p.terminate()
         if tmp is not None:
@@ -198,6 +215,89 @@ def champion_config(settings: Settings, name: str) -> dict[str, Any] | None:
         return None
 
 
+class _Clock:
+    """The wall-clock budget of one training, search to registration. The search stops
+    when what must follow it (refit, holdout, MLflow logging, registration: ``reserve``)
+    would no longer fit, and a trial whose family has so far taken longer than what is
+    left is skipped before it starts (``skip``)."""
+
+    def __init__(self, deadline: float, folds: int, refits: float, base: float) -> None:
+        self.deadline, self.folds, self.refits, self.base = deadline, folds, refits, base
+        self.skipped = 0
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def reserve(self, study: Any) -> float:
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        per_fit = 0.0
+        if done:
+            best = (
+                max(done, key=lambda t: t.value)
+                if study.direction.name == "MAXIMIZE"
+                else min(done, key=lambda t: t.value)
+            )
+            per_fit = float(best.user_attrs.get("fit_seconds", 0.0)) / max(self.folds, 1)
+        # a refit sees ~1.25x a fold's rows; logging a trial as a nested run ~20 ms
+        return self.base + 1.3 * per_fit * self.refits + 0.02 * len(study.trials)
+
+    def skip(self, trial: Any, p: dict[str, Any]) -> str | None:
+        """Why this trial must not start (it would overrun the budget), or None."""
+        study = trial.study
+        done = [
+            t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")
+        ]
+        same = [
+            float(t.user_attrs["fit_seconds"])
+            for t in done
+            if t.params.get("family") == p["family"] and "fit_seconds" in t.user_attrs
+        ]
+        anyf = [float(t.user_attrs["fit_seconds"]) for t in done if "fit_seconds" in t.user_attrs]
+        # a family not tried yet is expected to cost what the cheapest trial so far did
+        expect = float(np.median(same)) if same else (min(anyf) if anyf else 0.0)
+        if expect and expect > self.left() - self.reserve(study):
+            self.skipped += 1
+            return (
+                f"{p['family']} takes ~{expect:.0f}s; {max(self.left(), 0):.0f}s of the budget left"
+            )
+        return None
+
+    def callback(self, study: Any, trial: Any) -> None:
+        recent = study.get_trials(deepcopy=False)[-5:]
+        skipping = len(recent) == 5 and all(t.user_attrs.get("budget_skip") for t in recent)
+        if self.left() <= self.reserve(study) or skipping:
+            study.stop()
+
+
+# after the search: the champion's holdout score and the gate (~1-2 s, the MLflow store's
+# first use included), then MLflow logging, the compiled export and registration (~3 s)
+GATE_S = 2.0
+LOG_S = 3.0
+POST_SEARCH_S = GATE_S + LOG_S
+_PENDING: list[Any] = []  # report threads still logging plots (``wait_for_reports``)
+
+
+def _import_families(families: Sequence[str]) -> None:
+    import sklearn.compose
+    import sklearn.ensemble
+    import sklearn.impute
+    import sklearn.linear_model
+    import sklearn.pipeline
+    import sklearn.preprocessing  # noqa: F401
+
+    if "xgboost" in families:
+        import xgboost  # noqa: F401
+
+
+def wait_for_reports(timeout: float | None = None) -> int:
+    """Join the threads still logging plots and permutation importance; how many ran."""
+    n = 0
+    while _PENDING:
+        _PENDING.pop().join(timeout)
+        n += 1
+    return n
+
+
 def run_automl(
     settings: Settings,
     ds: Dataset,
@@ -211,24 +311,36 @@ def run_automl(
     on_trial: Callable[[Any], None] | None = None,
     labels: str | None = None,
     warm_start: bool = False,
+    started: float | None = None,
+    background_reports: bool = False,
 ) -> TrainResult:
-    """Search → refit → evaluate on the recent holdout → gate → MLflow + registry.
-    ``labels``: the label set the dataset came from (kept as a tag); ``warm_start``: the
-    champion's configuration is the search's first trial (``champion_config``)."""
+    """Search → refit → evaluate on the holdout → gate → MLflow + registry, inside ``budget``
+    seconds of wall clock counted from ``started`` (``time.perf_counter()``; default: now).
+    Plots and permutation importance are logged after registration: in a thread when
+    ``background_reports`` (``wait_for_reports`` joins it), else before returning.
+    ``target.refit_on_holdout``: the registered model is refit on every row after the
+    holdout verdict. ``labels``: the label set the dataset came from (kept as a tag);
+    ``warm_start``: the champion's configuration is the search's first trial."""
     import mlflow
-    from mlflow.models import infer_signature
 
     from models import evaluate as ev
     from models import registry as reg
     from models.tracking import ensure_experiment
 
-    t0 = time.perf_counter()
+    t0 = started if started is not None else time.perf_counter()
+    timings: dict[str, float] = {}
+    budget = budget or target.time_budget_s
     warnings = check_quality(ds)
     splits = make_splits(ds, target.holdout_fraction)
     metric = target.metric
-    budget = budget or target.time_budget_s
     keep: dict[str, Any] = {}
     warm = champion_config(settings, name) if warm_start else None
+    refits = 1.0 + (1.3 if target.refit_on_holdout else 0.0)
+    if target.max_false_positive_rate is not None and ds.time is None and len(splits.folds) == 1:
+        refits += 5  # the threshold's out-of-fold scores
+    clock = _Clock(t0 + budget, len(splits.folds), refits, POST_SEARCH_S)
+    _import_families(target.families)  # not in the first trial's time, which sets estimates
+    timings["prepare_s"] = time.perf_counter() - t0
     study = _search(
         settings,
         ds,
@@ -243,7 +355,10 @@ def run_automl(
         on_trial,
         keep,
         warm=[warm] if warm else [],
+        clock=clock,
     )
+    timings["search_s"] = time.perf_counter() - t0 - timings["prepare_s"]
+    mark = time.perf_counter()
     best = study.best_trial
     params = best.user_attrs["params"]
 
@@ -267,9 +382,12 @@ def run_automl(
             )
         else:
             threshold, _ = ev.choose_threshold(ds.y.to_numpy()[val_rows], val_pred, target.costs)
-    # the final model sees everything but the holdout; no early stopping on rows it trains
-    # on (XGBoost gets the rounds the search found instead)
+    # the holdout verdict comes from a model that never saw the holdout: fitted on every
+    # other row, without early stopping on rows it trains on (XGBoost gets the rounds the
+    # search found instead)
+    fit_t = time.perf_counter()
     model = build_model(params, ds.task, ds.X.iloc[splits.fit], ds.y.iloc[splits.fit], seed=seed)
+    fit_seconds = time.perf_counter() - fit_t
     Xh, yh = ds.X.iloc[splits.holdout], ds.y.iloc[splits.holdout].to_numpy()
     payload = None
     if ds.detail is not None and threshold is not None:  # payloads: name the attack class too
@@ -330,11 +448,34 @@ def run_automl(
         )
         if not fairness.passed:
             reasons += fairness.failures
+    elif len(ds.sensitive.columns):
+        warnings.append(
+            f"fairness bounds are checked for binary labels; this {ds.task} model's per-group"
+            " scores are not gated"
+        )
     eligible = not reasons
+
+    # use the rows: the holdout has given its verdict; the registered model learns from it too
+    # (tables), when the budget still holds the refit
+    served = model
+    refit_rows = len(splits.fit)
+    if target.refit_on_holdout and payload is None:
+        need = 1.3 * fit_seconds + LOG_S
+        if clock.left() >= need:
+            served = build_model(params, ds.task, ds.X, ds.y, seed=seed)
+            refit_rows = len(ds.y)
+        else:
+            warnings.append(
+                f"registered model not refit on the {len(splits.holdout):,} holdout rows: "
+                f"~{need:.0f}s needed, {max(clock.left(), 0):.0f}s of the budget left"
+            )
+    timings["refit_evaluate_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
 
     ensure_experiment(settings, name)
     model_name = settings.registered_model(name)
     fingerprint = ds.fingerprint()
+    art = Path(tempfile.mkdtemp())
     with mlflow.start_run(run_name=f"{name}-automl") as run:
         mlflow.set_tags(
             {
@@ -346,8 +487,13 @@ def run_automl(
                 "workers": str(workers),
                 "labels": labels or "table",
                 "warm_start": "champion" if warm else "none",
+                "refit": "all rows" if refit_rows == len(ds.y) else "all but the holdout",
             }
         )
+        if ds.classes:
+            mlflow.set_tag("classes", ", ".join(map(str, ds.classes))[:4000])
+        if ds.notes:
+            mlflow.set_tag("data.notes", "; ".join(ds.notes)[:4000])
         mlflow.log_params(
             {
                 "metric": metric,
@@ -358,23 +504,22 @@ def run_automl(
                 "rows_val": len(splits.val),
                 "cv_folds": len(splits.folds),
                 "rows_holdout": len(splits.holdout),
+                "rows_refit": refit_rows,
                 **{f"best.{k}": v for k, v in params.items()},
             }
         )
+        searched = [t for t in study.trials if not t.user_attrs.get("budget_skip")]
         mlflow.log_metrics(
             {
                 f"holdout_{metric}": holdout_score,
                 "best_val_score": float(best.value),
-                "trials": len(study.trials),
-                "trials_pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+                "trials": len(searched),
+                "trials_pruned": sum(t.state.name == "PRUNED" for t in searched),
+                "trials_skipped_for_budget": len(study.trials) - len(searched),
             }
         )
         if champ_score is not None:
             mlflow.log_metric(f"champion_holdout_{metric}", champ_score)
-        art = Path(tempfile.mkdtemp())
-        importance = (
-            pd.Series(dtype=float) if is_text(ds.X) else _importance(model, ds.task, Xh, yh, metric)
-        )
         if payload is not None:
             p_metrics, per_class, errors = payload
             mlflow.log_metrics({f"holdout_{k}": v for k, v in p_metrics.items() if v == v})
@@ -392,8 +537,16 @@ def run_automl(
             cls_metrics = ev.classification_metrics(yh, ph, threshold)
             mlflow.log_metrics({f"holdout_{k}": v for k, v in cls_metrics.items()})
             mlflow.log_metric("threshold", threshold)
-        for f in ev.write_plots(art / "plots", ds.task, yh, ph, threshold, importance, study):
-            mlflow.log_artifact(str(f), "plots")
+        if ds.task == "multiclass":
+            mc, per = ev.multiclass_metrics(yh, ph, ds.classes)
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in mc.items()})
+            (art / "findings").mkdir(exist_ok=True)
+            per.to_csv(art / "findings" / "per_class.csv", index=False)
+            (art / "findings" / "per_class.html").write_text(
+                "<h2>Holdout by class (the most probable class decides)</h2>"
+                + per.to_html(index=False, float_format=lambda v: f"{v:.4f}")
+            )
+            mlflow.log_artifacts(str(art / "findings"), "findings")
         if fairness is not None:
             fairness.table.to_csv(art / "fairness_by_group.csv", index=False)
             (art / "fairness_by_group.html").write_text(
@@ -412,21 +565,23 @@ def run_automl(
                 "champion_version": champ_version,
                 "champion_score": champ_score,
                 "fairness_gaps": fairness.gaps if fairness else {},
+                "holdout_model_rows": len(splits.fit),
+                "registered_model_rows": refit_rows,
             },
         )
         mlflow.log_artifact(str(art / "gate.json"))
-        _log_compiled(model, ds.X, Xh, ds.task, threshold, art)
+        _log_compiled(served, ds.X, Xh, ds.task, threshold, art)
         sample = ds.X.iloc[splits.fit[:200]]
         info = mlflow.sklearn.log_model(
-            model,
+            served,
             name="model",
             registered_model_name=model_name,
             # our own pipelines (custom transformers, XGBoost): skops would need every type listed as trusted
             serialization_format="cloudpickle",
             pip_requirements=_requirements(),
-            signature=infer_signature(sample, predict(model, ds.task, sample)),
+            signature=_signature(sample, predict(served, ds.task, sample)),
             input_example=ds.X.iloc[splits.fit[:3]],
-            pyfunc_predict_fn="predict_proba" if ds.task == "binary" else "predict",
+            pyfunc_predict_fn="predict" if ds.task == "regression" else "predict_proba",
             metadata={
                 "target": name,
                 "task": ds.task,
@@ -435,6 +590,7 @@ def run_automl(
                 "metric": metric,
                 "data_fingerprint": fingerprint,
                 "features": list(ds.X.columns),
+                "classes": list(map(str, ds.classes)),
             },
         )
         reg.log_trials(settings, run.info.experiment_id, run.info.run_id, study)
@@ -455,10 +611,42 @@ def run_automl(
         "fairness.passed": "n/a" if fairness is None else str(fairness.passed).lower(),
         "fairness.notes": "" if fairness is None else "; ".join(fairness.reasons)[:4000],
         "labels": labels or "table",
+        "refit_rows": str(refit_rows),
     }
+    if ds.classes:
+        tags["classes"] = ", ".join(map(str, ds.classes))[:4000]
     for k, v in tags.items():
         c.set_model_version_tag(model_name, version, k, v)
     c.set_registered_model_alias(model_name, reg.CHALLENGER, version)
+    timings["log_register_s"] = time.perf_counter() - mark
+    seconds = time.perf_counter() - t0
+    c.log_batch(
+        run.info.run_id,
+        metrics=[_metric(k, v) for k, v in {**timings, "wall_to_registration_s": seconds}.items()],
+    )
+
+    # after registration: what a reviewer looks at, which nothing above waits for
+    def reports() -> None:
+        out = art / "plots"
+        importance = (
+            pd.Series(dtype=float) if is_text(ds.X) else _importance(model, ds.task, Xh, yh, metric)
+        )
+        for f in ev.write_plots(out, ds.task, yh, ph, threshold, importance, study, ds.classes):
+            c.log_artifact(run.info.run_id, str(f), "plots")
+        if len(importance):
+            importance.sort_values(ascending=False).rename("importance").to_csv(
+                art / "feature_importance.csv", index_label="feature"
+            )
+            c.log_artifact(run.info.run_id, str(art / "feature_importance.csv"), "plots")
+
+    if background_reports:
+        import threading
+
+        th = threading.Thread(target=_guarded(reports), name=f"reports-{run.info.run_id}")
+        th.start()
+        _PENDING.append(th)
+    else:
+        reports()
     return TrainResult(
         model_name,
         version,
@@ -470,11 +658,53 @@ def run_automl(
         eligible,
         reasons,
         threshold,
-        len(study.trials),
+        len(searched),
         params,
         warnings,
-        time.perf_counter() - t0,
+        seconds,
+        budget=budget,
+        timings=timings,
+        rows_holdout_model=len(splits.fit),
+        rows_refit=refit_rows,
+        rows_holdout=len(splits.holdout),
+        skipped_for_budget=len(study.trials) - len(searched),
+        notes=list(ds.notes),
+        classes=list(map(str, ds.classes)),
+        task=ds.task,
+        reports="background" if background_reports else "done",
     )
+
+
+def _signature(sample: pd.DataFrame, pred: np.ndarray) -> Any:
+    """The model's signature, without MLflow's hint about integer columns (the served
+    model reads features as floats)."""
+    import warnings
+
+    from mlflow.models import infer_signature
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return infer_signature(sample, pred)
+
+
+def _metric(key: str, value: float) -> Any:
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), 0)
+
+
+def _guarded(fn: Callable[[], None]) -> Callable[[], None]:
+    """A report thread never dies silently: its failure is logged."""
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            import logging
+
+            logging.getLogger("gatewise.train").exception("plots and importance failed")
+
+    return run
 
 
 def _log_compiled(
@@ -522,7 +752,9 @@ def _importance(model: Any, task: str, X: pd.DataFrame, y: np.ndarray, metric: s
 
     n = min(len(y), 4000)
     idx = np.random.default_rng(0).choice(len(y), n, replace=False)
-    scoring = "average_precision" if task == "binary" else "neg_mean_absolute_error"
+    scoring = {"binary": "average_precision", "multiclass": "accuracy"}.get(
+        task, "neg_mean_absolute_error"
+    )
     try:
         r = permutation_importance(
             model, X.iloc[idx], y[idx], n_repeats=3, random_state=0, scoring=scoring
@@ -554,17 +786,35 @@ def fit_table(
     sensitive: list[str] | None = None,
     time_col: str | None = None,
     group_col: str | None = None,
+    task: str | None = None,
+    positive: str | None = None,
+    on_loaded: Callable[[Dataset], None] | None = None,
     **kw: Any,
 ) -> TrainResult:
-    """AutoML on any CSV/Parquet table, tracked and registered like a target."""
-    ds = load_table(path, label, time_col=time_col, group_col=group_col, sensitive=sensitive)
+    """AutoML on a table a data scientist brings (any format ``read_table`` reads),
+    tracked and registered like a target. The budget counts from the start of reading
+    the table; ``on_loaded(ds)`` sees what loading decided (``ds.notes``) before the
+    search starts. The registered model is refit on every row after the holdout verdict."""
+    started = kw.pop("started", None) or time.perf_counter()
+    ds = load_table(
+        path,
+        label,
+        time_col=time_col,
+        group_col=group_col,
+        sensitive=sensitive,
+        task=task,
+        positive=positive,
+    )
+    if on_loaded is not None:
+        on_loaded(ds)
     name = name or ds.name.replace("_", "-").lower()
-    metric = metric or ("roc_auc" if ds.task == "binary" else "rmse")
+    metric = metric or {"binary": "roc_auc", "multiclass": "roc_auc"}.get(ds.task, "rmse")
     target = TargetSettings(
         task=ds.task,
         entity="client",
         feature_service="",
         metric=metric,
         sensitive_features=sensitive or [],
+        refit_on_holdout=True,
     )
-    return run_automl(settings, ds, name, target, **kw)
+    return run_automl(settings, ds, name, target, started=started, **kw)
