@@ -132,6 +132,15 @@ class TargetSettings(_Strict):
         " the holdout's too (tables: `automl fit`); off for gateway targets, whose next"
         " champion comparison needs a holdout the champion never trained on",
     )
+    ensemble: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="up to this many of the search's best configurations averaged, chosen"
+        " greedily on their out-of-fold scores, when that beats the best one and the budget"
+        " holds the refits (tables: 5); 0 or 1: one model (gateway targets: one compiled model"
+        " to serve fast)",
+    )
     holdout_fraction: float = Field(
         0.2, gt=0, lt=0.5, description="most recent share kept for the champion comparison"
     )

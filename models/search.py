@@ -46,6 +46,7 @@ HIGHER_IS_BETTER = {
 }
 
 
+KEEP_PREDICTIONS = 20  # the best trials' out-of-fold predictions kept (ensemble candidates)
 CV_MAX_ROWS = 20_000  # below this (and without a time column) trials are cross-validated
 
 
@@ -700,7 +701,13 @@ def objective(
         trial.set_user_attr("pid", os.getpid())
         if not np.isfinite(value):
             raise optuna.TrialPruned("non-finite score")
-        if keep_best is not None:
+        if keep_best is not None:  # every finished trial's predictions: ensemble candidates
+            kept, values = keep_best.setdefault("trials", {}), keep_best.setdefault("values", {})
+            kept[trial.number], values[trial.number] = pred, value
+            keep_best["rows"] = rows
+            if len(kept) > KEEP_PREDICTIONS:
+                worst = (min if HIGHER_IS_BETTER[metric] else max)(values, key=values.__getitem__)
+                del kept[worst], values[worst]
             prev = keep_best.get("value")
             if prev is None or (value > prev if HIGHER_IS_BETTER[metric] else value < prev):
                 keep_best.update(value=value, number=trial.number, val_pred=pred, val_rows=rows)

@@ -221,8 +221,12 @@ class _Clock:
     would no longer fit, and a trial whose family has so far taken longer than what is
     left is skipped before it starts (``skip``)."""
 
-    def __init__(self, deadline: float, folds: int, refits: float, base: float) -> None:
+    def __init__(
+        self, deadline: float, folds: int, refits: float, base: float, members: int = 1
+    ) -> None:
         self.deadline, self.folds, self.refits, self.base = deadline, folds, refits, base
+        self.members = members  # an ensemble's refits are reserved too (capped)
+        self.budget = max(deadline - time.perf_counter(), 0.0)
         self.skipped = 0
 
     def left(self) -> float:
@@ -238,8 +242,16 @@ class _Clock:
                 else min(done, key=lambda t: t.value)
             )
             per_fit = float(best.user_attrs.get("fit_seconds", 0.0)) / max(self.folds, 1)
+        extra = 0.0
+        if self.members > 1 and len(done) > 1:  # the next best trials' refits, at most 15 %
+            others = sorted(done, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+            extra = sum(
+                float(t.user_attrs.get("fit_seconds", 0.0)) / max(self.folds, 1)
+                for t in others[1 : self.members]
+            )
+            extra = min(1.3 * extra * self.refits, 0.15 * self.budget)
         # a refit sees ~1.25x a fold's rows; logging a trial as a nested run ~20 ms
-        return self.base + 1.3 * per_fit * self.refits + 0.02 * len(study.trials)
+        return self.base + 1.3 * per_fit * self.refits + extra + 0.02 * len(study.trials)
 
     def skip(self, trial: Any, p: dict[str, Any]) -> str | None:
         """Why this trial must not start (it would overrun the budget), or None."""
@@ -338,7 +350,7 @@ def run_automl(
     refits = 1.0 + (1.3 if target.refit_on_holdout else 0.0)
     if target.max_false_positive_rate is not None and ds.time is None and len(splits.folds) == 1:
         refits += 5  # the threshold's out-of-fold scores
-    clock = _Clock(t0 + budget, len(splits.folds), refits, POST_SEARCH_S)
+    clock = _Clock(t0 + budget, len(splits.folds), refits, POST_SEARCH_S, max(target.ensemble, 1))
     _import_families(target.families)  # not in the first trial's time, which sets estimates
     timings["prepare_s"] = time.perf_counter() - t0
     study = _search(
@@ -361,12 +373,19 @@ def run_automl(
     mark = time.perf_counter()
     best = study.best_trial
     params = best.user_attrs["params"]
+    members, ensemble_note, ens_pred = [(params, 1)], "", None
+    if target.ensemble > 1 and ds.detail is None and keep.get("trials"):
+        members, ensemble_note, ens_pred = _choose_ensemble(
+            study, keep, ds, metric, target, clock, len(splits.folds)
+        )
 
     # threshold from the best configuration's validation (out-of-fold) predictions:
     # reused from the search when the best trial ran in this process, re-evaluated otherwise
     threshold = None
     if ds.task == "binary":
-        if keep.get("number") == best.number:
+        if len(members) > 1 and ens_pred is not None:
+            val_pred, val_rows = ens_pred, keep["rows"]
+        elif keep.get("number") == best.number:
             val_pred, val_rows = keep["val_pred"], keep["val_rows"]
         else:
             _, val_pred, val_rows, _ = evaluate_params(params, ds, splits, metric, seed)
@@ -386,7 +405,7 @@ def run_automl(
     # other row, without early stopping on rows it trains on (XGBoost gets the rounds the
     # search found instead)
     fit_t = time.perf_counter()
-    model = build_model(params, ds.task, ds.X.iloc[splits.fit], ds.y.iloc[splits.fit], seed=seed)
+    model = _fit_members(members, ds.task, ds.X.iloc[splits.fit], ds.y.iloc[splits.fit], seed)
     fit_seconds = time.perf_counter() - fit_t
     Xh, yh = ds.X.iloc[splits.holdout], ds.y.iloc[splits.holdout].to_numpy()
     payload = None
@@ -462,7 +481,7 @@ def run_automl(
     if target.refit_on_holdout and payload is None:
         need = 1.3 * fit_seconds + LOG_S
         if clock.left() >= need:
-            served = build_model(params, ds.task, ds.X, ds.y, seed=seed)
+            served = _fit_members(members, ds.task, ds.X, ds.y, seed)
             refit_rows = len(ds.y)
         else:
             warnings.append(
@@ -488,6 +507,7 @@ def run_automl(
                 "labels": labels or "table",
                 "warm_start": "champion" if warm else "none",
                 "refit": "all rows" if refit_rows == len(ds.y) else "all but the holdout",
+                "ensemble": ensemble_note or "one model",
             }
         )
         if ds.classes:
@@ -505,6 +525,7 @@ def run_automl(
                 "cv_folds": len(splits.folds),
                 "rows_holdout": len(splits.holdout),
                 "rows_refit": refit_rows,
+                "ensemble_members": len(members),
                 **{f"best.{k}": v for k, v in params.items()},
             }
         )
@@ -687,6 +708,82 @@ def _signature(sample: pd.DataFrame, pred: np.ndarray) -> Any:
         return infer_signature(sample, pred)
 
 
+def _choose_ensemble(
+    study: Any,
+    keep: dict[str, Any],
+    ds: Dataset,
+    metric: str,
+    target: TargetSettings,
+    clock: _Clock,
+    folds: int,
+) -> tuple[list[tuple[dict[str, Any], int]], str, np.ndarray | None]:
+    """Members (params, weight) greedily chosen on the kept out-of-fold predictions
+    (``models.ensemble.select``), trimmed to what the budget's clock can still refit;
+    the single best when averaging does not beat it. Returns the members, what was
+    decided (for the run's tags) and the ensemble's out-of-fold predictions."""
+    from models.ensemble import select
+
+    by_number = {t.number: t for t in study.trials}
+    kept = keep["trials"]
+    higher = HIGHER_IS_BETTER[metric]
+    order = sorted(kept, key=lambda n: keep["values"][n], reverse=higher)
+    seen: set[str] = set()
+    cands = []
+    for n in order:  # identical configurations (an enqueued default twice) count once
+        key = repr(sorted(by_number[n].user_attrs["params"].items()))
+        if key not in seen:
+            seen.add(key)
+            cands.append(n)
+    best = study.best_trial
+    single = [(best.user_attrs["params"], 1)]
+    if len(cands) < 2:
+        return single, "", None
+    y = ds.y.to_numpy()[keep["rows"]]
+    counts, ens_score, best_score = select(
+        [kept[n] for n in cands], y, metric, max_members=target.ensemble
+    )
+    if len(counts) < 2:
+        return single, f"one model: averaging did not beat it out of fold ({best_score:.4f})", None
+    # the refits must fit in what is left: the heaviest-weighted members first
+    fits = 1 + (1 if target.refit_on_holdout else 0)
+    left = clock.left() - LOG_S - GATE_S
+    chosen: dict[int, int] = {}
+    cost = 0.0
+    for i, w in sorted(counts.items(), key=lambda kv: -kv[1]):
+        t = by_number[cands[i]]
+        c = 1.3 * fits * float(t.user_attrs.get("fit_seconds", 0.0)) / max(folds, 1)
+        if cost + c > left and chosen:
+            continue
+        chosen[i], cost = w, cost + c
+    if len(chosen) < 2:
+        return single, f"one model: no time left to refit an ensemble of {len(counts)}", None
+    total = sum(chosen.values())
+    pred = sum(kept[cands[i]] * w for i, w in chosen.items()) / total
+    ens_score = score(metric, y, pred)
+    if not (ens_score > best_score if higher else ens_score < best_score):
+        return single, f"one model: averaging did not beat it out of fold ({best_score:.4f})", None
+    members = [(by_number[cands[i]].user_attrs["params"], w) for i, w in chosen.items()]
+    fams = " + ".join(f"{p['family']}×{w}" for p, w in members)
+    note = f"{fams}: {metric} {ens_score:.4f} out of fold vs {best_score:.4f} for the best one"
+    return members, note, pred
+
+
+def _fit_members(
+    members: Sequence[tuple[dict[str, Any], int]],
+    task: str,
+    X: pd.DataFrame,
+    y: pd.Series,
+    seed: int,
+) -> Any:
+    """One pipeline, or a ``MeanEnsemble`` of one per member."""
+    from models.ensemble import MeanEnsemble
+
+    if len(members) == 1:
+        return build_model(members[0][0], task, X, y, seed=seed)
+    pipes = [build_model(p, task, X, y, seed=seed) for p, _ in members]
+    return MeanEnsemble(pipes, [w for _, w in members], task)
+
+
 def _metric(key: str, value: float) -> Any:
     from mlflow.entities import Metric
 
@@ -816,5 +913,6 @@ def fit_table(
         metric=metric,
         sensitive_features=sensitive or [],
         refit_on_holdout=True,
+        ensemble=5,
     )
     return run_automl(settings, ds, name, target, started=started, **kw)

@@ -204,6 +204,7 @@ def test_fit_table_multiclass_end_to_end_in_a_real_registry(mlsettings, tmp_path
     run = c.get_run(r.run_id)
     assert run.data.metrics["holdout_accuracy"] > 0.4 and "holdout_macro_f1" in run.data.metrics
     assert run.data.tags["classes"] == "mortgage, own, rent"
+    assert run.data.tags["ensemble"]  # what the ensemble choice decided is on the run
     arts = {a.path for a in c.list_artifacts(r.run_id, "findings")} | {
         a.path for a in c.list_artifacts(r.run_id, "plots")
     }
@@ -231,3 +232,37 @@ def test_fit_table_regression_says_so_and_registers(mlsettings, tmp_path):
     )
     assert r.task == "regression" and r.metric == "rmse" and r.threshold is None
     assert any("task regression" in n for n in seen) and r.notes == seen
+
+
+def test_ensemble_selection_averages_complementary_models_only_when_it_helps():
+    from models.ensemble import select
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    signal = y + rng.normal(0, 1.0, 2000)
+    a = signal + rng.normal(0, 1.0, 2000)  # two views with independent errors
+    b = signal + rng.normal(0, 1.0, 2000)
+    noise = rng.normal(0, 1, 2000)
+    counts, ens, single = select([a, b, noise], y, "roc_auc")
+    assert set(counts) == {0, 1} and ens > single  # the noise model is never chosen
+    alone, ens1, single1 = select([a, a.copy()], y, "roc_auc")
+    assert len(alone) == 1 and ens1 == single1  # a copy adds nothing
+
+
+def test_a_mean_ensemble_is_an_sklearn_classifier_of_its_members():
+    from sklearn.inspection import permutation_importance
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier
+
+    from models.ensemble import MeanEnsemble
+
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300)})
+    y = (X["a"] + 0.3 * rng.normal(size=300) > 0).astype(int)
+    m1, m2 = LogisticRegression().fit(X, y), DecisionTreeClassifier(max_depth=3).fit(X, y)
+    ens = MeanEnsemble([m1, m2], [3, 1], "binary")
+    want = 0.75 * m1.predict_proba(X) + 0.25 * m2.predict_proba(X)
+    assert np.allclose(ens.predict_proba(X), want)
+    assert (ens.predict(X) == want.argmax(axis=1)).all()
+    imp = permutation_importance(ens, X, y, n_repeats=2, random_state=0, scoring="roc_auc")
+    assert imp.importances_mean[0] > imp.importances_mean[1]  # a carries the label
