@@ -149,7 +149,7 @@ def test_automl_fit_names_a_bad_metric_and_a_missing_label(env, tmp_path):
             "--label",
             "y",
             "--metric",
-            "accuracy",
+            "rmse",
             "--budget",
             "5",
         ],
