@@ -23,7 +23,7 @@ from config.settings import Settings
 __all__ = ["Probe", "demo_requests", "payload_demo", "scan_summary"]
 
 
-def payload_demo(console: Console, s: Settings, config: Path | None, budget: float = 45.0) -> Any:
+def payload_demo(console: Console, s: Settings, config: Path | None, budget: float = 90.0) -> Any:
     from demo.steps import table, train
     from models import registry as reg
 

@@ -164,7 +164,13 @@ def test_the_clock_skips_a_family_that_would_overrun_and_stops_the_search():
     assert clock.skip(trial, {"family": "linear"}) is None
     why = clock.skip(trial, {"family": "xgboost"})
     assert why and "xgboost takes ~45s" in why
-    assert clock.skip(trial, {"family": "random_forest"}) is None  # untried: the cheapest's cost
+    # a family not tried yet: the trials so far scaled by the families' relative cost
+    cheap = _study_with([("linear", 0.2), ("linear", 0.2)])  # a forest ~30x: ~6 s
+    roomy = _Clock(time.perf_counter() + 30, folds=1, refits=1, base=5)
+    assert roomy.skip(cheap.ask(), {"family": "random_forest"}) is None
+    tight = _Clock(time.perf_counter() + 10, folds=1, refits=1, base=5)
+    assert "random_forest takes ~6s" in (tight.skip(cheap.ask(), {"family": "random_forest"}) or "")
+    assert tight.skip(cheap.ask(), {"family": "linear"}) is None
     ends = _Clock(time.perf_counter() + 5, folds=1, refits=1, base=5)  # the reserve is all left
     stopped = []
     study.stop = lambda: stopped.append(True)  # type: ignore[method-assign]
