@@ -497,21 +497,22 @@ NA_VALUES = ["?", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None", "-",
 _TRUE = {"1", "1.0", "true", "yes", "y", "t", "positive", "pos"}
 
 
+_MAGIC = (
+    (b"PAR1", "parquet"),
+    (b"ARROW1", "arrow"),
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bz2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"PK\x03\x04", "zip"),
+)
+
+
 def sniff_format(head: bytes) -> str:
     """What a file is, from its first bytes (not its name): parquet, arrow (Feather v2),
     gzip, bz2, xz, zip, json or text (a delimited table)."""
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    if head.startswith(b"ARROW1"):
-        return "arrow"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"BZh"):
-        return "bz2"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text[:1] in (b"[", b"{"):
         return "json"

@@ -227,7 +227,6 @@ class _Clock:
         self.deadline, self.folds, self.refits, self.base = deadline, folds, refits, base
         self.members = members  # an ensemble's refits are reserved too (capped)
         self.budget = max(deadline - time.perf_counter(), 0.0)
-        self.skipped = 0
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -278,7 +277,6 @@ class _Clock:
         # the trial itself, and the refits it would need if it won
         need = expect + 1.3 * expect / max(self.folds, 1) * self.refits
         if expect and need > self.left() - self.reserve(study):
-            self.skipped += 1
             return (
                 f"{p['family']} takes ~{expect:.0f}s; {max(self.left(), 0):.0f}s of the budget left"
             )
